@@ -1,0 +1,127 @@
+"""`retention-pipeline`: the command line a person uses to run the loop.
+
+Environment variables (all optional):
+  RETENTION_DATABASE_URL   the app's PostgreSQL; unset = an embedded server with demo data
+  DAGSTER_PG_URL           Dagster's own storage database (required with RETENTION_DATABASE_URL)
+  DAGSTER_HOME             Dagster instance directory (default .retention/dagster_home)
+  RETENTION_STATE_DIR      local state: embedded server, outbox (default .retention/)
+  RETENTION_TIMEZONE       timezone of every partition and schedule (default UTC)
+  RETENTION_PARTITIONS_START  first daily partition (default 2025-01-01)
+  RETENTION_MORNING_CRON   the daily run (default "0 9 * * *"); RETENTION_WEEKLY_CRON the weekly one ("0 10 * * 1")
+  RETENTION_NOW            pretend the wall clock says this ISO time (simulations, tests)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date, timedelta
+
+import click
+
+from retention_pipeline import clock
+from retention_pipeline.launcher import ChildProcesses, LauncherError, environment, install_signal_handlers
+from retention_pipeline.settings import PROJECT_ROOT, PROJECT_TIMEZONE, STATE_DIR, SettingsError
+
+DEMO_HISTORY_DAYS = 90
+
+
+@click.group(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main() -> None:
+    install_signal_handlers()
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--seed", default=42, show_default=True, help="Seed of the demo data generator.")
+@click.option("--users", "n_users", default=2000, show_default=True, help="Demo users to generate (first run only).")
+def demo(seed: int, n_users: int) -> None:
+    """Run the whole retention loop once on demo data and print what it found.
+
+    Starts the embedded PostgreSQL (unless RETENTION_DATABASE_URL is set), creates and seeds the demo
+    app on the first run, installs the events trigger, backfills the history as single runs and runs
+    the daily job for the latest complete day. Safe to run again: every step replaces its own output.
+    """
+    from retention_pipeline.demo import run_demo
+
+    started = time.monotonic()
+    try:
+        with environment() as env:
+            for note in env.notes:
+                _say(note)
+            report = run_demo(env, seed=seed, n_users=n_users, history_days=DEMO_HISTORY_DAYS, say=_say)
+    except (LauncherError, SettingsError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; everything this command started has been stopped. Run it again to start over.")
+    click.echo(report)
+    _say(f"Done in {time.monotonic() - started:.0f} s. Next: `uv run retention-pipeline dev` opens the Dagster UI.")
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI on 127.0.0.1.")
+def dev(port: int) -> None:
+    """Open the Dagster UI (`dagster dev`) on the same instance and data as `demo`, at 127.0.0.1:PORT.
+
+    Ctrl-C stops the UI, the daemon and the embedded PostgreSQL.
+    """
+    try:
+        with environment() as env:
+            for note in env.notes:
+                _say(note)
+            children = ChildProcesses(STATE_DIR)
+            process = children.start(
+                [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+                 "--host", "127.0.0.1", "--port", str(port)],
+                cwd=PROJECT_ROOT,
+            )
+            _say(f"Dagster UI starting at http://127.0.0.1:{port} (about 20 s). Ctrl-C stops everything.")
+            try:
+                code = process.wait()
+            finally:
+                children.stop(process)
+            if code:
+                _fail(f"dagster dev exited with code {code}; its output is above.")
+    except (LauncherError, SettingsError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _say("Stopped the Dagster UI and the embedded PostgreSQL.")
+
+
+@main.group()
+def trigger() -> None:
+    """Install or remove the activity trigger on the app's events table."""
+
+
+@trigger.command("install")
+def trigger_install() -> None:
+    """Install the trigger (idempotent) and fill user_activity from the events already there."""
+    from retention_pipeline.activity.trigger import install_trigger
+    from retention_pipeline.demo import app_database
+
+    with environment() as env:
+        tracked = install_trigger(app_database(env))
+    click.echo(f"Trigger installed; user_activity tracks {tracked:,} users.")
+
+
+@trigger.command("uninstall")
+def trigger_uninstall() -> None:
+    """Remove the trigger and its function (the user_activity table is kept)."""
+    from retention_pipeline.activity.trigger import uninstall_trigger
+    from retention_pipeline.demo import app_database
+
+    with environment() as env:
+        uninstall_trigger(app_database(env))
+    click.echo("Trigger removed.")
+
+
+if __name__ == "__main__":
+    main()

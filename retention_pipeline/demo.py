@@ -1,0 +1,105 @@
+"""The `demo` command's work: seed the demo app, install the trigger, run the loop, report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+
+import psycopg2
+import sqlalchemy as sa
+from dagster import DagsterInstance
+
+from retention_pipeline import clock, demo_data
+from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.launcher import Environment
+from retention_pipeline.resources import AppDatabase
+from retention_pipeline.runner import complete_week_keys, day_key, run_job
+from retention_pipeline.schema import install_schema
+from retention_pipeline.settings import PROJECT_TIMEZONE
+
+
+def app_database(env: Environment) -> AppDatabase:
+    return AppDatabase(url=env.app_database_url)
+
+
+def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: Callable[[str], None]) -> str:
+    db = app_database(env)
+    as_of = clock.latest_complete_day()
+    first_day = as_of - timedelta(days=history_days - 1)
+    seeded = _seed_if_empty(db, seed, n_users, as_of, say)
+    install_schema(db)
+    tracked = install_trigger(db)
+    say(f"Trigger on events installed; user_activity tracks {tracked:,} users.")
+
+    instance = DagsterInstance.get()
+    timings = {}
+    say(f"Backfilling daily activity snapshots {first_day} .. {as_of} as one run ...")
+    timings["snapshots"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(first_day), day_key(as_of - timedelta(days=1)), quiet=True))
+    weeks = complete_week_keys(first_day, as_of)
+    if weeks:
+        say(f"Computing weekly segments for {len(weeks)} complete weeks ({weeks[0]} .. {weeks[-1]}) as one run ...")
+        timings["segments"] = _timed(lambda: run_job(instance, "weekly_segments_job", weeks[0], weeks[-1], quiet=True))
+    say(f"Running the daily job for {as_of} ...")
+    timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), quiet=True))
+    return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env)
+
+
+def _timed(fn) -> float:
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def _seed_if_empty(db: AppDatabase, seed: int, n_users: int, as_of: date, say) -> dict | None:
+    url = sa.engine.make_url(db.url)
+    conn = psycopg2.connect(
+        dbname=url.database, user=url.username, password=url.password, host=url.query.get("host") or url.host, port=url.port
+    )
+    try:
+        demo_data.create_app_tables(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM users")
+            if cur.fetchone()[0]:
+                conn.commit()
+                say("Demo app data already present; keeping it.")
+                return None
+        say(f"Seeding the demo app: {n_users:,} users over the 90 days up to {as_of} (seed {seed}) ...")
+        population = demo_data.generate(seed=seed, as_of=as_of, n_users=n_users)
+        counts = demo_data.load(conn, population)
+        conn.commit()
+        return counts
+    finally:
+        conn.close()
+
+
+_REPORT_SQL = {
+    "source": "SELECT (SELECT count(*) FROM {rs}.source_users) AS users, (SELECT count(*) FROM {rs}.source_events) AS events, "
+    "(SELECT count(*) FROM {rs}.source_auth_sessions) AS sessions",
+    "segments": "SELECT segment, count(*) AS users FROM {rs}.weekly_segments WHERE week_start = :week GROUP BY segment",
+    "dormant": "SELECT reason, count(*) AS users FROM {rs}.dormant_users WHERE as_of_date = :as_of GROUP BY reason",
+}
+
+
+def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dict, env: Environment) -> str:
+    from retention_pipeline.segments.assets import SEGMENTS
+
+    source = db.fetch_all(_REPORT_SQL["source"])[0]
+    lines = [
+        f"Retention loop demo, as of {as_of} ({PROJECT_TIMEZONE})",
+        f"  app database  {db.display_url}" + ("  (embedded)" if env.is_embedded else ""),
+        f"  app data      {source.users:,} users, {source.events:,} events, {source.sessions:,} auth sessions"
+        + ("  (seeded now)" if seeded else ""),
+        "  runs          " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()),
+    ]
+    if week:
+        segments = {row.segment: row.users for row in db.fetch_all(_REPORT_SQL["segments"], {"week": week})}
+        total = sum(segments.values()) or 1
+        lines.append(f"\nEngagement segments, week of {week}:")
+        lines += [f"  {name:<12} {segments.get(name, 0):>6,}  {segments.get(name, 0) / total:6.1%}" for name in SEGMENTS]
+    dormant = {row.reason: row.users for row in db.fetch_all(_REPORT_SQL["dormant"], {"as_of": as_of})}
+    lines.append(
+        f"\nDormant users on {as_of}: {sum(dormant.values()):,} "
+        f"({dormant.get('inactive', 0):,} inactive 7+ days, {dormant.get('declining', 0):,} with declining activity)"
+    )
+    return "\n".join(lines)

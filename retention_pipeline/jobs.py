@@ -1,0 +1,69 @@
+"""The two jobs of the loop and the schedules that run them every morning."""
+
+import os
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    TimeWindowPartitionsDefinition,
+    define_asset_job,
+    schedule,
+)
+
+from retention_pipeline.partitions import daily_partitions, weekly_partitions
+from retention_pipeline.settings import MORNING_CRON, PROJECT_TIMEZONE
+
+# An hour after the default morning run, so Sunday's snapshot exists when Monday computes the week.
+WEEKLY_CRON = os.environ.get("RETENTION_WEEKLY_CRON", "0 10 * * 1")
+
+DAILY_ASSETS = AssetSelection.assets("daily_activity_snapshots", "dormant_users")
+
+daily_retention_job = define_asset_job(
+    name="daily_retention_job",
+    description="Yesterday's activity snapshot, dormant users and everything downstream of them.",
+    selection=DAILY_ASSETS,
+    partitions_def=daily_partitions,
+)
+
+weekly_segments_job = define_asset_job(
+    name="weekly_segments_job",
+    description="The engagement segments of the last complete week.",
+    selection=AssetSelection.assets("weekly_engagement_segments"),
+    partitions_def=weekly_partitions,
+)
+
+
+def _latest_complete_partition_request(context: ScheduleEvaluationContext, partitions: TimeWindowPartitionsDefinition):
+    """Request the latest partition that has ended by the tick: yesterday at 09:00, last week on Monday."""
+    partition_key = partitions.get_last_partition_key(current_time=context.scheduled_execution_time)
+    if partition_key is None:
+        return SkipReason("No partition has ended yet.")
+    return RunRequest(run_key=partition_key, partition_key=partition_key)
+
+
+# Missed ticks (daemon down over a morning) are caught up: dagster.yaml sets schedules.max_catchup_runs.
+@schedule(
+    name="daily_morning_schedule",
+    job=daily_retention_job,
+    cron_schedule=MORNING_CRON,
+    execution_timezone=PROJECT_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Every morning: yesterday's snapshot, dormant users and everything downstream.",
+)
+def daily_morning_schedule(context: ScheduleEvaluationContext):
+    return _latest_complete_partition_request(context, daily_partitions)
+
+
+@schedule(
+    name="weekly_segments_schedule",
+    job=weekly_segments_job,
+    cron_schedule=WEEKLY_CRON,
+    execution_timezone=PROJECT_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Once a week is complete: its engagement segments.",
+)
+def weekly_segments_schedule(context: ScheduleEvaluationContext):
+    return _latest_complete_partition_request(context, weekly_partitions)

@@ -1,0 +1,167 @@
+"""Where the CLI's databases come from: the user's servers, or the embedded default it owns.
+
+With RETENTION_DATABASE_URL unset, one embedded PostgreSQL serves two databases: the demo app
+(`retention_demo`) and Dagster's own storage (`dagster`). The process that starts it owns it and
+stops it on exit, Ctrl-C or SIGTERM included; child processes it starts (dagster dev) are recorded
+so that a launcher killed with SIGKILL leaves nothing a later launcher cannot clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
+
+DEMO_APP_DATABASE = "retention_demo"
+DAGSTER_DATABASE = "dagster"
+_PR_SET_PDEATHSIG = 1
+
+
+class LauncherError(RuntimeError):
+    """Set-up cannot go on; the message says what the user should do."""
+
+
+@dataclass
+class Environment:
+    app_database_url: str
+    dagster_pg_url: str
+    dagster_home: Path
+    embedded: EmbeddedPostgres | None
+    notes: list[str]
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.embedded is not None
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every `finally` runs and the embedded server is stopped."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
+    """Set RETENTION_DATABASE_URL, DAGSTER_PG_URL and DAGSTER_HOME for this process and its children."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    dagster_home = _prepare_dagster_home(state_dir)
+    notes: list[str] = []
+    user_app_url = os.environ.get("RETENTION_DATABASE_URL")
+    if user_app_url:
+        dagster_url = os.environ.get("DAGSTER_PG_URL")
+        if not dagster_url:
+            raise LauncherError(
+                "RETENTION_DATABASE_URL is set but DAGSTER_PG_URL is not. Dagster keeps its run history in its own "
+                "PostgreSQL database: create one (e.g. `createdb dagster`) and set DAGSTER_PG_URL to its URL."
+            )
+        yield Environment(user_app_url, dagster_url, dagster_home, None, notes)
+        return
+
+    ChildProcesses(state_dir).reap_orphans(notes)
+    server = EmbeddedPostgres(state_dir / "pgdata")
+    status = server.start()
+    if status.adopted_stale_pid:
+        notes.append(f"Recovered an embedded PostgreSQL (pid {status.adopted_stale_pid}) left running by an earlier, killed run.")
+    if not status.owner:
+        notes.append(f"Using the embedded PostgreSQL owned by another retention-pipeline process (pid {server.owner_pid()}).")
+    try:
+        server.ensure_database(DEMO_APP_DATABASE)
+        server.ensure_database(DAGSTER_DATABASE)
+        env = Environment(server.url(DEMO_APP_DATABASE), server.url(DAGSTER_DATABASE), dagster_home, server, notes)
+        os.environ["RETENTION_DATABASE_URL"] = env.app_database_url
+        os.environ["DAGSTER_PG_URL"] = env.dagster_pg_url
+        yield env
+    finally:
+        os.environ.pop("RETENTION_DATABASE_URL", None)
+        os.environ.pop("DAGSTER_PG_URL", None)
+        server.stop()
+
+
+def _prepare_dagster_home(state_dir: Path) -> Path:
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"]).resolve()
+        if not (home / "dagster.yaml").exists():
+            raise LauncherError(f"DAGSTER_HOME={home} has no dagster.yaml; copy the project's dagster.yaml there.")
+    else:
+        home = state_dir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        link = home / "dagster.yaml"
+        # A link, not a copy: the project's dagster.yaml stays the one place instance settings live.
+        if not link.is_symlink() or link.resolve() != (PROJECT_ROOT / "dagster.yaml").resolve():
+            link.unlink(missing_ok=True)
+            link.symlink_to(PROJECT_ROOT / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM if the launcher dies, even by SIGKILL.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ChildProcesses:
+    """Long-running children (dagster dev) recorded on disk so a later launcher can stop orphans."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "children.json"
+
+    def _read(self) -> list[dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+
+    def start(self, args: list[str], **popen_kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **popen_kwargs)
+        created = psutil.Process(process.pid).create_time()
+        self.path.write_text(json.dumps(self._read() + [{"pid": process.pid, "create_time": created}]))
+        return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 30.0) -> None:
+        """Stop the child's whole process group: dagster dev's webserver, daemon and code servers."""
+        _terminate_group(process.pid, timeout)
+        self.path.write_text(json.dumps([c for c in self._read() if c["pid"] != process.pid]))
+
+    def reap_orphans(self, notes: list[str]) -> None:
+        for child in self._read():
+            try:
+                alive = psutil.Process(child["pid"]).create_time() == child["create_time"]
+            except psutil.NoSuchProcess:
+                alive = False
+            if alive:  # the same process, not a new one that reused the pid
+                notes.append(f"Stopped processes left running by an earlier, killed run (pid {child['pid']}).")
+                _terminate_group(child["pid"], 10.0)
+        self.path.unlink(missing_ok=True)
+
+
+def _terminate_group(pgid: int, timeout: float) -> None:
+    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid]
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(members, timeout=timeout)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None

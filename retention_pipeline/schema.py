@@ -1,0 +1,123 @@
+"""The project's own schema: every table the pipeline writes, and views over the app's tables.
+
+The source views map the configured (validated, quoted) table and column names onto canonical ones,
+so every other query reads `{rs}.source_events` etc. PostgreSQL inlines such views, so they cost
+nothing at query time. Installing is idempotent and serialised by an advisory lock, because several
+run workers may start at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlalchemy as sa
+
+from retention_pipeline.db import run_script
+from retention_pipeline.resources import AppDatabase
+
+# Arbitrary constant that identifies "schema installation" among advisory locks.
+_INSTALL_LOCK_KEY = 7_302_455_118
+
+TABLES_DDL = """
+CREATE TABLE IF NOT EXISTS {rs}.user_activity (
+    user_id            bigint PRIMARY KEY,
+    first_activity_at  timestamptz NOT NULL,
+    last_activity_at   timestamptz NOT NULL,
+    last_event_id      bigint,
+    last_event_type    text,
+    event_count        bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {rs}.trigger_health (
+    id             smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    failures       bigint NOT NULL DEFAULT 0,
+    last_sqlstate  text,
+    last_error     text
+);
+CREATE TABLE IF NOT EXISTS {rs}.daily_activity (
+    activity_date        date NOT NULL,
+    user_id              bigint NOT NULL,
+    event_count          integer NOT NULL CHECK (event_count >= 0),
+    distinct_event_types integer NOT NULL CHECK (distinct_event_types >= 0),
+    sessions_started     integer NOT NULL CHECK (sessions_started >= 0),
+    session_minutes      numeric(12, 2) NOT NULL CHECK (session_minutes >= 0),
+    first_event_at       timestamptz,
+    last_event_at        timestamptz,
+    top_event_type       text,
+    PRIMARY KEY (activity_date, user_id)
+);
+CREATE INDEX IF NOT EXISTS daily_activity_user_date ON {rs}.daily_activity (user_id, activity_date);
+CREATE TABLE IF NOT EXISTS {rs}.weekly_segments (
+    week_start            date NOT NULL,
+    user_id               bigint NOT NULL,
+    segment               text NOT NULL,
+    previous_segment      text,
+    active_days           integer NOT NULL,
+    event_count           integer NOT NULL,
+    previous_event_count  integer NOT NULL,
+    sessions_started      integer NOT NULL,
+    session_minutes       numeric(12, 2) NOT NULL,
+    last_activity_date    date,
+    PRIMARY KEY (week_start, user_id)
+);
+CREATE TABLE IF NOT EXISTS {rs}.dormant_users (
+    as_of_date          date NOT NULL,
+    user_id             bigint NOT NULL,
+    email               text,
+    name                text,
+    signed_up_at        timestamptz NOT NULL,
+    last_activity_at    timestamptz NOT NULL,
+    days_inactive       integer NOT NULL CHECK (days_inactive >= 0),
+    reason              text NOT NULL,
+    recent_events       integer NOT NULL,
+    previous_events     integer NOT NULL,
+    last_actions        jsonb NOT NULL,
+    PRIMARY KEY (as_of_date, user_id)
+);
+"""
+
+
+def _source_views_ddl(db: AppDatabase) -> str:
+    s = db.source
+    return f"""
+DROP VIEW IF EXISTS {{rs}}.source_users, {{rs}}.source_events, {{rs}}.source_auth_sessions;
+CREATE VIEW {{rs}}.source_users AS
+    SELECT {s.q('users_id')}::bigint AS id, {s.q('users_email')}::text AS email, {s.q('users_name')}::text AS name,
+           {s.q('users_created_at')}::timestamptz AS created_at,
+           {s.q('users_stripe_customer_id')}::text AS stripe_customer_id
+    FROM {s.q('users_table')};
+CREATE VIEW {{rs}}.source_events AS
+    SELECT {s.q('events_id')}::bigint AS id, {s.q('events_user_id')}::bigint AS user_id,
+           {s.q('events_event_type')}::text AS event_type, {s.q('events_occurred_at')}::timestamptz AS occurred_at,
+           {s.q('events_properties')}::jsonb AS properties
+    FROM {s.q('events_table')};
+CREATE VIEW {{rs}}.source_auth_sessions AS
+    SELECT {s.q('sessions_id')}::bigint AS id, {s.q('sessions_user_id')}::bigint AS user_id,
+           {s.q('sessions_started_at')}::timestamptz AS started_at,
+           {s.q('sessions_last_seen_at')}::timestamptz AS last_seen_at
+    FROM {s.q('sessions_table')};
+"""
+
+
+def install_schema(db: AppDatabase) -> None:
+    """Create the project schema, its tables and the source views (idempotent).
+
+    Re-creating views takes an exclusive lock that would queue behind any long-running backfill, so
+    the schema carries a fingerprint of its DDL and an unchanged schema is left alone.
+    """
+    ddl = db.render(TABLES_DDL) + db.render(_source_views_ddl(db))
+    fingerprint = "retention_pipeline " + hashlib.sha256(ddl.encode()).hexdigest()[:16]
+    if _schema_fingerprint(db) == fingerprint:
+        return
+    with db.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INSTALL_LOCK_KEY})
+        conn.execute(sa.text(db.render("CREATE SCHEMA IF NOT EXISTS {rs}")))
+        run_script(conn, ddl)
+        conn.execute(sa.text(db.render("COMMENT ON SCHEMA {rs} IS ") + "'" + fingerprint + "'"))
+
+
+def _schema_fingerprint(db: AppDatabase) -> str | None:
+    with db.engine().connect() as conn:
+        return conn.execute(
+            sa.text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :name"),
+            {"name": db.retention_schema},
+        ).scalar()

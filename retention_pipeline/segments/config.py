@@ -1,0 +1,39 @@
+"""Thresholds of the engagement segments and of dormancy; every field shows in the launchpad."""
+
+from __future__ import annotations
+
+from dagster import Config
+from pydantic import Field, model_validator
+
+
+class SegmentThresholds(Config):
+    """Weekly lifecycle segments. The first matching rule wins (README: segment definitions)."""
+
+    power_min_active_days: int = Field(default=4, ge=1, le=7, description="`power`: active on at least this many days of the week.")
+    active_min_active_days: int = Field(default=2, ge=1, le=7, description="`active`: active on at least this many days (and fewer than power).")
+    decline_ratio: float = Field(default=0.5, ge=0.0, le=1.0, description="`declining`: events fell by at least this share against the previous week (0..1).")
+    decline_min_events: int = Field(default=5, ge=1, description="`declining`: the previous week had at least this many events.")
+    dormant_lookback_weeks: int = Field(default=4, ge=1, le=52, description="`dormant` vs `churned`: last activity within this many weeks before the week.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SegmentThresholds":
+        if self.active_min_active_days > self.power_min_active_days:
+            raise ValueError("active_min_active_days must not exceed power_min_active_days")
+        return self
+
+
+class DormancyThresholds(Config):
+    """When a user counts as dormant on the as-of day (the partition day)."""
+
+    dormant_after_days: int = Field(default=7, ge=1, description="Dormant when the last activity is at least this many days before the as-of day.")
+    lost_after_days: int = Field(default=90, ge=14, description="Users inactive for longer than this are lost, not dormant, and are left alone.")
+    decline_ratio: float = Field(default=0.5, ge=0.0, le=1.0, description="Also dormant when events of the last 7 days fell by this share (0..1) against the 7 days before.")
+    decline_min_events: int = Field(default=5, ge=1, description="The decline rule needs at least this many events in the earlier 7 days.")
+    min_account_age_days: int = Field(default=7, ge=0, description="Accounts younger than this are never dormant (they are still onboarding).")
+    last_actions: int = Field(default=3, ge=1, le=10, description="How many recent distinct actions to keep for the email's personalization.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DormancyThresholds":
+        if self.lost_after_days <= self.dormant_after_days:
+            raise ValueError("lost_after_days must be greater than dormant_after_days")
+        return self

@@ -1,0 +1,140 @@
+"""Set-based SQL of the weekly segments and the dormant users. Dates are local dates in the project timezone."""
+
+# Computes the window's weeks plus the week before it, so every week's `previous_segment` comes from
+# the same statement rather than from whatever an earlier run happened to store.
+WEEKLY_SEGMENTS_SQL = """
+DELETE FROM {rs}.weekly_segments WHERE week_start >= :start_date AND week_start < :end_date;
+INSERT INTO {rs}.weekly_segments (week_start, user_id, segment, previous_segment, active_days, event_count,
+    previous_event_count, sessions_started, session_minutes, last_activity_date)
+WITH weeks AS (
+    SELECT d::date AS week_start,
+           (d::date::timestamp AT TIME ZONE :tz) AS week_start_ts,
+           ((d::date + 7)::timestamp AT TIME ZONE :tz) AS week_end_ts
+    FROM generate_series(CAST(:start_date AS date) - 7, CAST(:end_date AS date) - 7, interval '7 days') AS d
+), members AS (
+    SELECT w.week_start, w.week_start_ts, u.id AS user_id, u.created_at
+    FROM weeks w JOIN {rs}.source_users u ON u.created_at < w.week_end_ts
+), activity AS (
+    SELECT w.week_start, a.user_id,
+           count(*) FILTER (WHERE a.activity_date >= w.week_start AND a.event_count > 0) AS active_days,
+           COALESCE(sum(a.event_count) FILTER (WHERE a.activity_date >= w.week_start), 0) AS event_count,
+           COALESCE(sum(a.event_count) FILTER (WHERE a.activity_date >= w.week_start - 7
+                                                 AND a.activity_date < w.week_start), 0) AS previous_event_count,
+           COALESCE(sum(a.sessions_started) FILTER (WHERE a.activity_date >= w.week_start), 0) AS sessions_started,
+           COALESCE(sum(a.session_minutes) FILTER (WHERE a.activity_date >= w.week_start), 0) AS session_minutes,
+           max(a.activity_date) FILTER (WHERE a.event_count > 0) AS last_activity_date
+    FROM weeks w
+    JOIN {rs}.daily_activity a
+      ON a.activity_date >= w.week_start - 7 * :dormant_lookback_weeks AND a.activity_date < w.week_start + 7
+    GROUP BY w.week_start, a.user_id
+), classified AS (
+    SELECT m.week_start, m.user_id,
+           CASE
+               WHEN m.created_at >= m.week_start_ts THEN 'new'
+               WHEN COALESCE(a.active_days, 0) > 0 AND COALESCE(a.previous_event_count, 0) = 0 THEN 'resurrected'
+               WHEN a.active_days > 0 AND a.previous_event_count >= :decline_min_events
+                    AND a.event_count <= (1 - :decline_ratio) * a.previous_event_count THEN 'declining'
+               WHEN a.active_days >= :power_min_active_days THEN 'power'
+               WHEN a.active_days >= :active_min_active_days THEN 'active'
+               WHEN a.active_days >= 1 THEN 'casual'
+               WHEN a.last_activity_date IS NOT NULL THEN 'dormant'
+               ELSE 'churned'
+           END AS segment,
+           COALESCE(a.active_days, 0) AS active_days, COALESCE(a.event_count, 0) AS event_count,
+           COALESCE(a.previous_event_count, 0) AS previous_event_count,
+           COALESCE(a.sessions_started, 0) AS sessions_started, COALESCE(a.session_minutes, 0) AS session_minutes,
+           a.last_activity_date
+    FROM members m LEFT JOIN activity a USING (week_start, user_id)
+), with_previous AS (
+    SELECT c.*, lag(segment) OVER (PARTITION BY user_id ORDER BY week_start) AS previous_segment,
+           lag(week_start) OVER (PARTITION BY user_id ORDER BY week_start) AS previous_week_start
+    FROM classified c
+)
+SELECT week_start, user_id, segment,
+       CASE WHEN previous_week_start = week_start - 7 THEN previous_segment END,
+       active_days, event_count, previous_event_count, sessions_started, session_minutes, last_activity_date
+FROM with_previous
+WHERE week_start >= :start_date;
+"""
+
+SEGMENT_DISTRIBUTION_SQL = """
+SELECT week_start, segment, count(*) AS users
+FROM {rs}.weekly_segments
+WHERE week_start >= :start_date AND week_start < :end_date
+GROUP BY week_start, segment
+ORDER BY week_start, segment
+"""
+
+# One as-of day. The 7-day windows end on (and include) the as-of day: [D-6, D] against [D-13, D-7].
+DORMANT_USERS_SQL = """
+DELETE FROM {rs}.dormant_users WHERE as_of_date = :as_of;
+INSERT INTO {rs}.dormant_users (as_of_date, user_id, email, name, signed_up_at, last_activity_at, days_inactive,
+    reason, recent_events, previous_events, last_actions)
+WITH activity AS (
+    SELECT user_id,
+           max(activity_date) AS last_active_date,
+           max(last_event_at) AS last_activity_at,
+           COALESCE(sum(event_count) FILTER (WHERE activity_date > CAST(:as_of AS date) - 7), 0) AS recent_events,
+           COALESCE(sum(event_count) FILTER (WHERE activity_date > CAST(:as_of AS date) - 14
+                                               AND activity_date <= CAST(:as_of AS date) - 7), 0) AS previous_events
+    FROM {rs}.daily_activity
+    WHERE activity_date >= CAST(:as_of AS date) - GREATEST(:lost_after_days, 13)
+      AND activity_date <= :as_of
+      AND event_count > 0
+    GROUP BY user_id
+), candidates AS (
+    SELECT a.*, CAST(:as_of AS date) - a.last_active_date AS days_inactive,
+           CASE
+               WHEN CAST(:as_of AS date) - a.last_active_date BETWEEN :dormant_after_days AND :lost_after_days
+                   THEN 'inactive'
+               WHEN a.previous_events >= :decline_min_events
+                    AND a.recent_events <= (1 - :decline_ratio) * a.previous_events
+                    AND CAST(:as_of AS date) - a.last_active_date <= :lost_after_days
+                   THEN 'declining'
+           END AS reason
+    FROM activity a
+)
+SELECT CAST(:as_of AS date), u.id, u.email, u.name, u.created_at, c.last_activity_at, c.days_inactive, c.reason,
+       c.recent_events, c.previous_events, recent.last_actions
+FROM candidates c
+JOIN {rs}.source_users u ON u.id = c.user_id
+CROSS JOIN LATERAL (
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'event_type', x.event_type,
+               'occurred_at', x.occurred_at,
+               'properties', COALESCE((
+                   SELECT jsonb_object_agg(p.key, p.value)
+                   FROM (SELECT key, value
+                         FROM jsonb_each(CASE WHEN jsonb_typeof(x.properties) = 'object' THEN x.properties
+                                              ELSE '{}'::jsonb END)
+                         WHERE jsonb_typeof(value) IN ('string', 'number', 'boolean') AND length(value::text) <= 200
+                         ORDER BY key LIMIT 8) p), '{}'::jsonb)
+           ) ORDER BY x.occurred_at DESC, x.id DESC), '[]'::jsonb) AS last_actions
+    FROM (
+        SELECT * FROM (
+            SELECT DISTINCT ON (e.event_type) e.id, e.event_type, e.occurred_at, e.properties
+            FROM {rs}.source_events e
+            WHERE e.user_id = c.user_id AND e.occurred_at < :end_ts AND e.occurred_at >= :lookback_ts
+            ORDER BY e.event_type, e.occurred_at DESC, e.id DESC
+        ) latest_per_type
+        ORDER BY occurred_at DESC, id DESC
+        LIMIT :last_actions
+    ) x
+) recent
+WHERE c.reason IS NOT NULL
+  AND u.created_at < ((CAST(:as_of AS date) + 1 - :min_account_age_days)::timestamp AT TIME ZONE :tz);
+"""
+
+DORMANT_SUMMARY_SQL = """
+SELECT as_of_date, reason, count(*) AS users
+FROM {rs}.dormant_users
+WHERE as_of_date >= :start_date AND as_of_date < :end_date
+GROUP BY as_of_date, reason ORDER BY as_of_date, reason
+"""
+
+DORMANT_PREVIEW_SQL = """
+SELECT user_id, days_inactive, reason, recent_events, previous_events,
+       (SELECT string_agg(a->>'event_type', ', ') FROM jsonb_array_elements(last_actions) a) AS last_actions
+FROM {rs}.dormant_users WHERE as_of_date = :as_of
+ORDER BY days_inactive DESC, user_id LIMIT 10
+"""
