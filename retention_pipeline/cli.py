@@ -1,27 +1,36 @@
-"""`retention-pipeline`: the command line a person uses to run the loop.
+"""`retention-pipeline`: finds users who drift away from your app and brings them back.
 
+Every command works on the embedded default (a PostgreSQL server started and stopped by the
+command itself, with demo data) unless RETENTION_DATABASE_URL points at your app's database.
+
+\b
 Environment variables (all optional):
-  RETENTION_DATABASE_URL   the app's PostgreSQL; unset = an embedded server with demo data
-  DAGSTER_PG_URL           Dagster's own storage database (required with RETENTION_DATABASE_URL)
-  DAGSTER_HOME             Dagster instance directory (default .retention/dagster_home)
-  RETENTION_STATE_DIR      local state: embedded server, outbox (default .retention/)
-  RETENTION_TIMEZONE       timezone of every partition and schedule (default UTC)
+  RETENTION_DATABASE_URL      the app's PostgreSQL; unset = embedded server with demo data
+  DAGSTER_PG_URL              Dagster's own storage database (needed with RETENTION_DATABASE_URL)
+  DAGSTER_HOME                Dagster instance directory (default .retention/dagster_home)
+  RETENTION_STATE_DIR         local, git-ignored state (default .retention/)
+  RETENTION_TIMEZONE          timezone of every partition and schedule (default UTC)
   RETENTION_PARTITIONS_START  first daily partition (default 2025-01-01)
-  RETENTION_MORNING_CRON   the daily run (default "0 9 * * *"); RETENTION_WEEKLY_CRON the weekly one ("0 10 * * 1")
-  RETENTION_NOW            pretend the wall clock says this ISO time (simulations, tests)
+  RETENTION_MORNING_CRON      the daily run (default "0 9 * * *")
+  RETENTION_WEEKLY_CRON       the weekly segments run (default "0 10 * * 1")
+  RETENTION_NOW               pretend the clock says this ISO time (simulations, tests)
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from datetime import date, timedelta
+import warnings
 
 import click
 
-from retention_pipeline import clock
+# The CLI talks to people: library chatter (beta-API notices, a missing XDG_RUNTIME_DIR) is noise here.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+
 from retention_pipeline.launcher import ChildProcesses, LauncherError, environment, install_signal_handlers
-from retention_pipeline.settings import PROJECT_ROOT, PROJECT_TIMEZONE, STATE_DIR, SettingsError
+from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, SettingsError
 
 DEMO_HISTORY_DAYS = 90
 

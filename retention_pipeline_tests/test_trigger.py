@@ -1,0 +1,196 @@
+"""The statement-level trigger on `events` that maintains `retention.user_activity`.
+
+The invariant under test: after any mix of inserts, user_activity equals a recomputation from the
+events table, with the last event ordered by (occurred_at DESC, id DESC); and the trigger never makes
+the app's INSERT fail.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from retention_pipeline.activity.trigger import install_trigger, trigger_installed, uninstall_trigger
+from retention_pipeline_tests.scenario import Scenario, utc
+
+RECOMPUTED = """
+SELECT user_id, min(occurred_at) AS first_activity_at, max(occurred_at) AS last_activity_at,
+       (array_agg(id ORDER BY occurred_at DESC, id DESC))[1] AS last_event_id,
+       (array_agg(event_type ORDER BY occurred_at DESC, id DESC))[1] AS last_event_type,
+       count(*) AS event_count
+FROM public.events WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY user_id
+"""
+
+TRACKED = """
+SELECT user_id, first_activity_at, last_activity_at, last_event_id, last_event_type, event_count
+FROM {rs}.user_activity ORDER BY user_id
+"""
+
+T0 = utc(2025, 3, 1, 8)
+
+
+def assert_matches_recomputation(s: Scenario) -> list[dict]:
+    tracked = s.rows(TRACKED)
+    assert tracked == s.rows(RECOMPUTED)
+    return tracked
+
+
+def health(s: Scenario) -> dict:
+    rows = s.rows("SELECT failures, last_sqlstate, last_error FROM {rs}.trigger_health")
+    return rows[0] if rows else {"failures": 0, "last_sqlstate": None, "last_error": None}
+
+
+@pytest.fixture
+def s(app_db) -> Scenario:
+    return Scenario(app_db)
+
+
+def test_backfills_existing_events_at_install(s: Scenario):
+    s.events([(1, T0, "a"), (1, T0 + timedelta(hours=2), "b"), (2, T0, "c"), (None, T0, "anon")])
+    assert install_trigger(s.db) == 2
+    tracked = assert_matches_recomputation(s)
+    assert [(r["user_id"], r["last_event_type"], r["event_count"]) for r in tracked] == [(1, "b", 2), (2, "c", 1)]
+    assert trigger_installed(s.db)
+
+
+def test_bulk_insert_select_of_many_rows(s: Scenario):
+    install_trigger(s.db)
+    # One INSERT ... SELECT: 3,000 rows over 50 users, many sharing a timestamp (ties broken by id),
+    # plus anonymous rows.
+    s.db.execute("""
+        INSERT INTO events (id, user_id, event_type, occurred_at)
+        SELECT g, CASE WHEN g % 17 = 0 THEN NULL ELSE g % 50 + 1 END, 'type_' || (g % 7),
+               TIMESTAMPTZ '2025-03-01 00:00+00' + ((g * 7919) % 500) * interval '1 minute'
+        FROM generate_series(1, 3000) AS g
+    """)
+    tracked = assert_matches_recomputation(s)
+    assert len(tracked) == 50
+    # A second bulk statement on top of existing rows, including ties with what is already tracked.
+    s.db.execute("""
+        INSERT INTO events (id, user_id, event_type, occurred_at)
+        SELECT 10000 + g, g % 60 + 1, 'later_' || (g % 3),
+               TIMESTAMPTZ '2025-03-01 00:00+00' + ((g * 31) % 700) * interval '1 minute'
+        FROM generate_series(1, 1000) AS g
+    """)
+    assert len(assert_matches_recomputation(s)) == 60
+    assert health(s)["failures"] == 0
+
+
+def test_single_inserts_and_late_events(s: Scenario):
+    install_trigger(s.db)
+    s.event(1, T0, "first", event_id=10)
+    s.event(1, T0 + timedelta(hours=1), "second", event_id=11)
+    assert assert_matches_recomputation(s)[0]["last_event_type"] == "second"
+    # A late event, older than what is tracked, must not move last_activity_at backwards...
+    s.event(1, T0 - timedelta(days=3), "late", event_id=12)
+    row = assert_matches_recomputation(s)[0]
+    assert row["last_activity_at"] == T0 + timedelta(hours=1)
+    assert row["first_activity_at"] == T0 - timedelta(days=3)
+    assert (row["last_event_type"], row["event_count"]) == ("second", 3)
+    # ...a tie on occurred_at is won by the higher id, even when it arrives in a later statement...
+    s.event(1, T0 + timedelta(hours=1), "tie_higher_id", event_id=13)
+    assert assert_matches_recomputation(s)[0]["last_event_type"] == "tie_higher_id"
+    # ...and lost by a lower id.
+    s.event(1, T0 + timedelta(hours=1), "tie_lower_id", event_id=5)
+    assert assert_matches_recomputation(s)[0]["last_event_type"] == "tie_higher_id"
+
+
+def test_late_event_in_a_mixed_batch(s: Scenario):
+    install_trigger(s.db)
+    s.event(1, T0, "now")
+    s.events([(1, T0 - timedelta(days=1), "late"), (2, T0 - timedelta(days=1), "other"), (1, T0 - timedelta(hours=1), "late2")])
+    row = assert_matches_recomputation(s)[0]
+    assert (row["last_event_type"], row["event_count"]) == ("now", 3)
+
+
+def test_null_user_ids_are_ignored(s: Scenario):
+    install_trigger(s.db)
+    s.event(None, T0)
+    s.events([(None, T0), (None, T0 + timedelta(minutes=1))])
+    assert assert_matches_recomputation(s) == []
+    s.events([(None, T0), (3, T0, "x")])
+    assert [r["user_id"] for r in assert_matches_recomputation(s)] == [3]
+    assert health(s)["failures"] == 0
+
+
+def test_install_twice_is_idempotent(s: Scenario):
+    s.events([(1, T0, "a"), (2, T0, "b")])
+    install_trigger(s.db)
+    s.event(1, T0 + timedelta(hours=1), "c")
+    assert install_trigger(s.db) == 2
+    s.event(2, T0 + timedelta(hours=1), "d")
+    # One trigger only: a doubled trigger would count the last insert twice.
+    tracked = assert_matches_recomputation(s)
+    assert [r["event_count"] for r in tracked] == [2, 2]
+    assert s.db.scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.events'::regclass AND NOT tgisinternal") == 1
+
+
+def test_uninstall_removes_trigger_and_function(s: Scenario):
+    install_trigger(s.db)
+    s.event(1, T0)
+    uninstall_trigger(s.db)
+    assert not trigger_installed(s.db)
+    assert s.db.scalar("SELECT count(*) FROM pg_proc WHERE proname = 'track_user_activity'") == 0
+    s.event(1, T0 + timedelta(hours=1))
+    tracked = s.rows(TRACKED)
+    assert [(r["user_id"], r["event_count"], r["last_activity_at"]) for r in tracked] == [(1, 1, T0)]
+    uninstall_trigger(s.db)  # a second uninstall is harmless
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        "ALTER TABLE {rs}.user_activity DROP COLUMN last_event_type",
+        "ALTER TABLE {rs}.user_activity RENAME COLUMN event_count TO n_events",
+        "ALTER TABLE {rs}.user_activity ADD CONSTRAINT no_rows CHECK (event_count < 0) NOT VALID",
+        "ALTER TABLE {rs}.user_activity RENAME TO user_activity_old",
+        "ALTER TABLE {rs}.user_activity ALTER COLUMN last_event_type TYPE varchar(3)",
+    ],
+    ids=["dropped_column", "renamed_column", "check_violation", "renamed_table", "too_narrow"],
+)
+def test_a_failing_upsert_never_aborts_the_apps_insert(s: Scenario, breakage: str):
+    install_trigger(s.db)
+    s.event(1, T0, "abc")
+    s.db.execute(breakage)
+    s.event(1, T0 + timedelta(hours=1), "a_long_event_type")
+    s.events([(2, T0, "a_long_event_type"), (3, T0, "a_long_event_type")])
+    assert s.db.scalar("SELECT count(*) FROM events") == 4
+    h = health(s)
+    assert h["failures"] == 2
+    assert h["last_sqlstate"] and h["last_error"]
+
+
+def test_a_failing_upsert_inside_an_app_transaction(s: Scenario):
+    """The app's own transaction continues after the trigger failed, and commits its rows."""
+    install_trigger(s.db)
+    s.db.execute("ALTER TABLE {rs}.user_activity DROP COLUMN last_event_id")
+    with s.db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO events (id, user_id, event_type, occurred_at) VALUES (1, 1, 'a', now())"))
+        conn.execute(sa.text("INSERT INTO events (id, user_id, event_type, occurred_at) VALUES (2, 1, 'b', now())"))
+        conn.execute(sa.text("INSERT INTO users (id, email, created_at) VALUES (1, 'a@example.com', now())"))
+    assert s.db.scalar("SELECT count(*) FROM events") == 2
+    assert s.db.scalar("SELECT count(*) FROM users") == 1
+    assert health(s)["failures"] == 2
+
+
+def test_recovers_after_repair_by_reinstalling(s: Scenario):
+    install_trigger(s.db)
+    s.event(1, T0)
+    s.db.execute("ALTER TABLE {rs}.user_activity RENAME COLUMN event_count TO n_events")
+    s.event(1, T0 + timedelta(hours=1), "missed")
+    s.db.execute("ALTER TABLE {rs}.user_activity RENAME COLUMN n_events TO event_count")
+    # The missed event is not tracked until a reinstall recomputes from events.
+    assert s.rows(TRACKED)[0]["event_count"] == 1
+    install_trigger(s.db)
+    s.event(1, T0 + timedelta(hours=2), "after")
+    assert assert_matches_recomputation(s)[0]["event_count"] == 3
+
+
+def test_even_broken_bookkeeping_never_aborts_the_apps_insert(s: Scenario):
+    install_trigger(s.db)
+    s.db.execute("DROP TABLE {rs}.user_activity; DROP TABLE {rs}.trigger_health")
+    s.event(1, T0)
+    s.events([(1, T0), (2, T0)])
+    assert s.db.scalar("SELECT count(*) FROM events") == 3
