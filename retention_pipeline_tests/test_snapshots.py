@@ -141,24 +141,33 @@ def test_ninety_day_range_is_one_run(s: Scenario, instance):
 
 
 _DST_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from dagster import DagsterInstance
+    from retention_pipeline.resources import AppDatabase
     from retention_pipeline.runner import run_job
     from retention_pipeline.settings import PROJECT_TIMEZONE
     assert PROJECT_TIMEZONE == "Europe/Berlin", PROJECT_TIMEZONE
-    first, last = sys.argv[1], sys.argv[2]
+    db = AppDatabase(url=os.environ["RETENTION_DATABASE_URL"])
+    out = []
     with DagsterInstance.ephemeral() as instance:
-        result = run_job(instance, "daily_retention_job", first, None if last == "-" else last, quiet=True)
-        print(json.dumps({"success": result.success}))
+        for keys in json.loads(sys.argv[1]):
+            result = run_job(instance, "daily_retention_job", *keys, quiet=True)
+            rows = db.fetch_all(
+                "SELECT activity_date::text, user_id, event_count, sessions_started, session_minutes::text, "
+                "(first_event_at AT TIME ZONE 'UTC')::text, (last_event_at AT TIME ZONE 'UTC')::text FROM {rs}.daily_activity ORDER BY 1, 2")
+            out.append({"success": result.success, "rows": [list(row) for row in rows]})
+    print(json.dumps(out))
 """)
 
 
-def _run_in_berlin(db_url: str, first: str, last: str | None = None) -> None:
+def _runs_in_berlin(db_url: str, *key_ranges: list[str]) -> list[dict]:
+    """Each key range as one run, in one subprocess whose project timezone is Europe/Berlin; returns
+    success and the daily_activity rows after each run."""
     env = {**os.environ, "RETENTION_TIMEZONE": "Europe/Berlin", "RETENTION_DATABASE_URL": db_url}
-    done = subprocess.run([sys.executable, "-c", _DST_SCRIPT, first, last or "-"], env=env,
+    done = subprocess.run([sys.executable, "-c", _DST_SCRIPT, json.dumps(key_ranges)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"success": True}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_dst_spring_forward_day_in_berlin(s: Scenario):
@@ -172,14 +181,13 @@ def test_dst_spring_forward_day_in_berlin(s: Scenario):
         (1, utc(2026, 3, 29, 22, 30), "mon_early"),  # 00:30 CEST on the 30th
     ])
     s.session(1, utc(2026, 3, 29, 21, 45), utc(2026, 3, 29, 21, 55))  # 23:45 CEST on the 29th
-    _run_in_berlin(s.db.url, "2026-03-29")
-    rows = s.daily_activity()
-    assert set(rows) == {(date(2026, 3, 29), 1)}
-    r = rows[(date(2026, 3, 29), 1)]
-    assert (r["event_count"], r["sessions_started"], r["session_minutes"]) == (3, 1, Decimal("10.00"))
-    assert (r["first_event_at"], r["last_event_at"]) == (utc(2026, 3, 28, 23, 30), utc(2026, 3, 29, 21, 30))
+    single, neighbours = _runs_in_berlin(s.db.url, ["2026-03-29"], ["2026-03-28", "2026-03-30"])
 
+    assert single["success"]
+    assert single["rows"] == [
+        ["2026-03-29", 1, 3, 1, "10.00", "2026-03-28 23:30:00", "2026-03-29 21:30:00"],
+    ]
     # The neighbours, as one range run: every event lands on exactly one local day.
-    _run_in_berlin(s.db.url, "2026-03-28", "2026-03-30")
-    counts = {day: row["event_count"] for (day, _), row in s.daily_activity().items()}
-    assert counts == {date(2026, 3, 28): 1, date(2026, 3, 29): 3, date(2026, 3, 30): 1}
+    assert neighbours["success"]
+    assert [(row[0], row[2]) for row in neighbours["rows"]] == [("2026-03-28", 1), ("2026-03-29", 3), ("2026-03-30", 1)]
+    assert neighbours["rows"][1] == single["rows"][0]
