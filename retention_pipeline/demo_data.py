@@ -366,6 +366,7 @@ _KIND_ANONYMOUS = 1
 
 
 def _pack(user_id: int, kind: int, sessions: int, events: int) -> int:
+    """One schedule entry as an int: arrays of ints cost 8 bytes an entry, tuples ~80."""
     return (user_id << 20) | (kind << 16) | (sessions << 8) | min(events, 255)
 
 
@@ -519,6 +520,7 @@ def _day_size(rng: random.Random, pace: _Pace) -> tuple[int, int]:
 
 
 def _day_start(ordinal: int) -> datetime:
+    """Midnight UTC of a date ordinal: rows are offsets from it, converted to datetimes once sorted."""
     day = date.fromordinal(ordinal)
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
@@ -531,7 +533,9 @@ def _signup_offset(user: DemoUser, ordinal: int) -> float | None:
     return created.hour * 3600 + created.minute * 60 + created.second + created.microsecond / 1e6
 
 
-def _day_timing(rng: random.Random, n_sessions: int, n_events: int, signup: float | None) -> list[tuple[float, float, list[float]]]:
+def _day_timing(
+    rng: random.Random, n_sessions: int, n_events: int, signup: float | None
+) -> list[tuple[float, float, list[float]]]:
     """(start, last_seen, event offsets) per session, in seconds after midnight.
 
     The day (from sign-up, on the sign-up day) is cut into one slot per session, so sessions never
@@ -650,6 +654,7 @@ def _workspace(seed: int, user_id: int, cache: dict[int, tuple[str, ...]]) -> tu
 
 
 def _task_title(rng: random.Random) -> str:
+    """Verb + object ("Review budget sheet"): ~170 combinations read like a real backlog."""
     return f"{rng.choice(_TASK_VERBS)} {rng.choice(_TASK_OBJECTS)}"
 
 
@@ -712,6 +717,7 @@ _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _validated_schema(schema: str) -> str:
+    """Reject rather than escape odd names; sql.Identifier still quotes whatever passes."""
     if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
         raise ValueError(
             f"schema {schema!r} is not a plain identifier: use lower-case letters, digits and underscores, "
@@ -721,6 +727,7 @@ def _validated_schema(schema: str) -> str:
 
 
 def _refuse_non_empty(cur, schema: str) -> None:
+    """Fail before copying anything, so a refused load leaves the transaction clean."""
     for table in ("users", "events", "auth_sessions"):
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{})").format(sql.Identifier(schema), sql.Identifier(table)))
         if cur.fetchone()[0]:
@@ -778,12 +785,14 @@ def _text(value: str | None) -> str:
 
 
 def _user_lines(pop: DemoPopulation) -> Iterator[str]:
+    """COPY text lines of the users table (timestamps carry +00:00, so the session TimeZone is moot)."""
     for user in pop.users:
         customer = _stripe_customer_id(pop.seed, user)
         yield f"{user.id}\t{_text(user.email)}\t{_text(user.name)}\t{user.created_at.isoformat()}\t{_text(customer)}\n"
 
 
 def _event_lines(events: Iterable[tuple]) -> Iterator[str]:
+    """COPY text lines of events; properties become compact JSON, escaped for the text format."""
     for event_id, user_id, event_type, occurred_at, properties in events:
         user = _NULL if user_id is None else user_id
         payload = _NULL if properties is None else _to_json(properties).translate(_COPY_ESCAPES)
@@ -791,6 +800,7 @@ def _event_lines(events: Iterable[tuple]) -> Iterator[str]:
 
 
 def _session_lines(sessions: Iterable[tuple]) -> Iterator[str]:
+    """COPY text lines of auth_sessions."""
     for session_id, user_id, started_at, last_seen_at in sessions:
         last_seen = _NULL if last_seen_at is None else last_seen_at.isoformat()
         yield f"{session_id}\t{user_id}\t{started_at.isoformat()}\t{last_seen}\n"

@@ -10,6 +10,7 @@ from dagster import (
     SkipReason,
     TimeWindowPartitionsDefinition,
     define_asset_job,
+    partition_loading_context,
     schedule,
 )
 
@@ -38,7 +39,9 @@ weekly_segments_job = define_asset_job(
 
 def _latest_complete_partition_request(context: ScheduleEvaluationContext, partitions: TimeWindowPartitionsDefinition):
     """Request the latest partition that has ended by the tick: yesterday at 09:00, last week on Monday."""
-    partition_key = partitions.get_last_partition_key(current_time=context.scheduled_execution_time)
+    # The tick's time, not the wall clock: a caught-up or late tick still asks for its own partition.
+    with partition_loading_context(effective_dt=context.scheduled_execution_time):
+        partition_key = partitions.get_last_partition_key()
     if partition_key is None:
         return SkipReason("No partition has ended yet.")
     return RunRequest(run_key=partition_key, partition_key=partition_key)

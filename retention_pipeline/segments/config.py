@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
-from dagster import Config
-from pydantic import Field, model_validator
+from typing import Any
+
+from dagster import Config, Failure
+from pydantic import Field, ValidationError, model_validator
+
+
+def _reject_clearly(cls, data: Any, handler):
+    """Turn invalid thresholds into a Dagster Failure that names every bad field and is not retried:
+    the assets' database retry policy would otherwise retry a typo three times and end the run with
+    nothing but "Exceeded max_retries". Config is built before the asset body, so nothing is written."""
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'thresholds'}: {error['msg']}"
+            + (f" (got {error['input']!r})" if error["loc"] else "")
+            for error in exc.errors()
+        )
+        raise Failure(description=f"Invalid {cls.__name__}: {problems}", allow_retries=False) from exc
 
 
 class SegmentThresholds(Config):
@@ -21,6 +38,9 @@ class SegmentThresholds(Config):
             raise ValueError("active_min_active_days must not exceed power_min_active_days")
         return self
 
+    # Declared last, so it wraps every check above.
+    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+
 
 class DormancyThresholds(Config):
     """When a user counts as dormant on the as-of day (the partition day)."""
@@ -37,3 +57,6 @@ class DormancyThresholds(Config):
         if self.lost_after_days <= self.dormant_after_days:
             raise ValueError("lost_after_days must be greater than dormant_after_days")
         return self
+
+    # Declared last, so it wraps every check above.
+    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
