@@ -59,11 +59,12 @@ def demo(seed: int, n_users: int) -> None:
     app on the first run, installs the events trigger, backfills the history as single runs and runs
     the daily job for the latest complete day. Safe to run again: every step replaces its own output.
     """
-    from retention_pipeline.demo import run_demo
-
     started = time.monotonic()
     try:
         with environment() as env:
+            # Imported only now: the definitions read STRIPE_API_BASE, which the environment just set.
+            from retention_pipeline.demo import run_demo
+
             for note in env.notes:
                 _say(note)
             report = run_demo(env, seed=seed, n_users=n_users, history_days=DEMO_HISTORY_DAYS, say=_say)
@@ -103,6 +104,35 @@ def dev(port: int) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         _say("Stopped the Dagster UI and the embedded PostgreSQL.")
+
+
+@main.command(
+    "dagster",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dagster_command(args: tuple[str, ...]) -> None:
+    """Run any `dagster` CLI command against the same instance and data, e.g. a backfill:
+
+    \b
+    retention-pipeline dagster asset materialize -m retention_pipeline.definitions \\
+        --select daily_activity_snapshots --partition-range 2026-08-01...2026-10-29
+    """
+    try:
+        with environment() as env:
+            for note in env.notes:
+                _say(note)
+            children = ChildProcesses(STATE_DIR)
+            process = children.start([sys.executable, "-m", "dagster", *args], cwd=PROJECT_ROOT)
+            try:
+                code = process.wait()
+            finally:
+                children.stop(process)
+    except (LauncherError, SettingsError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; the dagster command and the embedded PostgreSQL were stopped.")
+    sys.exit(code)
 
 
 @main.group()

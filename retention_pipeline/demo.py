@@ -10,7 +10,11 @@ import psycopg2
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
+import stripe
+
 from retention_pipeline import clock, demo_data
+from retention_pipeline.billing.demo_seed import seed_demo_stripe
+from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.launcher import Environment
 from retention_pipeline.resources import AppDatabase
@@ -29,6 +33,8 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     first_day = as_of - timedelta(days=history_days - 1)
     seeded = _seed_if_empty(db, seed, n_users, as_of, say)
     install_schema(db)
+    if env.local_stripe is not None:
+        _seed_local_stripe_if_empty(db, env.local_stripe, say)
     tracked = install_trigger(db)
     say(f"Trigger on events installed; user_activity tracks {tracked:,} users.")
 
@@ -40,6 +46,8 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     if weeks:
         say(f"Computing weekly segments for {len(weeks)} complete weeks ({weeks[0]} .. {weeks[-1]}) as one run ...")
         timings["segments"] = _timed(lambda: run_job(instance, "weekly_segments_job", weeks[0], weeks[-1], quiet=True))
+    say("Snapshotting Stripe subscriptions ...")
+    timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     say(f"Running the daily job for {as_of} ...")
     timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), quiet=True))
     return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env)
@@ -51,24 +59,67 @@ def _timed(fn) -> float:
     return time.monotonic() - started
 
 
-def _seed_if_empty(db: AppDatabase, seed: int, n_users: int, as_of: date, say) -> dict | None:
+def _connect(db: AppDatabase):
     url = sa.engine.make_url(db.url)
-    conn = psycopg2.connect(
+    return psycopg2.connect(
         dbname=url.database, user=url.username, password=url.password, host=url.query.get("host") or url.host, port=url.port
     )
+
+
+# The demo app remembers how it was generated, so later runs can re-derive the same population
+# (e.g. to seed a fresh localstripe with the same customers).
+_SEED_INFO_DDL = "CREATE TABLE IF NOT EXISTS demo_seed_info (seed integer NOT NULL, as_of date NOT NULL, n_users integer NOT NULL)"
+
+
+def _seed_if_empty(db: AppDatabase, seed: int, n_users: int, as_of: date, say) -> dict | None:
+    conn = _connect(db)
     try:
         demo_data.create_app_tables(conn)
         with conn.cursor() as cur:
+            cur.execute(_SEED_INFO_DDL)
             cur.execute("SELECT count(*) FROM users")
             if cur.fetchone()[0]:
                 conn.commit()
                 say("Demo app data already present; keeping it.")
                 return None
-        say(f"Seeding the demo app: {n_users:,} users over the 90 days up to {as_of} (seed {seed}) ...")
-        population = demo_data.generate(seed=seed, as_of=as_of, n_users=n_users)
-        counts = demo_data.load(conn, population)
+            say(f"Seeding the demo app: {n_users:,} users over the 90 days up to {as_of} (seed {seed}) ...")
+            population = demo_data.generate(seed=seed, as_of=as_of, n_users=n_users)
+            counts = demo_data.load(conn, population)
+            cur.execute("INSERT INTO demo_seed_info VALUES (%s, %s, %s)", (seed, as_of, n_users))
         conn.commit()
         return counts
+    finally:
+        conn.close()
+
+
+def _demo_population(db: AppDatabase) -> demo_data.DemoPopulation | None:
+    row = db.fetch_all("SELECT seed, as_of, n_users FROM demo_seed_info LIMIT 1")
+    return demo_data.generate(seed=row[0].seed, as_of=row[0].as_of, n_users=row[0].n_users) if row else None
+
+
+def _seed_local_stripe_if_empty(db: AppDatabase, server: LocalStripe, say) -> None:
+    """Give localstripe the demo's customers and subscriptions, and the demo users their customer ids."""
+    client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": server.api_base})
+    if client.v1.subscriptions.list(params={"status": "all", "limit": 1}).data:
+        return
+    population = _demo_population(db)
+    if population is None:
+        say("The app database was not made by the demo; localstripe stays empty.")
+        return
+    paying = sum(1 for user in population.users if user.plan)
+    say(f"Seeding localstripe (a local Stripe) with {paying:,} demo subscriptions ...")
+    seeded = seed_demo_stripe(client, population.users)
+    conn = _connect(db)
+    try:
+        with conn.cursor() as cur:
+            # Stripe chooses customer ids; only ~70% are stored on users, the rest are left for the
+            # pipeline to map through customer metadata or the email address.
+            cur.execute("UPDATE users SET stripe_customer_id = NULL WHERE stripe_customer_id IS NOT NULL")
+            cur.executemany(
+                "UPDATE users SET stripe_customer_id = %s WHERE id = %s",
+                [(customer_id, user_id) for user_id, customer_id in seeded["stripe_customer_ids"].items()],
+            )
+        conn.commit()
     finally:
         conn.close()
 
@@ -78,6 +129,8 @@ _REPORT_SQL = {
     "(SELECT count(*) FROM {rs}.source_auth_sessions) AS sessions",
     "segments": "SELECT segment, count(*) AS users FROM {rs}.weekly_segments WHERE week_start = :week GROUP BY segment",
     "dormant": "SELECT reason, count(*) AS users FROM {rs}.dormant_users WHERE as_of_date = :as_of GROUP BY reason",
+    "mrr": "SELECT subscription_status, count(*) AS users, sum(mrr_cents)::bigint AS mrr_cents FROM {rs}.dormant_users "
+    "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC",
 }
 
 
@@ -102,4 +155,7 @@ def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dic
         f"\nDormant users on {as_of}: {sum(dormant.values()):,} "
         f"({dormant.get('inactive', 0):,} inactive 7+ days, {dormant.get('declining', 0):,} with declining activity)"
     )
+    at_risk = db.fetch_all(_REPORT_SQL["mrr"], {"as_of": as_of})
+    lines.append(f"MRR at risk among them: ${sum(r.mrr_cents for r in at_risk) / 100:,.2f} a month")
+    lines += [f"  {r.subscription_status:<12} {r.users:>6,} users  ${r.mrr_cents / 100:>10,.2f}" for r in at_risk]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     TimeWindowPartitionsDefinition,
@@ -17,6 +18,9 @@ from dagster import (
 from retention_pipeline.partitions import daily_partitions, weekly_partitions
 from retention_pipeline.settings import MORNING_CRON, PROJECT_TIMEZONE
 
+# Half an hour before the default morning run, so dormant_users reads a fresh subscription snapshot.
+BILLING_CRON = os.environ.get("RETENTION_BILLING_CRON", "30 8 * * *")
+
 # An hour after the default morning run, so Sunday's snapshot exists when Monday computes the week.
 WEEKLY_CRON = os.environ.get("RETENTION_WEEKLY_CRON", "0 10 * * 1")
 
@@ -27,6 +31,13 @@ daily_retention_job = define_asset_job(
     description="Yesterday's activity snapshot, dormant users and everything downstream of them.",
     selection=DAILY_ASSETS,
     partitions_def=daily_partitions,
+)
+
+# Unpartitioned and kept out of the daily job, so a backfill of past days never calls Stripe.
+billing_snapshot_job = define_asset_job(
+    name="billing_snapshot_job",
+    description="A fresh snapshot of every Stripe subscription.",
+    selection=AssetSelection.assets("stripe_subscriptions"),
 )
 
 weekly_segments_job = define_asset_job(
@@ -70,3 +81,13 @@ def daily_morning_schedule(context: ScheduleEvaluationContext):
 )
 def weekly_segments_schedule(context: ScheduleEvaluationContext):
     return _latest_complete_partition_request(context, weekly_partitions)
+
+
+billing_snapshot_schedule = ScheduleDefinition(
+    name="billing_snapshot_schedule",
+    job=billing_snapshot_job,
+    cron_schedule=BILLING_CRON,
+    execution_timezone=PROJECT_TIMEZONE,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Every morning before the daily run: the Stripe subscription snapshot.",
+)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.embedded import EmbeddedPostgres
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
 
@@ -39,6 +40,7 @@ class Environment:
     dagster_home: Path
     embedded: EmbeddedPostgres | None
     notes: list[str]
+    local_stripe: LocalStripe | None = None
 
     @property
     def is_embedded(self) -> bool:
@@ -73,6 +75,28 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
         return
 
     ChildProcesses(state_dir).reap_orphans(notes)
+    with _local_stripe_unless_configured(state_dir) as local_stripe, _embedded_databases(state_dir, notes) as (server, app_url, dagster_url):
+        yield Environment(app_url, dagster_url, dagster_home, server, notes, local_stripe)
+
+
+@contextlib.contextmanager
+def _local_stripe_unless_configured(state_dir: Path) -> Iterator[LocalStripe | None]:
+    """With no STRIPE_API_KEY, a local Stripe-compatible server (localstripe) stands in for Stripe."""
+    if os.environ.get("STRIPE_API_KEY"):
+        yield None
+        return
+    with LocalStripe(state_file=state_dir / "localstripe" / "state.pickle") as server:
+        os.environ["STRIPE_API_KEY"] = LOCALSTRIPE_API_KEY
+        os.environ["STRIPE_API_BASE"] = server.api_base
+        try:
+            yield server
+        finally:
+            os.environ.pop("STRIPE_API_KEY", None)
+            os.environ.pop("STRIPE_API_BASE", None)
+
+
+@contextlib.contextmanager
+def _embedded_databases(state_dir: Path, notes: list[str]):
     server = EmbeddedPostgres(state_dir / "pgdata")
     status = server.start()
     if status.adopted_stale_pid:
@@ -82,10 +106,9 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
     try:
         server.ensure_database(DEMO_APP_DATABASE)
         server.ensure_database(DAGSTER_DATABASE)
-        env = Environment(server.url(DEMO_APP_DATABASE), server.url(DAGSTER_DATABASE), dagster_home, server, notes)
-        os.environ["RETENTION_DATABASE_URL"] = env.app_database_url
-        os.environ["DAGSTER_PG_URL"] = env.dagster_pg_url
-        yield env
+        os.environ["RETENTION_DATABASE_URL"] = server.url(DEMO_APP_DATABASE)
+        os.environ["DAGSTER_PG_URL"] = server.url(DAGSTER_DATABASE)
+        yield server, server.url(DEMO_APP_DATABASE), server.url(DAGSTER_DATABASE)
     finally:
         os.environ.pop("RETENTION_DATABASE_URL", None)
         os.environ.pop("DAGSTER_PG_URL", None)

@@ -16,13 +16,13 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 def run_job(
     instance: DagsterInstance,
     job_name: str,
-    first_key: str,
+    first_key: str | None = None,
     last_key: str | None = None,
     run_config: dict | None = None,
     tags: dict | None = None,
     quiet: bool = False,
 ) -> ExecuteInProcessResult:
-    """One run over one partition, or over the inclusive range first_key..last_key (a single-run backfill)."""
+    """One run: unpartitioned (no key), one partition, or the inclusive range first_key..last_key (a single-run backfill)."""
     job = defs.resolve_job_def(job_name)
     all_tags = dict(tags or {})
     if quiet:

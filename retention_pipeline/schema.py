@@ -12,7 +12,9 @@ import hashlib
 
 import sqlalchemy as sa
 
+from retention_pipeline.billing.tables import BILLING_TABLES_DDL
 from retention_pipeline.db import run_script
+from retention_pipeline.outreach.tables import OUTREACH_TABLES_DDL
 from retention_pipeline.resources import AppDatabase
 
 # Arbitrary constant that identifies "schema installation" among advisory locks.
@@ -71,6 +73,11 @@ CREATE TABLE IF NOT EXISTS {rs}.dormant_users (
     recent_events       integer NOT NULL,
     previous_events     integer NOT NULL,
     last_actions        jsonb NOT NULL,
+    subscription_status text NOT NULL,     -- best current Stripe status, 'none' without a subscription
+    plan_name           text,
+    mrr_cents           bigint NOT NULL,
+    cancel_at_period_end boolean NOT NULL,
+    targeted            boolean NOT NULL,  -- passes the targeting policy (DormancyThresholds)
     PRIMARY KEY (as_of_date, user_id)
 );
 """
@@ -104,7 +111,7 @@ def install_schema(db: AppDatabase) -> None:
     Re-creating views takes an exclusive lock that would queue behind any long-running backfill, so
     the schema carries a fingerprint of its DDL and an unchanged schema is left alone.
     """
-    ddl = db.render(TABLES_DDL) + db.render(_source_views_ddl(db))
+    ddl = db.render(TABLES_DDL + BILLING_TABLES_DDL + OUTREACH_TABLES_DDL) + db.render(_source_views_ddl(db))
     fingerprint = "retention_pipeline " + hashlib.sha256(ddl.encode()).hexdigest()[:16]
     if _schema_fingerprint(db) == fingerprint:
         return

@@ -27,6 +27,7 @@ from retention_pipeline.segments.sql import (
     DORMANT_PREVIEW_SQL,
     DORMANT_SUMMARY_SQL,
     DORMANT_USERS_SQL,
+    MRR_AT_RISK_SQL,
     SEGMENT_DISTRIBUTION_SQL,
     WEEKLY_SEGMENTS_SQL,
 )
@@ -101,13 +102,16 @@ def _distribution_markdown(latest: Counter, total: int, week) -> str:
             # start_offset counts days: the as-of day and the 90 days before it (lost_after_days'
             # default), the furthest back a user's last activity is looked for. end_offset 0: the as-of day.
             partition_mapping=TimeWindowPartitionMapping(start_offset=-90, end_offset=0),
-        )
+        ),
+        # Unpartitioned: every as-of day reads the latest snapshot, so a backfill of a past day uses
+        # today's subscriptions (Stripe keeps no history we could ask for that day).
+        AssetDep("stripe_subscriptions"),
     ],
     check_specs=dormant_check_specs("dormant_users"),
 )
 def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, app_db: AppDatabase) -> MaterializeResult:
     """Users drifting away on the as-of day (the partition day): inactive for N days, or activity
-    falling week over week; with what a personal email needs (name, last actions)."""
+    falling week over week; with their subscription, MRR at risk and what a personal email needs."""
     install_schema(app_db)
     days = partition_days(context)
     window = window_params(context.partition_time_window)
@@ -117,6 +121,7 @@ def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, ap
             conn.execute(text(app_db.render(DORMANT_USERS_SQL)), _as_of_params(as_of, window["tz"], thresholds))
         summary = conn.execute(text(app_db.render(DORMANT_SUMMARY_SQL)), window).mappings().all()
         preview = conn.execute(text(app_db.render(DORMANT_PREVIEW_SQL)), {"as_of": days[-1]}).mappings().all()
+        at_risk = conn.execute(text(app_db.render(MRR_AT_RISK_SQL)), {"as_of": days[-1]}).mappings().all()
         checks = dormant_check_results(conn, app_db, window)
     latest = Counter({row["reason"]: row["users"] for row in summary if row["as_of_date"] == days[-1]})
     return MaterializeResult(
@@ -127,11 +132,24 @@ def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, ap
             "dormant_users": MetadataValue.int(sum(latest.values())),
             "dormant_inactive": MetadataValue.int(latest["inactive"]),
             "dormant_declining": MetadataValue.int(latest["declining"]),
+            "targeted": MetadataValue.int(sum(row["targeted"] for row in at_risk)),
+            "mrr_at_risk": MetadataValue.float(sum(row["mrr_cents"] for row in at_risk) / 100),
+            **{f"mrr_at_risk_{row['subscription_status']}": MetadataValue.float(row["mrr_cents"] / 100) for row in at_risk},
+            "mrr_at_risk_by_status": MetadataValue.md(_at_risk_markdown(at_risk)),
             "thresholds": MetadataValue.json(thresholds),
             "preview": MetadataValue.md(pd.DataFrame(preview).to_markdown(index=False) if preview else "_no dormant users_"),
         },
         check_results=checks,
     )
+
+
+def _at_risk_markdown(rows) -> str:
+    lines = ["| subscription | dormant users | targeted | MRR at risk | cancel at period end |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        f"| {r['subscription_status']} | {r['users']} | {r['targeted']} | ${r['mrr_cents'] / 100:,.2f} | {r['cancel_at_period_end']} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 def _as_of_params(as_of: date, tz: str, thresholds: dict) -> dict:

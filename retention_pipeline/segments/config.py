@@ -23,6 +23,11 @@ def _reject_clearly(cls, data: Any, handler):
         raise Failure(description=f"Invalid {cls.__name__}: {problems}", allow_retries=False) from exc
 
 
+SUBSCRIPTION_STATUSES = frozenset(
+    {"active", "past_due", "trialing", "unpaid", "incomplete", "incomplete_expired", "canceled", "paused", "none"}
+)
+
+
 class SegmentThresholds(Config):
     """Weekly lifecycle segments. The first matching rule wins (README: segment definitions)."""
 
@@ -51,11 +56,21 @@ class DormancyThresholds(Config):
     decline_min_events: int = Field(default=5, ge=1, description="The decline rule needs at least this many events in the earlier 7 days.")
     min_account_age_days: int = Field(default=7, ge=0, description="Accounts younger than this are never dormant (they are still onboarding).")
     last_actions: int = Field(default=3, ge=1, le=10, description="How many recent distinct actions to keep for the email's personalization.")
+    target_statuses: list[str] = Field(
+        default=["active", "past_due", "trialing", "none"],
+        description="Subscription statuses to target; 'none' = users without a subscription. Others are kept but not targeted.",
+    )
+    exclude_ended_after_days: int = Field(
+        default=180, ge=0, description="Never target users whose subscription ended more than this many days before the as-of day."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "DormancyThresholds":
         if self.lost_after_days <= self.dormant_after_days:
             raise ValueError("lost_after_days must be greater than dormant_after_days")
+        unknown = sorted(set(self.target_statuses) - SUBSCRIPTION_STATUSES)
+        if unknown:
+            raise ValueError(f"unknown target_statuses {unknown}; known: {sorted(SUBSCRIPTION_STATUSES)}")
         return self
 
     # Declared last, so it wraps every check above.

@@ -69,8 +69,20 @@ ORDER BY week_start, segment
 DORMANT_USERS_SQL = """
 DELETE FROM {rs}.dormant_users WHERE as_of_date = :as_of;
 INSERT INTO {rs}.dormant_users (as_of_date, user_id, email, name, signed_up_at, last_activity_at, days_inactive,
-    reason, recent_events, previous_events, last_actions)
-WITH activity AS (
+    reason, recent_events, previous_events, last_actions, subscription_status, plan_name, mrr_cents,
+    cancel_at_period_end, targeted)
+WITH subscriptions AS (
+    -- A user's best current subscription decides status and plan; MRR adds up all of them.
+    SELECT DISTINCT ON (user_id) user_id, status, COALESCE(product_name, plan_name) AS plan_name,
+           sum(mrr_cents) OVER (PARTITION BY user_id) AS mrr_cents,
+           bool_or(cancel_at_period_end) OVER (PARTITION BY user_id) AS cancel_at_period_end,
+           COALESCE(ended_at, canceled_at) AS ended_at
+    FROM {rs}.stripe_subscriptions
+    WHERE user_id IS NOT NULL
+    ORDER BY user_id,
+             array_position(ARRAY['active', 'past_due', 'trialing', 'unpaid', 'incomplete', 'paused'], status) NULLS LAST,
+             COALESCE(ended_at, canceled_at) DESC NULLS FIRST, mrr_cents DESC
+), activity AS (
     SELECT user_id,
            max(activity_date) AS last_active_date,
            max(last_event_at) AS last_activity_at,
@@ -95,9 +107,13 @@ WITH activity AS (
     FROM activity a
 )
 SELECT CAST(:as_of AS date), u.id, u.email, u.name, u.created_at, c.last_activity_at, c.days_inactive, c.reason,
-       c.recent_events, c.previous_events, recent.last_actions
+       c.recent_events, c.previous_events, recent.last_actions,
+       COALESCE(s.status, 'none'), s.plan_name, COALESCE(s.mrr_cents, 0), COALESCE(s.cancel_at_period_end, false),
+       COALESCE(s.status, 'none') = ANY(:target_statuses)
+           AND (s.ended_at IS NULL OR s.ended_at >= :end_ts - make_interval(days => :exclude_ended_after_days))
 FROM candidates c
 JOIN {rs}.source_users u ON u.id = c.user_id
+LEFT JOIN subscriptions s ON s.user_id = c.user_id
 CROSS JOIN LATERAL (
     SELECT COALESCE(jsonb_agg(jsonb_build_object(
                'event_type', x.event_type,
@@ -132,9 +148,17 @@ WHERE as_of_date >= :start_date AND as_of_date < :end_date
 GROUP BY as_of_date, reason ORDER BY as_of_date, reason
 """
 
+MRR_AT_RISK_SQL = """
+SELECT subscription_status, count(*) AS users, count(*) FILTER (WHERE targeted) AS targeted,
+       sum(mrr_cents)::bigint AS mrr_cents, count(*) FILTER (WHERE cancel_at_period_end) AS cancel_at_period_end
+FROM {rs}.dormant_users WHERE as_of_date = :as_of
+GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC, subscription_status
+"""
+
 DORMANT_PREVIEW_SQL = """
-SELECT user_id, days_inactive, reason, recent_events, previous_events,
+SELECT user_id, days_inactive, reason, subscription_status AS status, plan_name AS plan,
+       round(mrr_cents / 100.0, 2) AS mrr, targeted,
        (SELECT string_agg(a->>'event_type', ', ') FROM jsonb_array_elements(last_actions) a) AS last_actions
 FROM {rs}.dormant_users WHERE as_of_date = :as_of
-ORDER BY days_inactive DESC, user_id LIMIT 10
+ORDER BY mrr_cents DESC, days_inactive DESC, user_id LIMIT 10
 """

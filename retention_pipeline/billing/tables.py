@@ -1,0 +1,28 @@
+"""DDL of the billing tables in the project schema (`{rs}` is filled by `AppDatabase.render`)."""
+
+# One row per Stripe subscription (every status, canceled included), replaced as a whole by each
+# materialization of `stripe_subscriptions`. mrr_cents is 0 for statuses that do not count as MRR.
+BILLING_TABLES_DDL = """
+CREATE TABLE IF NOT EXISTS {rs}.stripe_subscriptions (
+    subscription_id       text PRIMARY KEY,
+    customer_id           text NOT NULL,
+    user_id               bigint,
+    mapped_by             text CHECK (mapped_by IN ('stripe_customer_id', 'metadata', 'email')),
+    status                text NOT NULL,
+    plan_name             text,
+    product_name          text,
+    billing_interval      text,
+    interval_count        integer,
+    quantity              integer NOT NULL,
+    mrr_cents             bigint NOT NULL CHECK (mrr_cents >= 0),
+    currency              text,
+    cancel_at_period_end  boolean NOT NULL,
+    current_period_end    timestamptz,
+    canceled_at           timestamptz,
+    ended_at              timestamptz,
+    snapshot_at           timestamptz NOT NULL,
+    CHECK ((user_id IS NULL) = (mapped_by IS NULL))
+);
+CREATE INDEX IF NOT EXISTS stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
+CREATE INDEX IF NOT EXISTS stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
+"""
