@@ -1,7 +1,5 @@
 """The code location: every asset, check, job, schedule and resource of the retention loop."""
 
-from __future__ import annotations
-
 import os
 
 from dagster import Definitions, EnvVar
@@ -17,16 +15,32 @@ from retention_pipeline.jobs import (
     weekly_segments_job,
     weekly_segments_schedule,
 )
+from retention_pipeline.outreach.assets import reengagement_emails
+from retention_pipeline.outreach.links import UnsubscribeLinks
+from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
+from retention_pipeline.settings import STATE_DIR
+
+app_db = AppDatabase(url=EnvVar("RETENTION_DATABASE_URL"))
+
+
+def email_sender() -> EmailSender:
+    """Resend when RESEND_API_KEY is set; otherwise the outbox, which only shows what would be sent."""
+    if os.environ.get("RESEND_API_KEY"):
+        return ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=os.environ.get("RESEND_API_URL", "https://api.resend.com"))
+    return OutboxSender(app_db=app_db, outbox_dir=str(STATE_DIR / "outbox"))
+
 
 defs = Definitions(
-    assets=[daily_activity_snapshots, stripe_subscriptions, weekly_engagement_segments, dormant_users],
+    assets=[daily_activity_snapshots, stripe_subscriptions, weekly_engagement_segments, dormant_users, reengagement_emails],
     jobs=[daily_retention_job, billing_snapshot_job, weekly_segments_job],
     schedules=[billing_snapshot_schedule, daily_morning_schedule, weekly_segments_schedule],
     resources={
-        "app_db": AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")),
+        "app_db": app_db,
         # STRIPE_API_BASE points at a Stripe-compatible server (the demo's localstripe); unset = Stripe.
         "stripe": StripeResource(api_key=EnvVar("STRIPE_API_KEY"), api_base=os.environ.get("STRIPE_API_BASE", "")),
+        "email_sender": email_sender(),
+        "unsubscribe_links": UnsubscribeLinks(secret=EnvVar("RETENTION_UNSUBSCRIBE_SECRET")),
     },
 )

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -75,8 +76,20 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
         return
 
     ChildProcesses(state_dir).reap_orphans(notes)
+    _ensure_demo_unsubscribe_secret(state_dir)
     with _local_stripe_unless_configured(state_dir) as local_stripe, _embedded_databases(state_dir, notes) as (server, app_url, dagster_url):
         yield Environment(app_url, dagster_url, dagster_home, server, notes, local_stripe)
+
+
+def _ensure_demo_unsubscribe_secret(state_dir: Path) -> None:
+    """The embedded default signs unsubscribe links with a random key kept in the state folder."""
+    if os.environ.get("RETENTION_UNSUBSCRIBE_SECRET"):
+        return
+    path = state_dir / "unsubscribe_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    os.environ["RETENTION_UNSUBSCRIBE_SECRET"] = path.read_text().strip()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from dagster import DagsterInstance, ExecuteInProcessResult
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 
 from retention_pipeline.definitions import defs
 from retention_pipeline.partitions import weekly_partitions
@@ -21,16 +21,28 @@ def run_job(
     run_config: dict | None = None,
     tags: dict | None = None,
     quiet: bool = False,
+    resources: dict | None = None,
+    assets: list[str] | None = None,
 ) -> ExecuteInProcessResult:
     """One run: unpartitioned (no key), one partition, or the inclusive range first_key..last_key (a single-run backfill)."""
     job = defs.resolve_job_def(job_name)
     all_tags = dict(tags or {})
     if quiet:
         run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    if last_key is None or last_key == first_key:
-        return job.execute_in_process(instance=instance, partition_key=first_key, run_config=run_config, tags=all_tags)
-    all_tags |= {RANGE_START_TAG: first_key, RANGE_END_TAG: last_key}
-    return job.execute_in_process(instance=instance, run_config=run_config, tags=all_tags)
+    selection = [AssetKey(name) for name in assets] if assets else None
+    single = last_key is None or last_key == first_key
+    if not single:
+        all_tags |= {RANGE_START_TAG: first_key, RANGE_END_TAG: last_key}
+    if resources:
+        # A job's resources are bound; swapping one (e.g. a sender aimed at a test server) means
+        # materializing the same assets with the merged resources instead.
+        return materialize(
+            list(defs.assets), resources={**defs.resources, **resources}, instance=instance, run_config=run_config,
+            selection=selection or list(job.asset_layer.selected_asset_keys),
+            partition_key=first_key if single else None, tags=all_tags,
+        )
+    return job.execute_in_process(instance=instance, run_config=run_config, asset_selection=selection,
+                                  partition_key=first_key if single else None, tags=all_tags)
 
 
 def day_key(day: date) -> str:

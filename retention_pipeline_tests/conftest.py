@@ -74,4 +74,5 @@ def _reset_clock() -> Iterator[None]:
 def app_db_env(app_db: AppDatabase, monkeypatch) -> AppDatabase:
     """The app database, also exported as RETENTION_DATABASE_URL for jobs built from `defs`."""
     monkeypatch.setenv("RETENTION_DATABASE_URL", app_db.url)
+    monkeypatch.setenv("RETENTION_UNSUBSCRIBE_SECRET", "test-unsubscribe-secret")
     return app_db

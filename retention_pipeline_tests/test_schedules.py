@@ -38,7 +38,7 @@ def test_definitions():
     assert daily_morning_schedule.execution_timezone == "UTC"
     assert daily_morning_schedule.job_name == "daily_retention_job"
     assert weekly_segments_schedule.job_name == "weekly_segments_job"
-    assert {s.name for s in defs.schedules} == {"daily_morning_schedule", "weekly_segments_schedule"}
+    assert {s.name for s in defs.schedules} == {"billing_snapshot_schedule", "daily_morning_schedule", "weekly_segments_schedule"}
 
 
 @pytest.mark.parametrize(

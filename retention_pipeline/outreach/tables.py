@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS {rs}.email_sends (
     status               text NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'holdout', 'dry_run', 'unknown')),
     email                text,
     segment_reason       text,
+    mrr_cents            bigint NOT NULL DEFAULT 0,   -- the user's MRR when the row was written
     subject              text,
     payload              jsonb,
     batch_key            text,

@@ -1,0 +1,224 @@
+"""Re-engagement emails: a graph-backed asset whose materialization is the send ledger.
+
+plan (eligibility, holdout, rendering, ledger rows written BEFORE sending)
+  -> send (an op with its own retries; reconciles pending rows of crashed runs with the same keys)
+  -> record (the ledger's figures as the asset's metadata).
+"""
+
+import json
+from collections import Counter
+from datetime import date, timedelta
+
+import pandas as pd
+from dagster import (
+    AssetIn,
+    BackfillPolicy,
+    Backoff,
+    Failure,
+    In,
+    MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    RetryPolicy,
+    graph_asset,
+    op,
+)
+from sqlalchemy import text
+
+from retention_pipeline import clock
+from retention_pipeline.outreach.allocation import in_holdout, stable_variant
+from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
+from retention_pipeline.outreach.links import UnsubscribeLinks
+from retention_pipeline.outreach.render import EmailRenderer
+from retention_pipeline.outreach.senders import EmailSender, OutgoingEmail, SenderConfigurationError
+from retention_pipeline.outreach.sql import (
+    ASSIGN_BATCH_SQL,
+    BATCH_ROWS_SQL,
+    CANDIDATES_SQL,
+    INSERT_LEDGER_SQL,
+    LEDGER_SUMMARY_SQL,
+    MARK_FAILED_SQL,
+    MARK_SENT_SQL,
+    PENDING_BATCHES_SQL,
+)
+from retention_pipeline.partitions import daily_partitions
+from retention_pipeline.resources import AppDatabase
+from retention_pipeline.retry import database_retry_policy
+from retention_pipeline.schema import install_schema
+from retention_pipeline.sql_time import partition_days, window_params
+
+# Resend honours an idempotency key for 24 h. A pending batch older than this is not re-sent with its
+# key (the provider may have forgotten it and would send twice); it is marked `unknown` instead.
+IDEMPOTENCY_HORIZON = timedelta(hours=23)
+# How far back a dormancy episode's first day is looked for (longer episodes start there).
+EPISODE_LOOKBACK_DAYS = 120
+
+send_retry_policy = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL)
+
+
+@op(retry_policy=database_retry_policy, ins={"dormant_users": In(Nothing)}, tags={"kind": "postgres"})
+def plan_reengagement_sends(
+    context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks
+) -> dict:
+    """Write one ledger row per intended email (pending), holdout member (holdout) or dry run, before any send."""
+    install_schema(app_db)
+    days = partition_days(context)
+    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
+            "skipped": Counter(), "guards": {}, "recorded": Counter()}
+    renderer = EmailRenderer()
+    for as_of in days:
+        guard = _send_guard(config, as_of)
+        if guard:
+            plan["guards"][as_of.isoformat()] = guard
+            context.log.info(f"{as_of}: nothing sent: {guard}")
+            continue
+        for step in config.steps:
+            _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan)
+    plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
+    return plan
+
+
+def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
+    if config.paused:
+        return "campaign paused (kill switch)"
+    lag = (clock.today() - as_of).days
+    if lag > config.max_send_lag_days:
+        return f"partition is {lag} days old, older than max_send_lag_days={config.max_send_lag_days} (a backfill never sends)"
+    return None
+
+
+def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict) -> None:
+    params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
+              "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS}
+    created_at = clock.now()
+    with app_db.begin() as conn:
+        candidates = conn.execute(text(app_db.render(CANDIDATES_SQL)), params).mappings().all()
+        rows = []
+        for candidate in candidates:
+            if candidate["skip_reason"]:
+                plan["skipped"][candidate["skip_reason"]] += 1
+                continue
+            rows.append(_ledger_row(config, step, as_of, candidate, renderer, links, created_at))
+        inserted = [conn.execute(text(app_db.render(INSERT_LEDGER_SQL)), row).mappings().first() for row in rows]
+        # A concurrent run that recorded the same user first wins; ours is simply not inserted.
+        inserted = [r for r in inserted if r is not None]
+        if len(inserted) < len(rows):
+            plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
+        for row in inserted:
+            plan["recorded"][row["status"]] += 1
+        pending_ids = sorted(r["id"] for r in inserted if r["status"] == "pending")
+        for start in range(0, len(pending_ids), 100):
+            ids = pending_ids[start : start + 100]
+            batch_key = f"{config.campaign}-{as_of.isoformat()}-s{step.step}-{ids[0]}"
+            conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
+
+
+def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, renderer, links, created_at) -> dict:
+    variant = stable_variant(config.campaign, step.step, user["user_id"], step.variants)
+    base = {"campaign": config.campaign, "step": step.step, "user_id": user["user_id"],
+            "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
+            "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],
+            "created_at": created_at,
+            "subject": None, "payload": None}
+    if in_holdout(config.campaign, user["user_id"], config.holdout_share):
+        return base | {"status": "holdout", "variant": "holdout"}
+    link = links.link(config.unsubscribe_url, user["email"], config.campaign, as_of)
+    rendered = renderer.render(variant, dict(user), config.model_dump(), link)
+    payload = {
+        "to": user["email"], "from_address": config.from_address, "subject": rendered.subject,
+        "html": rendered.html, "text": rendered.text,
+        "headers": {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
+    }
+    status = "dry_run" if config.dry_run else "pending"
+    return base | {"status": status, "subject": rendered.subject, "payload": json.dumps(payload)}
+
+
+@op(retry_policy=send_retry_policy, tags={"kind": "resend"})
+def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppDatabase, email_sender: EmailSender) -> dict:
+    """Send every pending batch of the campaign, this run's and any a crashed run left, with its own key."""
+    results = Counter()
+    batches = app_db.fetch_all(PENDING_BATCHES_SQL, {"campaign": plan["campaign"]})
+    for batch in batches:
+        if clock.now() - batch.created_at > IDEMPOTENCY_HORIZON:
+            _finish_batch(app_db, batch.batch_key, "unknown", "pending beyond the provider's idempotency horizon; "
+                          "not re-sent to avoid a duplicate: check the provider's log for this batch key", 0)
+            results["unknown"] += batch.emails
+            continue
+        results[_send_batch(context, app_db, email_sender, batch.batch_key)] += batch.emails
+    context.log.info(f"send results: {dict(results)}")
+    return dict(results)
+
+
+def _send_batch(context, app_db: AppDatabase, sender: EmailSender, batch_key: str) -> str:
+    # A session-level advisory lock: two runs reconciling the same batch never send it at once.
+    with app_db.engine().connect() as lock_conn:
+        if not lock_conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": batch_key}).scalar():
+            return "locked_by_other_run"
+        try:
+            rows = app_db.fetch_all(BATCH_ROWS_SQL, {"batch_key": batch_key})
+            if not rows:
+                return "already_done"
+            emails = [OutgoingEmail(**row.payload) for row in rows]
+            try:
+                outcome = sender.send_batch(emails, idempotency_key=batch_key)
+            except SenderConfigurationError as exc:
+                raise Failure(description=str(exc), allow_retries=False) from None
+            if outcome.error or not outcome.provider_ids:
+                _finish_batch(app_db, batch_key, "failed", outcome.error or "provider returned no ids", outcome.attempts)
+                context.log.warning(f"batch {batch_key} rejected: {outcome.error}")
+                return "failed"
+            sent_at = clock.now()
+            with app_db.begin() as conn:
+                for row, provider_id in zip(rows, outcome.provider_ids, strict=True):
+                    conn.execute(text(app_db.render(MARK_SENT_SQL)),
+                                 {"id": row.id, "provider_id": provider_id, "sent_at": sent_at, "attempts": outcome.attempts})
+            return "sent"
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": batch_key})
+            lock_conn.commit()
+
+
+def _finish_batch(app_db: AppDatabase, batch_key: str, status: str, error: str, attempts: int) -> None:
+    app_db.execute(MARK_FAILED_SQL, {"batch_key": batch_key, "status": status, "error": error[:500], "attempts": attempts})
+
+
+@op(out=Out(Nothing), ins={"plan": In(dict), "results": In(dict)})
+def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, app_db: AppDatabase, email_sender: EmailSender):
+    """Summarise the ledger of the window as the asset's metadata."""
+    window = window_params(context.partition_time_window)
+    ledger = pd.DataFrame(app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaign": plan["campaign"]}),
+                          columns=["step", "variant", "status", "emails"])
+    by_status = ledger.groupby("status")["emails"].sum().to_dict() if not ledger.empty else {}
+    skipped = plan["skipped"]
+    context.add_output_metadata({
+        "campaign": MetadataValue.text(plan["campaign"]),
+        "sender": MetadataValue.text(email_sender.name),
+        "emails_sent": MetadataValue.int(int(by_status.get("sent", 0))),
+        "holdout": MetadataValue.int(int(by_status.get("holdout", 0))),
+        "failed": MetadataValue.int(int(by_status.get("failed", 0))),
+        "pending": MetadataValue.int(int(by_status.get("pending", 0))),
+        "dry_run": MetadataValue.int(int(by_status.get("dry_run", 0))),
+        "skipped": MetadataValue.int(sum(skipped.values())),
+        "skipped_by_reason": MetadataValue.json(skipped),
+        "send_results_this_run": MetadataValue.json(results),
+        "guards": MetadataValue.json(plan["guards"]),
+        "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
+    })
+
+
+@graph_asset(
+    group_name="outreach",
+    kinds={"resend", "postgres"},
+    owners=["team:growth"],
+    partitions_def=daily_partitions,
+    # One run over a range sends nothing for days older than max_send_lag_days, so a backfill is safe.
+    backfill_policy=BackfillPolicy.single_run(),
+    ins={"dormant_users": AssetIn(dagster_type=Nothing)},
+)
+def reengagement_emails(dormant_users):
+    """Personalized re-engagement emails to dormant users, sent at most once per user, step and
+    dormancy episode; the materialization is the send ledger (`retention.email_sends`)."""
+    plan = plan_reengagement_sends(dormant_users)
+    return record_send_ledger(plan, send_pending_emails(plan))

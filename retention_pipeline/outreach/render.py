@@ -1,0 +1,110 @@
+"""Rendering a personal re-engagement email from a dormant user's row (Jinja2, autoescaped HTML + text)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, select_autoescape
+from markupsafe import Markup
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+TEMPLATE_VARIANTS = ("recap", "nudge", "last_call")
+NAME_FALLBACK = "there"
+
+# Event types as phrases of "Last time, ...". Placeholders are event properties; a phrase whose
+# property is missing falls back to the event type's bare phrase, never to an empty quote.
+ACTION_PHRASES: dict[str, tuple[str, str]] = {
+    "create_project": ("you created the project “{{ project_name }}”", "you created a project"),
+    "create_task": ("you added the task “{{ task_title }}” to {{ project_name }}", "you added a task"),
+    "complete_task": ("you completed “{{ task_title }}”", "you completed a task"),
+    "comment": ("you commented in {{ project_name }}", "you left a comment"),
+    "invite_member": ("you invited a teammate", "you invited a teammate"),
+    "upload_file": ("you uploaded {{ file_name }}", "you uploaded a file"),
+    "view_dashboard": ("you checked the {{ dashboard }} dashboard", "you checked a dashboard"),
+    "export_report": ("you exported a {{ format | upper }} report", "you exported a report"),
+    "login": ("you signed in", "you signed in"),
+}
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+def clean_text(value: Any, max_length: int = 120) -> str:
+    """Printable, single-line, bounded: names and event properties come from users."""
+    text = unicodedata.normalize("NFC", str(value))
+    text = _CONTROL_CHARACTERS.sub(" ", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= max_length else text[: max_length - 1].rstrip() + "…"
+
+
+def first_name(name: str | None) -> str:
+    cleaned = clean_text(name or "", 60)
+    return cleaned.split(" ")[0] if cleaned else NAME_FALLBACK
+
+
+class EmailRenderer:
+    """Two environments over the same templates: autoescaped for HTML, plain for text and subjects."""
+
+    def __init__(self, templates_dir: Path = TEMPLATES_DIR):
+        loader = FileSystemLoader(templates_dir)
+        self._html = Environment(loader=loader, autoescape=select_autoescape(["html", "html.j2"], default=True),
+                                 undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self._plain = Environment(loader=loader, autoescape=False, undefined=StrictUndefined,
+                                  trim_blocks=True, lstrip_blocks=True)
+
+    def phrase(self, action: dict, html: bool) -> str:
+        """The action as a phrase; in HTML already escaped (Markup), so templates do not escape it twice."""
+        env = self._html if html else self._plain
+        event_type = str(action.get("event_type") or "")
+        with_properties, bare = ACTION_PHRASES.get(event_type, ("", f"you used {clean_text(event_type.replace('_', ' '), 40)}"))
+        properties = {k: clean_text(v, 80) for k, v in (action.get("properties") or {}).items() if isinstance(k, str)}
+        rendered = env.from_string("{{ bare }}").render(bare=bare)
+        if with_properties:
+            try:
+                rendered = env.from_string(with_properties).render(**properties)
+            except UndefinedError:
+                pass
+        return Markup(rendered) if html else rendered
+
+    def render(self, variant: str, user: dict, campaign: dict, unsubscribe_link: str) -> RenderedEmail:
+        if variant not in TEMPLATE_VARIANTS:
+            raise ValueError(f"unknown template variant {variant!r}; known: {TEMPLATE_VARIANTS}")
+        actions = list(user.get("last_actions") or [])
+        context = {
+            "first_name": first_name(user.get("name")),
+            "days_inactive": int(user.get("days_inactive") or 0),
+            "last_activity_date": _human_date(user.get("last_activity_at")),
+            "plan": clean_text(user["plan_name"], 40) if user.get("plan_name") else None,
+            "product_name": clean_text(campaign["product_name"], 40),
+            "app_url": campaign["app_url"],
+            "unsubscribe_link": unsubscribe_link,
+        }
+        subject = clean_text(self._plain.get_template(f"{variant}.subject.j2").render(**context), 150)
+        html = self._html.get_template(f"{variant}.html.j2").render(
+            subject=subject, last_actions=[self.phrase(a, html=True) for a in actions], **context
+        )
+        text = self._plain.get_template(f"{variant}.txt.j2").render(
+            last_actions=[self.phrase(a, html=False) for a in actions], **context
+        )
+        return RenderedEmail(subject=subject, html=html, text=text)
+
+
+def _human_date(value: Any) -> str:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return f"{value.strftime('%B')} {value.day}, {value.year}"
+    return "your last visit"

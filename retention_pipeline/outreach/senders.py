@@ -1,0 +1,460 @@
+"""Sending outreach emails: one interface (`EmailSender`), two implementations.
+
+- `ResendSender`: the Resend API through the official SDK, paced to the team's rate limit, retried with
+  the same Idempotency-Key on every attempt, so a batch is accepted at most once whatever happens on
+  the wire.
+- `OutboxSender`: the embedded default without a Resend key. It "sends" into `{rs}.email_outbox` and
+  writes each message as an RFC 5322 `.eml` file, idempotent per key like Resend.
+
+How a `send_batch` call ends:
+- `BatchOutcome(provider_ids=[...])`: accepted (possibly on a retry, possibly a replay of an earlier
+  acceptance of the same key);
+- `BatchOutcome(error=...)`: permanently rejected (400/422 validation, 409 key reused with another
+  payload): mark those emails failed and go on with the others;
+- `SenderConfigurationError`: the key or account cannot send (401/403, wrong URL): stop everything;
+- `TransientSendError`: 429/5xx/timeouts outlasted `max_attempts`: fail the op; its RetryPolicy re-runs
+  it later with the SAME idempotency keys (Resend honours a key for 24 h), so nothing goes out twice.
+
+The API key never appears in a message, a log line or a repr.
+"""
+
+# No `from __future__ import annotations` here: Dagster must see `ResourceDependency[...]` as a real
+# type (as a string annotation, OutboxSender(app_db=AppDatabase(...)) is rejected).
+import json
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import resend
+import sqlalchemy as sa
+from dagster import ConfigurableResource, ResourceDependency, get_dagster_logger
+from pydantic import Field, PrivateAttr
+from resend.exceptions import ResendError
+from resend.http_client_requests import RequestsClient
+
+from retention_pipeline import clock
+from retention_pipeline.resources import AppDatabase
+
+log = get_dagster_logger("retention_pipeline.outreach.senders")
+
+RESEND_MAX_BATCH_SIZE = 100
+# Paced calls start (1 + 2 %)/rps apart: whatever the rate, N calls then span >= 1.02 s, so jitter of up
+# to 20 ms in arrival times does not trip a sliding window of N requests per second. Each rate-limit 429
+# widens the slack by 2 points (up to 10 %) for the rest of the instance's life.
+_PACING_SLACK = 0.02
+_PACING_SLACK_STEP = 0.02
+_PACING_SLACK_MAX = 0.10
+_TAG_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_PERMANENT_CODES = {400, 409, 413, 415, 422}
+_QUOTA_TYPES = {"daily_quota_exceeded", "monthly_quota_exceeded"}
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    to: str
+    from_address: str
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str]  # includes List-Unsubscribe and List-Unsubscribe-Post
+    tags: dict[str, str]     # e.g. campaign, step, variant
+
+
+@dataclass
+class BatchOutcome:
+    provider_ids: list[str] | None  # one per email, in order, when accepted
+    error: str | None               # set when the batch was permanently rejected
+    attempts: int
+
+
+class SenderConfigurationError(Exception):
+    """The sender cannot work as configured (bad/missing key, unverified domain, wrong URL): stop everything."""
+
+
+class TransientSendError(Exception):
+    """Retries exhausted on 429/5xx/timeouts; re-running later with the same idempotency keys is safe."""
+
+
+def sanitize_tag(value: str) -> str:
+    """Resend tags allow ASCII letters, digits, `_` and `-` only, at most 256 characters."""
+    cleaned = _TAG_CHARS.sub("_", str(value))[:256]
+    return cleaned or "_"
+
+
+def to_resend_params(email: OutgoingEmail) -> dict[str, Any]:
+    """One email in the JSON shape of Resend's send / batch endpoints."""
+    params: dict[str, Any] = {
+        "from": email.from_address,
+        "to": [email.to],
+        "subject": email.subject,
+        "html": email.html,
+        "text": email.text,
+    }
+    if email.headers:
+        params["headers"] = dict(email.headers)
+    if email.tags:
+        params["tags"] = [{"name": sanitize_tag(k), "value": sanitize_tag(v)} for k, v in email.tags.items()]
+    return params
+
+
+class EmailSender(ConfigurableResource):
+    """Sends batches of outreach emails; implementations are idempotent per `idempotency_key`."""
+
+    max_batch_size: int = Field(default=100, gt=0, le=RESEND_MAX_BATCH_SIZE, description="Emails per batch call.")
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
+        raise NotImplementedError
+
+    def _check_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> None:
+        if not idempotency_key or len(idempotency_key) > 256:
+            raise ValueError("idempotency_key must be 1 to 256 characters")
+        if len(emails) > self.max_batch_size:
+            raise ValueError(f"a batch holds at most {self.max_batch_size} emails, got {len(emails)}")
+
+
+# -- Resend ------------------------------------------------------------------------------------
+
+
+class _SdkGate:
+    """The SDK keeps key, URL and HTTP client in module globals. Calls with the same settings may run
+    concurrently (e.g. batches sent from a few threads to hide latency); calls with other settings wait."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._settings: tuple | None = None
+        self._users = 0
+
+    @contextmanager
+    def use(self, api_key: str, api_url: str, timeout: float, client: RequestsClient) -> Iterator[None]:
+        settings = (api_key, api_url, timeout)
+        with self._cond:
+            while self._users and self._settings != settings:
+                self._cond.wait()
+            if not self._users:
+                self._settings = settings
+                resend.default_http_client = client
+            # Re-applied on every call: other code in the process may have changed them meanwhile.
+            resend.api_key = api_key
+            resend.api_url = api_url
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if not self._users:
+                    self._cond.notify_all()
+
+
+_SDK_GATE = _SdkGate()
+
+
+@dataclass(frozen=True)
+class _Decision:
+    kind: str            # "config", "permanent", "retry", "give_up"
+    message: str
+    wait: float = 0.0
+
+
+class ResendSender(EmailSender):
+    """The Resend API (official SDK), paced, retried with one Idempotency-Key per batch."""
+
+    api_key: str = Field(repr=False, description="Resend API key (wire to EnvVar('RESEND_API_KEY')).")
+    api_url: str = Field(default="https://api.resend.com", description="Resend API base URL.")
+    requests_per_second: float = Field(
+        default=2.0, gt=0, description="Client-side pacing: calls start at least 1/rps apart (Resend's default team limit is 2)."
+    )
+    max_attempts: int = Field(default=8, ge=1, description="Attempts per batch, all with the same Idempotency-Key.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="HTTP timeout per attempt.")
+    backoff_base_seconds: float = Field(default=1.0, ge=0, description="Exponential backoff base (full jitter).")
+    backoff_max_seconds: float = Field(default=60.0, ge=0, description="Cap of one backoff wait.")
+
+    _pace_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _next_start: float = PrivateAttr(default=0.0)
+    _slack: float = PrivateAttr(default=_PACING_SLACK)
+    _http_client: RequestsClient | None = PrivateAttr(default=None)
+
+    def __repr__(self) -> str:
+        return (
+            f"ResendSender(api_url={self.api_url!r}, api_key=[redacted], requests_per_second={self.requests_per_second}, "
+            f"max_attempts={self.max_attempts}, max_batch_size={self.max_batch_size})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def name(self) -> str:
+        return "resend"
+
+    # -- public ------------------------------------------------------------------------------
+    def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
+        self._check_batch(emails, idempotency_key)
+        if not emails:
+            return BatchOutcome(provider_ids=[], error=None, attempts=0)
+        if not (self.api_key or "").strip():
+            raise SenderConfigurationError(
+                "The Resend API key is empty. Set RESEND_API_KEY to a key from https://resend.com/api-keys "
+                "(or unset it to use the local outbox)."
+            )
+        params = [to_resend_params(e) for e in emails]
+        jitter = random.Random(idempotency_key)  # deterministic per batch, different across batches
+        attempts = 0
+        transient_failures = 0
+        while True:
+            attempts += 1
+            decision: _Decision | None = None
+            response: Any = None
+            try:
+                response = self._post(params, idempotency_key)
+            except ResendError as exc:
+                decision = self._classify(exc)
+            if decision is None:
+                return self._accepted(response, len(emails), attempts, idempotency_key)
+
+            if decision.kind == "config":
+                raise SenderConfigurationError(decision.message) from None
+            if decision.kind == "permanent":
+                log.warning(f"Resend rejected batch {idempotency_key} permanently: {decision.message}")
+                return BatchOutcome(provider_ids=None, error=decision.message, attempts=attempts)
+            if decision.kind == "give_up" or attempts >= self.max_attempts:
+                raise TransientSendError(
+                    f"Resend batch {idempotency_key}: {attempts} attempt(s) failed, the last with {decision.message}. "
+                    "The batch may or may not have been accepted; re-running with the same idempotency key "
+                    "within 24 h is safe and sends nothing twice."
+                ) from None
+            transient_failures += 1
+            wait = decision.wait
+            if wait <= 0:
+                ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (transient_failures - 1))
+                wait = jitter.uniform(0, ceiling)
+            log.warning(
+                f"Resend batch {idempotency_key}: attempt {attempts}/{self.max_attempts} failed with "
+                f"{decision.message}; retrying with the same idempotency key in {wait:.2f} s"
+            )
+            time.sleep(wait)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _redact(self, text: Any) -> str:
+        text = str(text)
+        key = self.api_key or ""
+        if len(key) >= 4:
+            text = text.replace(key, "[redacted]")
+        return re.sub(r"(?i)(bearer\s+)\S+", r"\1[redacted]", text)
+
+    def _pace(self) -> None:
+        """Block until this call may start: starts are at least (1 + slack)/rps apart."""
+        interval = (1.0 + self._slack) / self.requests_per_second
+        with self._pace_lock:
+            now = time.monotonic()
+            if self._next_start > now:
+                time.sleep(self._next_start - now)
+            self._next_start = time.monotonic() + interval
+
+    def _post(self, params: list[dict[str, Any]], idempotency_key: str) -> Any:
+        if self._http_client is None:
+            self._http_client = RequestsClient(timeout=self.timeout_seconds)  # type: ignore[arg-type]
+        self._pace()
+        with _SDK_GATE.use(self.api_key, self.api_url.rstrip("/"), self.timeout_seconds, self._http_client):
+            return resend.Batch.send(params, options={"idempotency_key": idempotency_key})
+
+    def _accepted(self, response: Any, count: int, attempts: int, idempotency_key: str) -> BatchOutcome:
+        data = response.get("data") if isinstance(response, dict) else None
+        ids = [item.get("id") for item in data] if isinstance(data, list) else []
+        if len(ids) != count or not all(isinstance(i, str) and i for i in ids):
+            # Should not happen in strict batch mode; the emails may have gone out, so say so.
+            return BatchOutcome(
+                provider_ids=None,
+                error=f"Resend accepted batch {idempotency_key} but returned {len(ids)} ids for {count} emails; "
+                "check the Resend dashboard before re-sending these emails under a new key.",
+                attempts=attempts,
+            )
+        if attempts > 1:
+            log.info(f"Resend batch {idempotency_key} accepted after {attempts} attempts")
+        return BatchOutcome(provider_ids=list(ids), error=None, attempts=attempts)
+
+    def _classify(self, exc: ResendError) -> _Decision:
+        try:
+            code = int(exc.code)
+        except (TypeError, ValueError):
+            code = 500
+        error_type = str(getattr(exc, "error_type", "") or "")
+        message = self._redact(getattr(exc, "message", "") or exc)
+        described = f"HTTP {code} {error_type}: {message}"
+        if error_type == "HttpClientError":
+            return _Decision("retry", f"a transport error or timeout ({message})")
+        if code in (401, 403):
+            if error_type in ("missing_api_key", "invalid_api_key", "restricted_api_key") or code == 401:
+                what = (
+                    "Resend refused the API key. Set RESEND_API_KEY to a valid sending key from "
+                    "https://resend.com/api-keys (or unset it to use the local outbox), then re-run."
+                )
+            else:
+                what = (
+                    "Resend refused to send for this account (check that the sending domain is verified "
+                    "and the key may send), then re-run."
+                )
+            return _Decision("config", f"{what} ({described})")
+        if code in (404, 405):
+            return _Decision(
+                "config",
+                f"{self.api_url.rstrip('/')}/emails/batch does not exist ({described}); check the sender's api_url.",
+            )
+        if code == 429:
+            if error_type in _QUOTA_TYPES:
+                return _Decision("give_up", f"{described} (the account's sending quota is used up)")
+            with self._pace_lock:
+                self._slack = min(_PACING_SLACK_MAX, self._slack + _PACING_SLACK_STEP)
+            return _Decision("retry", described, self._retry_after(exc.headers))
+        if code == 409 and error_type == "concurrent_idempotent_requests":
+            return _Decision("retry", described)
+        if code in _PERMANENT_CODES:
+            return _Decision("permanent", f"Resend rejected the batch ({described})")
+        if code == 408 or code >= 500:
+            return _Decision("retry", described)
+        return _Decision("permanent", f"Resend rejected the batch ({described})")
+
+    @staticmethod
+    def _retry_after(headers: dict[str, str] | None) -> float:
+        """Seconds from a `retry-after` header (seconds or HTTP date); 0 when absent (then: backoff)."""
+        value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
+        if value is None:
+            return 0.0
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - time.time())
+
+
+# -- Local outbox ------------------------------------------------------------------------------
+
+_OUTBOX_NAMESPACE = uuid.UUID("6f1f3c1e-8f7a-4c51-9a55-0f1f0b7d2c11")
+# CRLF line ends; fold only past RFC 5322's hard limit, so List-Unsubscribe URLs stay intact.
+_EML_POLICY = email_policy.SMTP.clone(max_line_length=998)
+_RESERVED_HEADERS = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",
+                     "content-transfer-encoding"}
+
+_EXISTING = """
+SELECT position, message_id, to_address, from_address, subject, html, text_body, headers, eml_path, created_at
+FROM {rs}.email_outbox WHERE idempotency_key = :key ORDER BY position
+"""
+_INSERT = """
+INSERT INTO {rs}.email_outbox (idempotency_key, position, message_id, to_address, from_address, subject,
+                               html, text_body, headers, eml_path, created_at)
+VALUES (:key, :position, :message_id, :to_address, :from_address, :subject, :html, :text_body,
+        CAST(:headers AS jsonb), :eml_path, :created_at)
+ON CONFLICT DO NOTHING
+"""
+
+
+def outbox_message_id(idempotency_key: str, position: int) -> str:
+    """The outbox's provider id: deterministic per (key, position), like a replayed Resend response."""
+    return "outbox_" + str(uuid.uuid5(_OUTBOX_NAMESPACE, f"{idempotency_key}\x00{position}"))
+
+
+class OutboxSender(EmailSender):
+    """Embedded default without a Resend key: shows exactly the emails the pipeline would send."""
+
+    app_db: ResourceDependency[AppDatabase]
+    outbox_dir: str = Field(description="Git-ignored folder for the .eml files (e.g. .retention/outbox).")
+
+    @property
+    def name(self) -> str:
+        return "outbox"
+
+    def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
+        self._check_batch(emails, idempotency_key)
+        if not emails:
+            return BatchOutcome(provider_ids=[], error=None, attempts=0)
+        folder = Path(self.outbox_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        created_at = clock.now()
+        wanted = [self._row(idempotency_key, position, e, folder, created_at) for position, e in enumerate(emails)]
+        for row in wanted:
+            self._eml_bytes(row)  # a header the .eml cannot hold (e.g. a newline) fails before anything is stored
+        db = self.app_db
+        with db.begin() as conn:
+            # Serialise senders of the same key, so "already there?" and the insert cannot interleave.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "email_outbox:" + idempotency_key})
+            existing = [dict(r._mapping) for r in conn.execute(sa.text(db.render(_EXISTING)), {"key": idempotency_key})]
+            if existing:
+                if not self._same_payload(existing, wanted):
+                    return BatchOutcome(
+                        provider_ids=None,
+                        error=f"outbox: idempotency key {idempotency_key} was already used with a different payload",
+                        attempts=1,
+                    )
+                rows = existing
+            else:
+                conn.execute(sa.text(db.render(_INSERT)),
+                             [{**row, "key": idempotency_key, "headers": json.dumps(row["headers"])} for row in wanted])
+                rows = wanted
+        # The table is the record; files are (re)written after the commit and only when missing.
+        for row in rows:
+            path = Path(row["eml_path"] or folder / f"{row['message_id']}.eml")
+            if not path.exists():
+                self._write_eml(path, row)
+        return BatchOutcome(provider_ids=[row["message_id"] for row in rows], error=None, attempts=1)
+
+    @staticmethod
+    def _row(key: str, position: int, email: OutgoingEmail, folder: Path, created_at: datetime) -> dict[str, Any]:
+        message_id = outbox_message_id(key, position)
+        headers = dict(email.headers)
+        if email.tags:
+            headers["X-Tags"] = "; ".join(f"{sanitize_tag(k)}={sanitize_tag(v)}" for k, v in email.tags.items())
+        headers["X-Idempotency-Key"] = key
+        return {
+            "position": position, "message_id": message_id, "to_address": email.to,
+            "from_address": email.from_address, "subject": email.subject, "html": email.html,
+            "text_body": email.text, "headers": headers,
+            "eml_path": str((folder / f"{message_id}.eml").resolve()), "created_at": created_at,
+        }
+
+    @staticmethod
+    def _same_payload(existing: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> bool:
+        fields = ("position", "to_address", "from_address", "subject", "html", "text_body", "headers")
+        return [tuple(r[f] for f in fields) for r in existing] == [tuple(r[f] for f in fields) for r in wanted]
+
+    @classmethod
+    def _write_eml(cls, path: Path, row: dict[str, Any]) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(cls._eml_bytes(row))
+        os.replace(temporary, path)
+
+    @staticmethod
+    def _eml_bytes(row: dict[str, Any]) -> bytes:
+        """RFC 5322 message: CRLF line ends, multipart/alternative (text, then html), all headers."""
+        message = EmailMessage(policy=_EML_POLICY)
+        message["From"] = row["from_address"]
+        message["To"] = row["to_address"]
+        message["Subject"] = row["subject"]
+        message["Date"] = format_datetime(row["created_at"].astimezone(timezone.utc))
+        message["Message-ID"] = f"<{row['message_id']}@outbox.retention-pipeline.invalid>"
+        for name, value in row["headers"].items():
+            if name.lower() not in _RESERVED_HEADERS:
+                message[name] = value
+        message.set_content(row["text_body"])
+        message.add_alternative(row["html"], subtype="html")
+        return message.as_bytes()

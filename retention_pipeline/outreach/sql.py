@@ -1,0 +1,89 @@
+"""SQL of the send ledger. Eligibility is set-based; rendering and sending happen per small batch."""
+
+# Candidates for one step on one as-of day, with the first reason (if any) not to email them.
+# The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
+# is in dormant_users: coming back (dropping out of the list for a day) ends it.
+CANDIDATES_SQL = """
+WITH today AS (
+    SELECT d.* FROM {rs}.dormant_users d WHERE d.as_of_date = :as_of
+), recent_days AS (
+    SELECT du.user_id, du.as_of_date,
+           du.as_of_date - (row_number() OVER (PARTITION BY du.user_id ORDER BY du.as_of_date))::int AS island
+    FROM {rs}.dormant_users du
+    WHERE du.as_of_date BETWEEN CAST(:as_of AS date) - :episode_lookback_days AND :as_of
+      AND du.user_id IN (SELECT user_id FROM today)
+), episodes AS (
+    SELECT r.user_id, min(r.as_of_date) AS episode_start
+    FROM recent_days r
+    JOIN recent_days t ON t.user_id = r.user_id AND t.as_of_date = :as_of AND t.island = r.island
+    GROUP BY r.user_id
+), due AS (
+    SELECT t.*, e.episode_start
+    FROM today t JOIN episodes e USING (user_id)
+    WHERE :step = 1 OR EXISTS (
+        SELECT 1 FROM {rs}.email_sends prev
+        WHERE prev.campaign = :campaign AND prev.step = :step - 1 AND prev.user_id = t.user_id
+          AND prev.episode_start = e.episode_start
+          AND prev.status IN ('sent', 'holdout', 'dry_run')
+          AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
+)
+SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS segment_reason,
+       d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM {rs}.email_sends s
+                        WHERE s.campaign = :campaign AND s.step = :step AND s.user_id = d.user_id
+                          AND s.episode_start = d.episode_start) THEN 'already_recorded'
+           WHEN NOT d.targeted THEN 'not_targeted'
+           WHEN d.email IS NULL OR length(d.email) > 254
+                OR d.email !~ '^[^@[:space:]<>",;]+@[^@[:space:]<>",;]+\\.[^@[:space:]<>",;]+$' THEN 'invalid_email'
+           WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
+           WHEN ua.last_activity_at > d.last_activity_at THEN 'returned'
+           WHEN EXISTS (SELECT 1 FROM {rs}.email_sends c
+                        WHERE c.user_id = d.user_id AND c.status IN ('pending', 'sent', 'unknown')
+                          AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'cooldown'
+       END AS skip_reason
+FROM due d
+LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
+ORDER BY d.user_id
+"""
+
+INSERT_LEDGER_SQL = """
+INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
+    segment_reason, mrr_cents, subject, payload, created_at)
+VALUES (:campaign, :step, :user_id, :episode_start, :as_of_date, :variant, :status, :email,
+    :segment_reason, :mrr_cents, :subject, CAST(:payload AS jsonb), :created_at)
+ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
+RETURNING id, status
+"""
+
+ASSIGN_BATCH_SQL = "UPDATE {rs}.email_sends SET batch_key = :batch_key WHERE id = ANY(:ids)"
+
+PENDING_BATCHES_SQL = """
+SELECT batch_key, min(created_at) AS created_at, count(*) AS emails
+FROM {rs}.email_sends
+WHERE status = 'pending' AND campaign = :campaign
+GROUP BY batch_key ORDER BY min(id)
+"""
+
+BATCH_ROWS_SQL = """
+SELECT id, email, payload FROM {rs}.email_sends
+WHERE batch_key = :batch_key AND status = 'pending' ORDER BY id
+"""
+
+MARK_SENT_SQL = """
+UPDATE {rs}.email_sends SET status = 'sent', provider_message_id = :provider_id, sent_at = :sent_at,
+    attempts = attempts + :attempts, error = NULL
+WHERE id = :id AND status = 'pending'
+"""
+
+MARK_FAILED_SQL = """
+UPDATE {rs}.email_sends SET status = :status, error = :error, attempts = attempts + :attempts
+WHERE batch_key = :batch_key AND status = 'pending'
+"""
+
+LEDGER_SUMMARY_SQL = """
+SELECT step, variant, status, count(*) AS emails
+FROM {rs}.email_sends
+WHERE campaign = :campaign AND as_of_date >= :start_date AND as_of_date < :end_date
+GROUP BY step, variant, status ORDER BY step, variant, status
+"""
