@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import psycopg2
 import sqlalchemy as sa
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 import stripe
 
@@ -20,7 +20,7 @@ from retention_pipeline.launcher import Environment
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.runner import complete_week_keys, day_key, run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.settings import PROJECT_TIMEZONE
+from retention_pipeline.settings import PROJECT_TIMEZONE, STATE_DIR
 
 
 def app_database(env: Environment) -> AppDatabase:
@@ -50,7 +50,14 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     say(f"Running the daily job for {as_of} ...")
     timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), quiet=True))
-    return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env)
+    return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env, _email_metadata(instance))
+
+
+def _email_metadata(instance: DagsterInstance) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey("reengagement_emails"))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
 def _timed(fn) -> float:
@@ -129,12 +136,13 @@ _REPORT_SQL = {
     "(SELECT count(*) FROM {rs}.source_auth_sessions) AS sessions",
     "segments": "SELECT segment, count(*) AS users FROM {rs}.weekly_segments WHERE week_start = :week GROUP BY segment",
     "dormant": "SELECT reason, count(*) AS users FROM {rs}.dormant_users WHERE as_of_date = :as_of GROUP BY reason",
+    "ledger": "SELECT status, count(*) AS emails FROM {rs}.email_sends WHERE as_of_date = :as_of GROUP BY status",
     "mrr": "SELECT subscription_status, count(*) AS users, sum(mrr_cents)::bigint AS mrr_cents FROM {rs}.dormant_users "
     "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC",
 }
 
 
-def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dict, env: Environment) -> str:
+def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dict, env: Environment, emails: dict) -> str:
     from retention_pipeline.segments.assets import SEGMENTS
 
     source = db.fetch_all(_REPORT_SQL["source"])[0]
@@ -158,4 +166,21 @@ def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dic
     at_risk = db.fetch_all(_REPORT_SQL["mrr"], {"as_of": as_of})
     lines.append(f"MRR at risk among them: ${sum(r.mrr_cents for r in at_risk) / 100:,.2f} a month")
     lines += [f"  {r.subscription_status:<12} {r.users:>6,} users  ${r.mrr_cents / 100:>10,.2f}" for r in at_risk]
+    lines += _email_lines(db, as_of, emails)
     return "\n".join(lines)
+
+
+def _email_lines(db: AppDatabase, as_of: date, emails: dict) -> list[str]:
+    ledger = {r.status: r.emails for r in db.fetch_all(_REPORT_SQL["ledger"], {"as_of": as_of})}
+    skipped = emails.get("skipped_by_reason") or {}
+    sender = emails.get("sender", "?")
+    where = f"written to the outbox: {STATE_DIR / 'outbox'} (.eml files) and retention.email_outbox" if sender == "outbox" else f"sent through {sender}"
+    lines = [
+        f"\nRe-engagement emails for {as_of} (campaign winback):",
+        f"  emails        {ledger.get('sent', 0):,} {where}",
+        f"  held out      {ledger.get('holdout', 0):,} (10% holdout, never emailed, to measure lift)",
+        f"  skipped       {sum(skipped.values()):,}" + (" (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""),
+    ]
+    if ledger.get("failed"):
+        lines.append(f"  failed        {ledger['failed']:,} (see retention.email_sends.error)")
+    return lines

@@ -65,7 +65,7 @@ def plan_reengagement_sends(
     install_schema(app_db)
     days = partition_days(context)
     plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
-            "skipped": Counter(), "guards": {}, "recorded": Counter()}
+            "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0}
     renderer = EmailRenderer()
     for as_of in days:
         guard = _send_guard(config, as_of)
@@ -96,6 +96,9 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
         candidates = conn.execute(text(app_db.render(CANDIDATES_SQL)), params).mappings().all()
         rows = []
         for candidate in candidates:
+            if candidate["skip_reason"] == "already_recorded":
+                plan["already_recorded"] += 1  # handled by an earlier run: not a skip
+                continue
             if candidate["skip_reason"]:
                 plan["skipped"][candidate["skip_reason"]] += 1
                 continue
@@ -202,6 +205,7 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "dry_run": MetadataValue.int(int(by_status.get("dry_run", 0))),
         "skipped": MetadataValue.int(sum(skipped.values())),
         "skipped_by_reason": MetadataValue.json(skipped),
+        "already_recorded": MetadataValue.int(plan["already_recorded"]),
         "send_results_this_run": MetadataValue.json(results),
         "guards": MetadataValue.json(plan["guards"]),
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
