@@ -15,6 +15,7 @@ from retention_pipeline.jobs import (
     weekly_segments_job,
     weekly_segments_schedule,
 )
+from retention_pipeline.outcomes.assets import campaign_performance, reengagement_outcomes
 from retention_pipeline.outreach.assets import reengagement_emails
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
@@ -33,7 +34,15 @@ def email_sender() -> EmailSender:
 
 
 defs = Definitions(
-    assets=[daily_activity_snapshots, stripe_subscriptions, weekly_engagement_segments, dormant_users, reengagement_emails],
+    assets=[
+        daily_activity_snapshots,
+        stripe_subscriptions,
+        weekly_engagement_segments,
+        dormant_users,
+        reengagement_emails,
+        reengagement_outcomes,
+        campaign_performance,
+    ],
     jobs=[daily_retention_job, billing_snapshot_job, weekly_segments_job],
     schedules=[billing_snapshot_schedule, daily_morning_schedule, weekly_segments_schedule],
     resources={

@@ -24,7 +24,9 @@ BILLING_CRON = os.environ.get("RETENTION_BILLING_CRON", "30 8 * * *")
 # An hour after the default morning run, so Sunday's snapshot exists when Monday computes the week.
 WEEKLY_CRON = os.environ.get("RETENTION_WEEKLY_CRON", "0 10 * * 1")
 
-DAILY_ASSETS = AssetSelection.assets("daily_activity_snapshots", "dormant_users", "reengagement_emails")
+DAILY_ASSETS = AssetSelection.assets(
+    "daily_activity_snapshots", "dormant_users", "reengagement_emails", "reengagement_outcomes", "campaign_performance"
+)
 
 daily_retention_job = define_asset_job(
     name="daily_retention_job",

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from retention_pipeline.billing.tables import BILLING_TABLES_DDL
 from retention_pipeline.db import run_script
+from retention_pipeline.outcomes.tables import OUTCOME_TABLES_DDL
 from retention_pipeline.outreach.tables import OUTREACH_TABLES_DDL
 from retention_pipeline.resources import AppDatabase
 
@@ -111,7 +112,7 @@ def install_schema(db: AppDatabase) -> None:
     Re-creating views takes an exclusive lock that would queue behind any long-running backfill, so
     the schema carries a fingerprint of its DDL and an unchanged schema is left alone.
     """
-    ddl = db.render(TABLES_DDL + BILLING_TABLES_DDL + OUTREACH_TABLES_DDL) + db.render(_source_views_ddl(db))
+    ddl = db.render(TABLES_DDL + BILLING_TABLES_DDL + OUTREACH_TABLES_DDL + OUTCOME_TABLES_DDL) + db.render(_source_views_ddl(db))
     fingerprint = "retention_pipeline " + hashlib.sha256(ddl.encode()).hexdigest()[:16]
     if _schema_fingerprint(db) == fingerprint:
         return

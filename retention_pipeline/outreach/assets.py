@@ -27,7 +27,8 @@ from dagster import (
 from sqlalchemy import text
 
 from retention_pipeline import clock
-from retention_pipeline.outreach.allocation import in_holdout, stable_variant
+from retention_pipeline.outcomes.sql import LATEST_STEP_PERFORMANCE_SQL
+from retention_pipeline.outreach.allocation import Allocation, allocated_variant, in_holdout, stable_variant, thompson_allocation
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.render import EmailRenderer
@@ -41,6 +42,7 @@ from retention_pipeline.outreach.sql import (
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
     PENDING_BATCHES_SQL,
+    RECORD_ALLOCATION_SQL,
 )
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
@@ -89,6 +91,13 @@ def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
 
 
 def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict) -> None:
+    shares = None
+    if config.adaptive_allocation:
+        allocation = _decide_allocation(app_db, config, step, as_of)
+        if allocation.paused:
+            plan["guards"][f"{as_of.isoformat()} step {step.step}"] = f"step paused: {allocation.reason}"
+            return
+        shares = allocation.shares
     params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
               "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS}
     created_at = clock.now()
@@ -102,7 +111,7 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             if candidate["skip_reason"]:
                 plan["skipped"][candidate["skip_reason"]] += 1
                 continue
-            rows.append(_ledger_row(config, step, as_of, candidate, renderer, links, created_at))
+            rows.append(_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares))
         inserted = [conn.execute(text(app_db.render(INSERT_LEDGER_SQL)), row).mappings().first() for row in rows]
         # A concurrent run that recorded the same user first wins; ours is simply not inserted.
         inserted = [r for r in inserted if r is not None]
@@ -117,8 +126,27 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
 
 
-def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, renderer, links, created_at) -> dict:
-    variant = stable_variant(config.campaign, step.step, user["user_id"], step.variants)
+def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: CampaignStep, as_of: date) -> Allocation:
+    """Allocate the step's variants by the latest measured performance and record the decision."""
+    performance = [dict(r._mapping) for r in app_db.fetch_all(LATEST_STEP_PERFORMANCE_SQL, {
+        "campaign": config.campaign, "step": step.step, "window_days": config.primary_window_days, "as_of": as_of})]
+    allocation = thompson_allocation(config.campaign, step.step, as_of, step.variants, performance, config.min_exploration_share)
+    decided_at = clock.now()
+    with app_db.begin() as conn:
+        for variant in (step.variants if not allocation.paused else ["all"]):
+            figures = allocation.figures.get(variant, {})
+            conn.execute(text(app_db.render(RECORD_ALLOCATION_SQL)), {
+                "as_of_date": as_of, "campaign": config.campaign, "step": step.step, "variant": variant,
+                "share": allocation.shares.get(variant, 0.0), "treated": figures.get("treated", 0),
+                "returned": figures.get("returned", figures.get("treated_returned", 0)), "p_best": figures.get("p_best"),
+                "step_paused": allocation.paused, "reason": allocation.reason, "decided_at": decided_at})
+    return allocation
+
+
+def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, renderer, links, created_at,
+                shares: dict[str, float] | None) -> dict:
+    variant = (allocated_variant(config.campaign, step.step, user["user_id"], shares) if shares
+               else stable_variant(config.campaign, step.step, user["user_id"], step.variants))
     base = {"campaign": config.campaign, "step": step.step, "user_id": user["user_id"],
             "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
             "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],

@@ -58,6 +58,9 @@ class CampaignConfig(Config):
     adaptive_allocation: bool = Field(
         default=False, description="Allocate variants by measured returns (Thompson sampling); off = stable hash split."
     )
+    primary_window_days: int = Field(
+        default=7, ge=1, description="With adaptive allocation: the attribution window whose returns drive allocation and pausing."
+    )
     min_exploration_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="With adaptive allocation: every variant keeps at least this share per step."
     )

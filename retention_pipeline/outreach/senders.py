@@ -380,6 +380,11 @@ class OutboxSender(EmailSender):
     app_db: ResourceDependency[AppDatabase]
     outbox_dir: str = Field(description="Git-ignored folder for the .eml files (e.g. .retention/outbox).")
 
+    def __repr__(self) -> str:
+        return f"OutboxSender(outbox_dir={self.outbox_dir!r}, app_db={self.app_db.display_url!r})"
+
+    __str__ = __repr__
+
     @property
     def name(self) -> str:
         return "outbox"

@@ -87,3 +87,12 @@ FROM {rs}.email_sends
 WHERE campaign = :campaign AND as_of_date >= :start_date AND as_of_date < :end_date
 GROUP BY step, variant, status ORDER BY step, variant, status
 """
+
+RECORD_ALLOCATION_SQL = """
+INSERT INTO {rs}.allocation_decisions (as_of_date, campaign, step, variant, share, treated, returned, p_best,
+    step_paused, reason, decided_at)
+VALUES (:as_of_date, :campaign, :step, :variant, :share, :treated, :returned, :p_best, :step_paused, :reason, :decided_at)
+ON CONFLICT (as_of_date, campaign, step, variant) DO UPDATE SET share = EXCLUDED.share, treated = EXCLUDED.treated,
+    returned = EXCLUDED.returned, p_best = EXCLUDED.p_best, step_paused = EXCLUDED.step_paused,
+    reason = EXCLUDED.reason, decided_at = EXCLUDED.decided_at
+"""

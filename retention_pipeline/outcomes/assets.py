@@ -1,0 +1,156 @@
+"""Did the emails bring people back who would not have come back anyway? Outcomes against the holdout."""
+
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+from sqlalchemy import text
+
+from retention_pipeline.outcomes.sql import (
+    EVALUATE_OUTCOMES_SQL,
+    INSERT_PERFORMANCE_SQL,
+    OUTCOME_SUMMARY_SQL,
+    PERFORMANCE_COUNTS_SQL,
+    REPLACE_PERFORMANCE_SQL,
+)
+from retention_pipeline.outcomes.stats import lift
+from retention_pipeline.partitions import daily_partitions
+from retention_pipeline.resources import AppDatabase
+from retention_pipeline.retry import clear_database_errors, database_retry_policy
+from retention_pipeline.schema import install_schema
+from retention_pipeline.settings import PROJECT_TIMEZONE
+from retention_pipeline.sql_time import partition_days
+
+
+class OutcomeConfig(Config):
+    """Attribution windows of re-engagement outcomes."""
+
+    windows: list[int] = Field(default=[1, 7, 14], min_length=1, description="Days after the send in which a return counts.")
+
+
+def _end_of(day) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(), ZoneInfo(PROJECT_TIMEZONE))
+
+
+@asset(
+    group_name="outcomes",
+    kinds={"postgres", "sql"},
+    owners=["team:growth"],
+    partitions_def=daily_partitions,
+    # A range is evaluated as of its last day: rows final by then are what an earlier day would
+    # have made final, and open ones are as current as the range allows.
+    backfill_policy=BackfillPolicy.single_run(),
+    retry_policy=database_retry_policy,
+    deps=["reengagement_emails"],
+)
+def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig, app_db: AppDatabase) -> MaterializeResult:
+    """Per sent email and holdout member and attribution window: did the user come back, when, how much;
+    final once the window has closed (as of the partition day), re-evaluated daily until then."""
+    install_schema(app_db)
+    as_of = partition_days(context)[-1]
+    params = {"as_of": as_of, "end_ts": _end_of(as_of), "windows": sorted(set(config.windows)), "tz": PROJECT_TIMEZONE}
+    with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
+        evaluated = conn.execute(text(app_db.render(EVALUATE_OUTCOMES_SQL)), params).rowcount
+        summary = pd.DataFrame(conn.execute(text(app_db.render(OUTCOME_SUMMARY_SQL)), params).mappings().all(),
+                               columns=["window_days", "final_rows", "open_rows", "treated", "treated_returned", "holdout", "holdout_returned"])
+    metadata = {
+        "as_of": MetadataValue.text(as_of.isoformat()),
+        "rows_evaluated": MetadataValue.int(evaluated),
+        "final_rows": MetadataValue.int(int(summary["final_rows"].sum())),
+        "open_rows": MetadataValue.int(int(summary["open_rows"].sum())),
+        "windows": MetadataValue.json(params["windows"]),
+        "summary": MetadataValue.md(summary.to_markdown(index=False) if not summary.empty else "_no sends yet_"),
+    }
+    for row in summary.itertuples():
+        if row.treated:
+            metadata[f"return_rate_treated_{row.window_days}d"] = MetadataValue.float(row.treated_returned / row.treated)
+        if row.holdout:
+            metadata[f"return_rate_holdout_{row.window_days}d"] = MetadataValue.float(row.holdout_returned / row.holdout)
+    return MaterializeResult(metadata=metadata)
+
+
+@asset(
+    group_name="outcomes",
+    kinds={"postgres", "python"},
+    owners=["team:growth"],
+    partitions_def=daily_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    retry_policy=database_retry_policy,
+    deps=["reengagement_outcomes"],
+)
+def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) -> MaterializeResult:
+    """Per campaign, step, variant, segment and window: treated vs holdout return rates, lift with a 95%
+    interval and p-value, and recovered MRR; closed windows only, as of the partition day."""
+    install_schema(app_db)
+    as_of = partition_days(context)[-1]
+    with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
+        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)), {"end_ts": _end_of(as_of)}).mappings().all(),
+                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+        rows = performance_rows(counts, as_of)
+        conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
+        if rows:
+            conn.execute(text(app_db.render(INSERT_PERFORMANCE_SQL)), rows)
+    table = pd.DataFrame(rows)
+    metadata = {"as_of": MetadataValue.text(as_of.isoformat()), "rows": MetadataValue.int(len(rows))}
+    if not table.empty:
+        headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(["campaign", "step", "window_days"])
+        for r in headline.itertuples():
+            key = f"{r.campaign}_step{r.step}_{r.window_days}d"
+            if r.lift is not None and pd.notna(r.lift):
+                metadata[f"lift_{key}"] = MetadataValue.float(float(r.lift))
+            if r.treated_rate is not None and pd.notna(r.treated_rate):
+                metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
+        metadata["latest"] = MetadataValue.md(_performance_markdown(table))
+    return MaterializeResult(metadata=metadata)
+
+
+def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
+    """One row per (campaign, step, variant|all, segment|all, window) from the per-group counts."""
+    if counts.empty:
+        return []
+    treated = counts[counts["treated"]]
+    holdout = counts[~counts["treated"]]
+    rows = []
+    for (campaign, step, window), group in treated.groupby(["campaign", "step", "window_days"]):
+        held = holdout[(holdout["campaign"] == campaign) & (holdout["step"] == step) & (holdout["window_days"] == window)]
+        variants = ["all", *sorted(group["variant"].unique())]
+        segments = ["all", *sorted(set(group["segment"]) | set(held["segment"]))]
+        for variant in variants:
+            for segment in segments:
+                t = group if variant == "all" else group[group["variant"] == variant]
+                t = t if segment == "all" else t[t["segment"] == segment]
+                h = held if segment == "all" else held[held["segment"] == segment]
+                n_t, r_t, n_h, r_h = int(t["users"].sum()), int(t["returned"].sum()), int(h["users"].sum()), int(h["returned"].sum())
+                if n_t == 0:
+                    continue
+                result = lift(r_t, n_t, r_h, n_h)
+                rows.append({
+                    "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
+                    "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
+                    "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
+                    "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
+                    "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
+                })
+    return rows
+
+
+def _performance_markdown(table: pd.DataFrame) -> str:
+    shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
+    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p | recovered MRR |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in shown.itertuples():
+        interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
+        holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
+        p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
+        lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
+                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | ${r.recovered_mrr_cents / 100:,.2f} |")
+    return "\n".join(lines)

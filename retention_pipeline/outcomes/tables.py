@@ -1,0 +1,58 @@
+"""Tables of the outcomes domain: per-send outcomes, campaign performance, allocation decisions."""
+
+OUTCOME_TABLES_DDL = """
+CREATE TABLE IF NOT EXISTS {rs}.reengagement_outcomes (
+    send_id            bigint NOT NULL,
+    window_days        integer NOT NULL,
+    campaign           text NOT NULL,
+    step               smallint NOT NULL,
+    variant            text NOT NULL,
+    treated            boolean NOT NULL,      -- false: holdout member, never emailed
+    segment_reason     text,
+    user_id            bigint NOT NULL,
+    mrr_cents          bigint NOT NULL,
+    reference_at       timestamptz NOT NULL,  -- the send (or, for holdout, when it would have been sent)
+    window_end         timestamptz NOT NULL,
+    returned           boolean NOT NULL,
+    first_returned_at  timestamptz,
+    events             integer NOT NULL,
+    active_days        integer NOT NULL,
+    final              boolean NOT NULL,      -- the window has closed: this row never changes again
+    evaluated_as_of    date NOT NULL,
+    PRIMARY KEY (send_id, window_days)
+);
+CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
+    as_of_date         date NOT NULL,
+    campaign           text NOT NULL,
+    step               smallint NOT NULL,
+    variant            text NOT NULL,         -- a template variant, or 'all'
+    segment            text NOT NULL,         -- dormancy reason, or 'all'
+    window_days        integer NOT NULL,
+    treated            integer NOT NULL,
+    treated_returned   integer NOT NULL,
+    holdout            integer NOT NULL,
+    holdout_returned   integer NOT NULL,
+    treated_rate       double precision,
+    holdout_rate       double precision,
+    lift               double precision,      -- treated_rate - holdout_rate
+    lift_ci_low        double precision,      -- 95%, Newcombe hybrid score interval
+    lift_ci_high       double precision,
+    p_value            double precision,      -- two-sided score test of equal rates
+    recovered_mrr_cents bigint NOT NULL,      -- MRR of treated paying users who returned
+    PRIMARY KEY (as_of_date, campaign, step, variant, segment, window_days)
+);
+CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
+    as_of_date   date NOT NULL,
+    campaign     text NOT NULL,
+    step         smallint NOT NULL,
+    variant      text NOT NULL,
+    share        double precision NOT NULL,
+    treated      integer NOT NULL,
+    returned     integer NOT NULL,
+    p_best       double precision,
+    step_paused  boolean NOT NULL,
+    reason       text NOT NULL,
+    decided_at   timestamptz NOT NULL,
+    PRIMARY KEY (as_of_date, campaign, step, variant)
+);
+"""
