@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
 
 
@@ -25,10 +26,12 @@ def lift(treated_returned: int, treated: int, holdout_returned: int, holdout: in
     holdout_rate = holdout_returned / holdout if holdout else None
     if not treated or not holdout:
         return Lift(treated_rate, holdout_rate, None, None, None, None)
-    low, high = confint_proportions_2indep(
-        treated_returned, treated, holdout_returned, holdout, method="newcomb", compare="diff", alpha=alpha
-    )
-    test = test_proportions_2indep(treated_returned, treated, holdout_returned, holdout, method="score", compare="diff")
+    # statsmodels also computes ratio and odds ratio on the side, which divide by zero at 0% or 100%.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = confint_proportions_2indep(
+            treated_returned, treated, holdout_returned, holdout, method="newcomb", compare="diff", alpha=alpha
+        )
+        test = test_proportions_2indep(treated_returned, treated, holdout_returned, holdout, method="score", compare="diff")
     p_value = float(test.pvalue)
     return Lift(treated_rate, holdout_rate, treated_rate - holdout_rate, float(low), float(high),
                 p_value if math.isfinite(p_value) else 1.0)

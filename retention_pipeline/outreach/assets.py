@@ -99,7 +99,7 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             return
         shares = allocation.shares
     params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
-              "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS}
+              "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now()}
     created_at = clock.now()
     with app_db.begin() as conn:
         candidates = conn.execute(text(app_db.render(CANDIDATES_SQL)), params).mappings().all()

@@ -59,6 +59,8 @@ _PACING_SLACK_MAX = 0.10
 _TAG_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _PERMANENT_CODES = {400, 409, 413, 415, 422}
 _QUOTA_TYPES = {"daily_quota_exceeded", "monthly_quota_exceeded"}
+# A 429 asking for a longer wait than this (or than backoff_max_seconds) fails the op instead of sleeping in it.
+_MAX_RETRY_AFTER_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,10 @@ class ResendSender(EmailSender):
                 return _Decision("give_up", f"{described} (the account's sending quota is used up)")
             with self._pace_lock:
                 self._slack = min(_PACING_SLACK_MAX, self._slack + _PACING_SLACK_STEP)
-            return _Decision("retry", described, self._retry_after(exc.headers))
+            retry_after = self._retry_after(exc.headers)
+            if retry_after > max(_MAX_RETRY_AFTER_SECONDS, self.backoff_max_seconds):
+                return _Decision("give_up", f"{described} (Resend asks to wait {retry_after:.0f} s)")
+            return _Decision("retry", described, retry_after)
         if code == 409 and error_type == "concurrent_idempotent_requests":
             return _Decision("retry", described)
         if code in _PERMANENT_CODES:

@@ -37,7 +37,12 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            WHEN d.email IS NULL OR length(d.email) > 254
                 OR d.email !~ '^[^@[:space:]<>",;]+@[^@[:space:]<>",;]+\\.[^@[:space:]<>",;]+$' THEN 'invalid_email'
            WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
-           WHEN ua.last_activity_at > d.last_activity_at THEN 'returned'
+           -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
+           -- a replay under a set clock from seeing returns that happened after its "now".
+           WHEN ua.last_activity_at > d.last_activity_at AND EXISTS (
+                    SELECT 1 FROM {rs}.source_events e
+                    WHERE e.user_id = d.user_id AND e.occurred_at > d.last_activity_at AND e.occurred_at <= :now)
+               THEN 'returned'
            WHEN EXISTS (SELECT 1 FROM {rs}.email_sends c
                         WHERE c.user_id = d.user_id AND c.status IN ('pending', 'sent', 'unknown')
                           AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'cooldown'

@@ -126,6 +126,10 @@ def _address_ok(value: Any) -> bool:
     return bool(_ADDRESS.match(named.group(1).strip() if named else value))
 
 
+def _tag_ok(value: Any) -> bool:
+    return isinstance(value, str) and bool(_TAG.match(value))
+
+
 def _validate(emails: list[Any]) -> _Reply | None:
     if not emails:
         return _error(422, "validation_error", "The batch must contain at least one email.")
@@ -161,8 +165,7 @@ def _validate(emails: list[Any]) -> _Reply | None:
         tags = item.get("tags")
         if tags is not None:
             if not isinstance(tags, list) or not all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and _TAG.match(t["name"])
-                and isinstance(t.get("value", ""), str) and (t.get("value") is None or _TAG.match(t["value"]))
+                isinstance(t, dict) and _tag_ok(t.get("name")) and ("value" not in t or _tag_ok(t["value"]))
                 for t in tags
             ):
                 return _error(
@@ -401,10 +404,10 @@ class FakeResend:
     def _rate_limited(self, now: float) -> _Reply:
         headers = self._ratelimit_headers(now)
         headers["retry-after"] = str(max(self.retry_after, int(headers.get("ratelimit-reset", "1"))))
+        limit = f" You can only make {self.rate} requests per second." if self.rate > 0 else ""
         return _error(
             429, "rate_limit_exceeded",
-            f"Too many requests. You can only make {max(self.rate, 1)} requests per second. "
-            "See rate limit response headers for more information.",
+            f"Too many requests.{limit} See rate limit response headers for more information.",
             headers,
         )
 
