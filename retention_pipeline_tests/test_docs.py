@@ -1,0 +1,22 @@
+"""The README's configuration reference names every field a user can set."""
+
+from pathlib import Path
+
+import pytest
+
+from retention_pipeline.billing.resource import StripeResource
+from retention_pipeline.outcomes.assets import OutcomeConfig
+from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
+from retention_pipeline.outreach.senders import ResendSender
+from retention_pipeline.resources import AppDatabase, SourceTables
+from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("config_class", [SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep,
+                                          OutcomeConfig, AppDatabase, SourceTables, StripeResource, ResendSender])
+def test_every_config_field_is_documented(config_class):
+    missing = [name for name, field in config_class.model_fields.items()
+               if f"`{name}`" not in README or not field.description]
+    assert not missing, f"{config_class.__name__}: fields missing from the README or without a description: {missing}"
