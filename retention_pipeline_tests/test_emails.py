@@ -1,6 +1,5 @@
 """Re-engagement emails through the real resend SDK against a local Resend-like server: exactly once."""
 
-import json
 import os
 import signal
 import subprocess
@@ -157,7 +156,7 @@ def test_the_kill_switch_sends_nothing(app_db_env, instance, fake_resend, sender
 
 def test_step_two_goes_only_to_users_still_dormant_after_the_delay(app_db_env, instance, fake_resend, sender):
     db = app_db_env
-    kinds = build_world(db)
+    build_world(db)
     clock.set_now(MORNING_AFTER)
     assert run_day(instance, sender, AS_OF - timedelta(days=40), AS_OF).success
     step_one = {r["user_id"] for r in sends(db) if r["step"] == 1 and r["status"] == "sent"}

@@ -1,6 +1,5 @@
 """The embedded PostgreSQL: one owner starts and stops it, guests attach, a killed owner's server is recovered."""
 
-import os
 import shutil
 import signal
 import subprocess

@@ -7,7 +7,6 @@ import pytest
 import sqlalchemy as sa
 from scipy.stats import norm
 
-from retention_pipeline import clock
 from retention_pipeline.outcomes.assets import performance_rows
 from retention_pipeline.outcomes.stats import lift
 from retention_pipeline.runner import run_job

@@ -3,8 +3,6 @@
 
 from sqlalchemy import text
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
