@@ -166,7 +166,8 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
     return base | {"status": status, "subject": rendered.subject, "payload": json.dumps(payload)}
 
 
-@op(retry_policy=send_retry_policy, tags={"kind": "resend"})
+# One pool for every run's sends: concurrent runs share the provider's per-team rate limit.
+@op(retry_policy=send_retry_policy, pool="email_provider", tags={"kind": "resend"})
 def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppDatabase, email_sender: EmailSender) -> dict:
     """Send every pending batch of the campaign, this run's and any a crashed run left, with its own key."""
     results = Counter()
