@@ -165,7 +165,7 @@ _REPORT_SQL = {
     "AND variant = 'all' AND segment = 'all' ORDER BY window_days",
     "ledger": "SELECT status, count(*) AS emails FROM {rs}.email_sends WHERE as_of_date = :as_of GROUP BY status",
     "mrr": "SELECT subscription_status, count(*) AS users, sum(mrr_cents)::bigint AS mrr_cents FROM {rs}.dormant_users "
-    "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC",
+    "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC, subscription_status",
 }
 
 
