@@ -61,7 +61,8 @@ send_retry_policy = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENT
 
 @op(retry_policy=database_retry_policy, ins={"dormant_users": In(Nothing)}, tags={"kind": "postgres"})
 def plan_reengagement_sends(
-    context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks
+    context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
+    email_sender: EmailSender,
 ) -> dict:
     """Write one ledger row per intended email (pending), holdout member (holdout) or dry run, before any send."""
     install_schema(app_db)
@@ -76,7 +77,7 @@ def plan_reengagement_sends(
             context.log.info(f"{as_of}: nothing sent: {guard}")
             continue
         for step in config.steps:
-            _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan)
+            _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan, email_sender.max_batch_size)
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
     return plan
 
@@ -90,7 +91,8 @@ def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
     return None
 
 
-def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict) -> None:
+def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict,
+               batch_size: int) -> None:
     shares = None
     if config.adaptive_allocation:
         allocation = _decide_allocation(app_db, config, step, as_of)
@@ -120,8 +122,9 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
         for row in inserted:
             plan["recorded"][row["status"]] += 1
         pending_ids = sorted(r["id"] for r in inserted if r["status"] == "pending")
-        for start in range(0, len(pending_ids), 100):
-            ids = pending_ids[start : start + 100]
+        # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
+        for start in range(0, len(pending_ids), batch_size):
+            ids = pending_ids[start : start + batch_size]
             batch_key = f"{config.campaign}-{as_of.isoformat()}-s{step.step}-{ids[0]}"
             conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
 

@@ -6,6 +6,7 @@ from dagster import Config
 from pydantic import Field, field_validator, model_validator
 
 from retention_pipeline.outreach.render import TEMPLATE_VARIANTS
+from retention_pipeline.segments.config import _reject_clearly
 
 
 class CampaignStep(Config):
@@ -71,3 +72,8 @@ class CampaignConfig(Config):
         if numbers != list(range(1, len(numbers) + 1)):
             raise ValueError(f"steps must be numbered 1..n in order, got {numbers}")
         return self
+
+    # Declared last, so it wraps every check above (steps included): invalid config fails the plan op at
+    # once with every bad field named, instead of being retried like a database error, before anything is
+    # written or sent.
+    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))

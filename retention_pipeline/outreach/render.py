@@ -72,7 +72,8 @@ class EmailRenderer:
         rendered = env.from_string("{{ bare }}").render(bare=bare)
         if with_properties:
             try:
-                rendered = env.from_string(with_properties).render(**properties)
+                # As one mapping, not keywords: a property named `self` must not collide with render()'s own argument.
+                rendered = env.from_string(with_properties).render(properties)
             except UndefinedError:
                 pass
         return Markup(rendered) if html else rendered

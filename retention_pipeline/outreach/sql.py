@@ -4,26 +4,28 @@
 # The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
 # is in dormant_users: coming back (dropping out of the list for a day) ends it.
 CANDIDATES_SQL = """
-WITH today AS (
-    SELECT d.* FROM {rs}.dormant_users d WHERE d.as_of_date = :as_of
-), recent_days AS (
-    SELECT du.user_id, du.as_of_date,
+WITH recent_days AS (
+    -- The recent days of every user dormant today (the EXISTS probes the primary key per row).
+    SELECT du.*,
            du.as_of_date - (row_number() OVER (PARTITION BY du.user_id ORDER BY du.as_of_date))::int AS island
     FROM {rs}.dormant_users du
     WHERE du.as_of_date BETWEEN CAST(:as_of AS date) - :episode_lookback_days AND :as_of
-      AND du.user_id IN (SELECT user_id FROM today)
-), episodes AS (
-    SELECT r.user_id, min(r.as_of_date) AS episode_start
-    FROM recent_days r
-    JOIN recent_days t ON t.user_id = r.user_id AND t.as_of_date = :as_of AND t.island = r.island
-    GROUP BY r.user_id
+      AND EXISTS (SELECT 1 FROM {rs}.dormant_users t WHERE t.as_of_date = :as_of AND t.user_id = du.user_id)
+), today AS (
+    -- Consecutive days share an island, and today ends the user's last one, so the episode started
+    -- (days in that island - 1) days ago. Window passes only, no join of the days with themselves:
+    -- such a join goes quadratic when the planner misjudges today's rows (statistics not analyzed yet
+    -- after the morning's dormant_users); 38,000 dormant users then took minutes.
+    SELECT d.*, CAST(:as_of AS date) - (d.island_days - 1)::int AS episode_start
+    FROM (SELECT r.*, count(*) OVER (PARTITION BY r.user_id, r.island) AS island_days FROM recent_days r) d
+    WHERE d.as_of_date = :as_of
 ), due AS (
-    SELECT t.*, e.episode_start
-    FROM today t JOIN episodes e USING (user_id)
+    SELECT t.*
+    FROM today t
     WHERE :step = 1 OR EXISTS (
         SELECT 1 FROM {rs}.email_sends prev
         WHERE prev.campaign = :campaign AND prev.step = :step - 1 AND prev.user_id = t.user_id
-          AND prev.episode_start = e.episode_start
+          AND prev.episode_start = t.episode_start
           AND prev.status IN ('sent', 'holdout', 'dry_run')
           AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
 )
@@ -34,8 +36,10 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
                         WHERE s.campaign = :campaign AND s.step = :step AND s.user_id = d.user_id
                           AND s.episode_start = d.episode_start) THEN 'already_recorded'
            WHEN NOT d.targeted THEN 'not_targeted'
+           -- No spaces or control characters anywhere: such an address could not be sent (or signed into an
+           -- unsubscribe token) and would fail the whole batch or plan.
            WHEN d.email IS NULL OR length(d.email) > 254
-                OR d.email !~ '^[^@[:space:]<>",;]+@[^@[:space:]<>",;]+\\.[^@[:space:]<>",;]+$' THEN 'invalid_email'
+                OR d.email !~ '^[^@[:space:][:cntrl:]<>",;]+@[^@[:space:][:cntrl:]<>",;]+\\.[^@[:space:][:cntrl:]<>",;]+$' THEN 'invalid_email'
            WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
            -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
            -- a replay under a set clock from seeing returns that happened after its "now".

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from retention_pipeline.partitions import daily_partitions, weekly_partitions
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.retry import clear_database_errors, database_retry_policy
+from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
 from retention_pipeline.schema import install_schema
 from retention_pipeline.segments.checks import dormant_check_results, dormant_check_specs, segment_check_results, segment_check_specs
 from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
@@ -61,6 +61,7 @@ def weekly_engagement_segments(
     install_schema(app_db)
     params = window_params(context.partition_time_window) | config.model_dump()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
+        serialize_replacement(conn, f"{app_db.retention_schema}.weekly_segments")
         rows = conn.execute(text(app_db.render(WEEKLY_SEGMENTS_SQL)), params).rowcount
         distribution = pd.DataFrame(
             conn.execute(text(app_db.render(SEGMENT_DISTRIBUTION_SQL)), params).mappings().all(),
@@ -117,6 +118,7 @@ def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, ap
     window = window_params(context.partition_time_window)
     thresholds = config.model_dump()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
+        serialize_replacement(conn, f"{app_db.retention_schema}.dormant_users")
         for as_of in days:
             conn.execute(text(app_db.render(DORMANT_USERS_SQL)), _as_of_params(as_of, window["tz"], thresholds))
         summary = conn.execute(text(app_db.render(DORMANT_SUMMARY_SQL)), window).mappings().all()
