@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from retention_pipeline.errors import SettingsError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class SettingsError(ValueError):
-    """A project setting from the environment is unusable; the message says which and how to fix it."""
 
 
 def _timezone_from_env() -> str:
