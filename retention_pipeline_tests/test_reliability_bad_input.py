@@ -302,5 +302,13 @@ def test_an_unknown_timezone_is_a_clear_settings_error_at_start_up(command):
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode != 0
     last = completed.stderr.strip().splitlines()[-1]
-    assert last == ("retention_pipeline.settings.SettingsError: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA "
+    assert last == ("retention_pipeline.errors.SettingsError: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA "
                     "timezone; use a name like 'UTC' or 'Europe/Berlin'."), completed.stderr[-2000:]
+
+
+def test_the_console_script_reports_an_unknown_timezone_in_one_line():
+    completed = subprocess.run([sys.executable, "-c", "from retention_pipeline.entry import main; main()", "demo"],
+                               env=os.environ | {"RETENTION_TIMEZONE": "Mars/Olympus"}, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == ("error: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA timezone; "
+                                        "use a name like 'UTC' or 'Europe/Berlin'.")
