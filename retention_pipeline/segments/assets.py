@@ -74,6 +74,8 @@ def weekly_engagement_segments(
     metadata = {
         "rows": MetadataValue.int(rows),
         "weeks": MetadataValue.int(int(distribution["week_start"].nunique())),
+        # A range run stamps one set of metadata on every week it covers: say which week it describes.
+        "figures_for_week": MetadataValue.text(str(latest_week)),
         "thresholds": MetadataValue.json(config.model_dump()),
         "segment_distribution": MetadataValue.md(_distribution_markdown(latest, total, latest_week)),
         **{f"share_{name}": MetadataValue.float(round(latest[name] / total, 4) if total else 0.0) for name in SEGMENTS},
