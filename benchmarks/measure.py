@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 from pathlib import Path
 
+import psycopg2
+import psycopg2.errors
+
 from benchmarks.dataset import DatasetSpec, day_start
 from benchmarks.server import pgbench_path
 from benchmarks.timing import TreeRssSampler, load1, median, step_durations
@@ -101,7 +104,11 @@ class Scale:
         with self.conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {self.timeout_seconds() * 1000}")
             cur.execute("BEGIN")
-            cur.execute(statement, params)
+            try:
+                cur.execute(statement, params)
+            except psycopg2.errors.QueryCanceled:
+                cur.execute("ROLLBACK")
+                raise BudgetExceeded("a statement hit the timeout set by the scale's budget") from None
             rows = cur.rowcount
             cur.execute("COMMIT")
         return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows, "load": [load_start, load1()]}

@@ -85,8 +85,11 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
         for n_users in scales:
             spec = dataset.DatasetSpec(users=n_users, events=int(round(n_users * events_per_user)), days=days,
                                        as_of=clock.latest_complete_day(), seed=seed)
+            def checkpoint(entry):
+                _write({**results, "scales": [*results["scales"], entry]}, output, name)
+
             results["scales"].append(_run_scale(server, spec, budget_minutes, rebuild, keep_data, say, build_budget_minutes,
-                                                only_phases))
+                                                only_phases, checkpoint))
             _write(results, output, name)
     finally:
         server.stop()
@@ -104,7 +107,7 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
 
 
 def _run_scale(server, spec: dataset.DatasetSpec, budget_minutes: float, rebuild: bool, keep: bool, say,
-               build_budget_minutes: float = 30.0, only_phases: list[str] | None = None) -> dict:
+               build_budget_minutes: float = 30.0, only_phases: list[str] | None = None, checkpoint=None) -> dict:
     started = time.monotonic()
     build_deadline = started + build_budget_minutes * 60
     entry: dict = {"users": spec.users, "events_requested": spec.events, "days": spec.days, "status": "running",
@@ -149,6 +152,8 @@ def _run_scale(server, spec: dataset.DatasetSpec, budget_minutes: float, rebuild
                 value = phase(scale)
                 if value is not None:
                     entry["measurements"][key] = value
+                if checkpoint is not None:
+                    checkpoint(entry)  # what is measured so far survives an interrupted run
             except measure.BudgetExceeded as exc:
                 entry["status"] = f"incomplete: {exc}"
                 say(f"  STOPPED: {exc}")
@@ -259,7 +264,7 @@ def _phase_seconds(scale: dict) -> dict[str, float]:
     if "backfill" in m:
         out["backfill run"] = m["backfill"]["run_seconds"]
     if "daily_partition" in m:
-        out["daily partition step"] = m["daily_partition"]["step_seconds"]
+        out["daily partition SQL"] = m["daily_partition"]["sql_seconds"]
     if "weekly_segments" in m:
         out["weekly segments step"] = m["weekly_segments"]["step_seconds"]
     if "dormant_users" in m:
@@ -275,16 +280,23 @@ def _growth(scales: list[dict]) -> dict:
     done = [s for s in scales if s.get("measurements")]
     phases = {p for s in done for p in _phase_seconds(s)}
     for phase in sorted(phases):
-        points = [(s["users"], _phase_seconds(s)[phase]) for s in done if phase in _phase_seconds(s)]
+        by_users = {s["users"]: _phase_seconds(s)[phase] for s in done if phase in _phase_seconds(s)}  # a re-run wins
+        points = sorted(by_users.items())
         if len(points) < 2:
             continue
         (n1, t1), (n2, t2) = points[0], points[-1]
-        exponent = math.log(t2 / t1) / math.log(n2 / n1) if t1 > 0 and t2 > 0 else None
+        exponent = _exponent(n1, t1, n2, t2)
         growth[phase] = {"from_users": n1, "to_users": n2, "from_seconds": t1, "to_seconds": t2,
                          "time_ratio": round(t2 / t1, 2), "users_ratio": round(n2 / n1, 2),
-                         "exponent": round(exponent, 3) if exponent is not None else None,
-                         "linear_or_better": exponent is not None and exponent <= 1.05}
+                         "exponent": exponent, "linear_or_better": exponent is not None and exponent <= 1.05,
+                         # between neighbouring scales: fixed costs flatter the small end of the full range
+                         "pairwise": [{"from_users": a, "to_users": b, "exponent": _exponent(a, ta, b, tb)}
+                                      for (a, ta), (b, tb) in zip(points, points[1:])]}
     return growth
+
+
+def _exponent(n1: int, t1: float, n2: int, t2: float) -> float | None:
+    return round(math.log(t2 / t1) / math.log(n2 / n1), 3) if t1 and t2 and t1 > 0 and t2 > 0 else None
 
 
 def _targets(results: dict, default_users: int) -> list[dict]:
@@ -325,7 +337,9 @@ def _targets(results: dict, default_users: int) -> list[dict]:
         worst = max((g["exponent"] for g in growth.values() if g["exponent"] is not None), default=None)
         add("time grows no faster than linearly (exponent b of users^b)", worst, "<= 1.0",
             worst is not None and worst <= 1.05, [],
-            ", ".join(f"{k} {g['exponent']}" for k, g in growth.items()))
+            "smallest to largest scale: " + ", ".join(f"{k} {g['exponent']}" for k, g in growth.items())
+            + "; between neighbouring scales: " + ", ".join(
+                f"{k} " + "/".join(str(p["exponent"]) for p in g.get("pairwise", [])) for k, g in growth.items()))
     return rows
 
 
@@ -394,7 +408,7 @@ def _markdown(results: dict) -> str:
                   f"({e['ratio']:.3f}x); accepted {e['accepted']:,}, duplicates {e['duplicates']}, lost {e['lost']}, "
                   f"attempts {e['attempts']}; load {e['load']}.", ""]
     lines += ["## Every scale", "",
-              "| measurement | " + " | ".join(f"{s['users']:,} users" for s in results["scales"]) + " |",
+              "| measurement | " + " | ".join(s.get("label") or f"{s['users']:,} users" for s in results["scales"]) + " |",
               "|---|" + "---:|" * len(results["scales"])]
 
     def row(label, fn):
@@ -439,15 +453,34 @@ def _markdown(results: dict) -> str:
     row("scale wall time", lambda s: f"{s['seconds'] / 60:.1f} min")
     lines.append("")
     if results.get("growth"):
-        lines += ["## Growth", "", "| phase | from | to | time ratio | users ratio | exponent b (t ~ users^b) |", "|---|---:|---:|---:|---:|---:|"]
+        lines += ["## Growth", "", "| phase | from | to | time ratio | users ratio | exponent b (t ~ users^b) | b between neighbouring scales |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for phase, g in results["growth"].items():
+            pairs = ", ".join(f"{p['from_users']:,}->{p['to_users']:,}: {p['exponent']}" for p in g.get("pairwise", []))
             lines.append(f"| {phase} | {g['from_seconds']:.2f} s at {g['from_users']:,} | {g['to_seconds']:.2f} s at {g['to_users']:,} "
-                         f"| {g['time_ratio']}x | {g['users_ratio']}x | {g['exponent']} |")
+                         f"| {g['time_ratio']}x | {g['users_ratio']}x | {g['exponent']} | {pairs} |")
         lines.append("")
     settings = results.get("postgres_settings", {})
     if settings:
         lines += ["PostgreSQL settings in force: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
     return "\n".join(lines)
+
+
+def merge_results(first: Path, rerun: Path, name: str = "latest", note: str = "") -> Path:
+    """One report from a run and a re-run of some of its scales (e.g. the largest, after a fix)."""
+    a, b = json.loads(Path(first).read_text()), json.loads(Path(rerun).read_text())
+    rerun_users = {s["users"] for s in b["scales"]}
+    for s in a["scales"]:
+        if s["users"] in rerun_users:
+            s["label"] = f"{s['users']:,} users (first run)"
+    for s in b["scales"]:
+        s["label"] = f"{s['users']:,} users (re-run: {', '.join(s['measurements'])})"
+    merged = {**a, "scales": a["scales"] + b["scales"], "reruns": [{"command": b["command"], "started_at": b["started_at"],
+              "finished_at": b.get("finished_at"), "machine": b["machine"], "note": note}]}
+    merged["growth"] = _growth(merged["scales"])
+    merged["targets"] = _targets(merged, merged["parameters"]["users"])
+    md, js = _write(merged, Path(first).parent, name)
+    return md
 
 
 def rewrite_markdown(json_path: Path) -> Path:
