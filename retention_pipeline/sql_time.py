@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from dagster import AssetExecutionContext, TimeWindow
 
@@ -18,6 +19,21 @@ def window_params(window: TimeWindow) -> dict:
         "end_date": _local_date(window.end),
         "tz": PROJECT_TIMEZONE,
     }
+
+
+def window_chunks(window: TimeWindow, days_per_chunk: int) -> list[dict]:
+    """The window's parameters cut into consecutive pieces of at most `days_per_chunk` local days."""
+    params = window_params(window)
+    zone = ZoneInfo(PROJECT_TIMEZONE)
+    chunks, start = [], params["start_date"]
+    while start < params["end_date"]:
+        end = min(start + timedelta(days=days_per_chunk), params["end_date"])
+        # Local midnights, so a chunk boundary on a DST change is still a day boundary.
+        chunks.append(params | {"start_date": start, "end_date": end,
+                                "start_ts": datetime.combine(start, time.min, tzinfo=zone),
+                                "end_ts": datetime.combine(end, time.min, tzinfo=zone)})
+        start = end
+    return chunks
 
 
 def _local_date(moment: datetime) -> date:

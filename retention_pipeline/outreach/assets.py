@@ -7,7 +7,7 @@ plan (eligibility, holdout, rendering, ledger rows written BEFORE sending)
 
 import json
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 from dagster import (
@@ -37,12 +37,14 @@ from retention_pipeline.outreach.sql import (
     ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
     CANDIDATES_SQL,
+    ELIGIBLE_SQL,
     INSERT_LEDGER_SQL,
     LEDGER_SUMMARY_SQL,
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
     PENDING_BATCHES_SQL,
     RECORD_ALLOCATION_SQL,
+    SKIP_COUNTS_SQL,
 )
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
@@ -55,6 +57,8 @@ from retention_pipeline.sql_time import partition_days, window_params
 IDEMPOTENCY_HORIZON = timedelta(hours=23)
 # How far back a dormancy episode's first day is looked for (longer episodes start there).
 EPISODE_LOOKBACK_DAYS = 120
+# Candidates rendered and written to the ledger per statement: bounds the plan's memory, not the send batches.
+LEDGER_CHUNK = 500
 
 send_retry_policy = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL)
 
@@ -103,30 +107,38 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
     params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
               "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now()}
     created_at = clock.now()
+    pending_ids: list[int] = []
     with app_db.begin() as conn:
-        candidates = conn.execute(text(app_db.render(CANDIDATES_SQL)), params).mappings().all()
-        rows = []
-        for candidate in candidates:
-            if candidate["skip_reason"] == "already_recorded":
-                plan["already_recorded"] += 1  # handled by an earlier run: not a skip
-                continue
-            if candidate["skip_reason"]:
-                plan["skipped"][candidate["skip_reason"]] += 1
-                continue
-            rows.append(_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares))
-        inserted = [conn.execute(text(app_db.render(INSERT_LEDGER_SQL)), row).mappings().first() for row in rows]
-        # A concurrent run that recorded the same user first wins; ours is simply not inserted.
-        inserted = [r for r in inserted if r is not None]
-        if len(inserted) < len(rows):
-            plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
-        for row in inserted:
-            plan["recorded"][row["status"]] += 1
-        pending_ids = sorted(r["id"] for r in inserted if r["status"] == "pending")
+        conn.execute(text(app_db.render(CANDIDATES_SQL)), params)
+        for reason, users in conn.execute(text(SKIP_COUNTS_SQL)):
+            if reason == "already_recorded":
+                plan["already_recorded"] += users  # handled by an earlier run: not a skip
+            else:
+                plan["skipped"][reason] += users
+        # Rendered emails are the large part: only a chunk of them is in memory at a time.
+        eligible = conn.execute(text(ELIGIBLE_SQL), execution_options={"stream_results": True, "yield_per": LEDGER_CHUNK})
+        for chunk in eligible.mappings().partitions():
+            rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
+            inserted = conn.execute(text(app_db.render(INSERT_LEDGER_SQL)),
+                                    {"rows": json.dumps(rows, default=_json_value)}).all()
+            # A concurrent run that recorded the same user first wins; ours is simply not inserted.
+            if len(inserted) < len(rows):
+                plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
+            for row in inserted:
+                plan["recorded"][row.status] += 1
+            pending_ids += [row.id for row in inserted if row.status == "pending"]
+        pending_ids.sort()
         # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
         for start in range(0, len(pending_ids), batch_size):
             ids = pending_ids[start : start + batch_size]
             batch_key = f"{config.campaign}-{as_of.isoformat()}-s{step.step}-{ids[0]}"
             conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
+
+
+def _json_value(value):
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
 
 
 def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: CampaignStep, as_of: date) -> Allocation:
@@ -166,7 +178,7 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
         "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
     }
     status = "dry_run" if config.dry_run else "pending"
-    return base | {"status": status, "subject": rendered.subject, "payload": json.dumps(payload)}
+    return base | {"status": status, "subject": rendered.subject, "payload": payload}
 
 
 # One pool for every run's sends: concurrent runs share the provider's per-team rate limit.

@@ -1,9 +1,11 @@
 """SQL of the send ledger. Eligibility is set-based; rendering and sending happen per small batch."""
 
-# Candidates for one step on one as-of day, with the first reason (if any) not to email them.
+# Candidates for one step on one as-of day, with the first reason (if any) not to email them. They stay
+# in PostgreSQL (a temporary table); Python reads the skip counts and streams the eligible ones.
 # The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
 # is in dormant_users: coming back (dropping out of the list for a day) ends it.
 CANDIDATES_SQL = """
+CREATE TEMPORARY TABLE plan_candidates ON COMMIT DROP AS
 WITH recent_days AS (
     -- The recent days of every user dormant today (the EXISTS probes the primary key per row).
     SELECT du.*,
@@ -30,8 +32,8 @@ WITH recent_days AS (
           AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
 )
 SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, mrr_cents, skip_reason,
-       -- What an email needs, only for those who get one: the plan holds every candidate in memory, and at
-       -- 1,000,000 users most of the 378,000 dormant ones are skipped (already emailed in this episode).
+       -- What an email needs, only for those who get one: at 1,000,000 users most of the 378,000 dormant
+       -- ones are skipped (already emailed in this episode).
        CASE WHEN skip_reason IS NULL THEN email END AS email, CASE WHEN skip_reason IS NULL THEN name END AS name,
        CASE WHEN skip_reason IS NULL THEN last_actions END AS last_actions,
        CASE WHEN skip_reason IS NULL THEN plan_name END AS plan_name
@@ -61,14 +63,22 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
 FROM due d
 LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
 ) checked
-ORDER BY user_id
 """
 
+SKIP_COUNTS_SQL = "SELECT skip_reason, count(*) AS users FROM plan_candidates WHERE skip_reason IS NOT NULL GROUP BY 1"
+
+ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY user_id"
+
+# A chunk of ledger rows per statement (one round trip, not one per email), passed as a JSON array.
 INSERT_LEDGER_SQL = """
 INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
     segment_reason, mrr_cents, subject, payload, created_at)
-VALUES (:campaign, :step, :user_id, :episode_start, :as_of_date, :variant, :status, :email,
-    :segment_reason, :mrr_cents, :subject, CAST(:payload AS jsonb), :created_at)
+SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email,
+       segment_reason, mrr_cents, subject, payload, created_at
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
+    as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
+    payload jsonb, created_at timestamptz)
+ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
 RETURNING id, status
 """
