@@ -304,20 +304,37 @@ def measure_segments(scale: Scale) -> dict:
 
 
 def measure_dormant(scale: Scale) -> dict:
-    day = scale.as_of
-    scale.say(f"  one day ({day}) of dormant_users x{scale.reps['dormant']} ...")
+    """One day in the steady state of a daily schedule (the day before already materialized, so most
+    dormant users' last actions are carried over), and the same day cold (no day before), as the first
+    day of a backfill is."""
+    day, previous = scale.as_of, scale.as_of - timedelta(days=1)
+    scale.say(f"  one day ({day}) of dormant_users: cold (without {previous}), then x{scale.reps['dormant']} after {previous} ...")
+    scale.check_budget("dormant_users", 10)
+    scale.sql("DELETE FROM retention.dormant_users WHERE as_of_date >= %s", (previous,))
+    cold = scale.dagster_run("daily_retention_job", day.isoformat(), assets=["dormant_users"])
+    scale.dagster_run("daily_retention_job", previous.isoformat(), assets=["dormant_users"])
     runs = []
     for _ in range(scale.reps["dormant"]):
         scale.check_budget("dormant_users", 10)
         runs.append(scale.dagster_run("daily_retention_job", day.isoformat(), assets=["dormant_users"]))
     rows = scale.sql("SELECT count(*), count(*) FILTER (WHERE targeted) FROM retention.dormant_users WHERE as_of_date = %s",
                      (day,), fetch=True)[0]
-    out = {"day": day.isoformat(), "rows": rows[0], "targeted": rows[1],
+    carried = scale.sql(_CARRIED_SQL, {"day": day}, fetch=True)[0][0]
+    out = {"day": day.isoformat(), "rows": rows[0], "targeted": rows[1], "carried_over": carried,
            "run_seconds": median([r["seconds"] for r in runs]), "step_seconds": median([r["step_seconds"] for r in runs]),
-           "sql_seconds": median([r["sql_seconds"] for r in runs]), "samples": runs}
-    scale.say(f"    {out['rows']:,} dormant users; step {out['step_seconds']:.2f} s (SQL {out['sql_seconds']:.2f} s), "
-              f"run {out['run_seconds']:.2f} s")
+           "sql_seconds": median([r["sql_seconds"] for r in runs]), "samples": runs,
+           "cold_step_seconds": cold["step_seconds"], "cold_sample": cold}
+    scale.say(f"    {out['rows']:,} dormant users ({carried:,} with yesterday's last actions); step {out['step_seconds']:.2f} s "
+              f"(SQL {out['sql_seconds']:.2f} s), run {out['run_seconds']:.2f} s; cold {cold['step_seconds']:.2f} s")
     return out
+
+
+# Users of the day whose last actions could come from the day before (same last activity, full list).
+_CARRIED_SQL = """
+SELECT count(*) FROM retention.dormant_users t
+JOIN retention.dormant_users y ON y.user_id = t.user_id AND y.as_of_date = %(day)s::date - 1
+WHERE t.as_of_date = %(day)s AND y.last_activity_at = t.last_activity_at AND jsonb_array_length(y.last_actions) >= 3
+"""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -305,6 +305,8 @@ def _phase_seconds(scale: dict) -> dict[str, float]:
         out["weekly segments step"] = m["weekly_segments"]["step_seconds"]
     if "dormant_users" in m:
         out["dormant users step"] = m["dormant_users"]["step_seconds"]
+        if "cold_step_seconds" in m["dormant_users"]:
+            out["dormant users step, cold"] = m["dormant_users"]["cold_step_seconds"]
     if "daily_job" in m:
         out["daily job wall"] = m["daily_job"]["wall_seconds"]
     return out
@@ -486,7 +488,9 @@ def _markdown(results: dict) -> str:
     row("daily partition: Dagster start-up per run", lambda s: f"{m(s, 'daily_partition')['startup_seconds']:.2f} s")
     row("daily partition load (1 min)", lambda s: _loads(m(s, "daily_partition")["samples"]["pipeline"]))
     row("weekly segments, one week: step (rows)", lambda s: f"{m(s, 'weekly_segments')['step_seconds']:.2f} s ({m(s, 'weekly_segments')['rows']:,})")
-    row("dormant users, one day: step (rows)", lambda s: f"{m(s, 'dormant_users')['step_seconds']:.2f} s ({m(s, 'dormant_users')['rows']:,})")
+    row("dormant users, one day after the day before: step (rows, carried over)", lambda s: f"{m(s, 'dormant_users')['step_seconds']:.2f} s "
+        f"({m(s, 'dormant_users')['rows']:,}, {m(s, 'dormant_users').get('carried_over', 0):,})")
+    row("dormant users, one day cold (no day before): step", lambda s: f"{m(s, 'dormant_users')['cold_step_seconds']:.2f} s")
     row("daily job (subprocess): wall", lambda s: f"{m(s, 'daily_job')['wall_seconds']:.1f} s")
     row("daily job: the run itself", lambda s: f"{m(s, 'daily_job')['run_seconds']:.1f} s")
     row("daily job: emails sent (rate bound)", lambda s: f"{m(s, 'daily_job')['emails'].get('emails_sent', 0):,} ({m(s, 'daily_job')['email_rate_bound_seconds']:.1f} s)")

@@ -168,31 +168,29 @@ def simulate(days: int, users: int, uplift: float, base_return: float, seed: int
     _say(f"Done in {time.monotonic() - started:.0f} s.")
 
 
-@main.command()
-@click.option("--users", default=100_000, show_default=True, help="Users of the default scale.")
-@click.option("--events", default=10_000_000, show_default=True, help="Events of the default scale (other scales: proportional).")
-@click.option("--days", default=90, show_default=True, help="Days of history.")
-@click.option("--scales", default=None, help="Comma-separated user counts, e.g. 10000,100000,1000000 (default: --users).")
-@click.option("--budget-minutes", default=25.0, show_default=True, help="Time budget of each scale; one that runs out reports what it measured.")
-@click.option("--keep-data", is_flag=True, help="Keep the benchmark server's data (the next run reuses matching datasets).")
-def benchmark(users: int, events: int, days: int, scales: str | None, budget_minutes: float, keep_data: bool) -> None:
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def benchmark(args: tuple[str, ...]) -> None:
     """Measure the pipeline at scale against bare SQL and the provider's rate limit.
 
-    Builds each dataset with set-based SQL on its own embedded PostgreSQL (.retention/bench-pgdata,
-    deleted at the end unless --keep-data) and writes benchmarks/results/latest.md and latest.json.
-    Same as `uv run python -m benchmarks.run`; about 15 minutes at the default scale.
+    Every option of `uv run python -m benchmarks.run` (see `retention-pipeline benchmark --help`): builds
+    each dataset with set-based SQL on its own embedded PostgreSQL (.retention/bench-pgdata, deleted at
+    the end unless --keep-data) and writes benchmarks/results/latest.md and latest.json. About 15 minutes
+    at the default scale.
     """
     try:
-        from benchmarks.run import run_benchmarks
+        from benchmarks.run import main as benchmark_main
     except ImportError:
         _fail("the benchmarks/ folder of the project's repository is needed: run this from a checkout (uv run ...).")
     started = time.monotonic()
     try:
-        user_counts = [int(part) for part in scales.replace("_", "").split(",") if part.strip()] if scales else None
-        run_benchmarks(users=users, events=events, days=days, scales=user_counts, budget_minutes=budget_minutes,
-                       keep_data=keep_data, say=_say)
+        benchmark_main.main(args=list(args), prog_name="retention-pipeline benchmark", standalone_mode=False)
     except KeyboardInterrupt:
         _fail("interrupted; the benchmark's PostgreSQL was stopped (its data stays in .retention/bench-pgdata).")
+    except click.exceptions.Exit:
+        return  # --help
+    except click.ClickException as error:
+        _fail(f"{error.format_message()} (see `retention-pipeline benchmark --help`)")
     _say(f"Done in {(time.monotonic() - started) / 60:.1f} min.")
 
 

@@ -121,6 +121,28 @@ def test_last_actions(built: Scenario):
     assert actions[2]["properties"] == {"task_title": "Ship it", "n": 3, "flag": True}
 
 
+def test_a_carried_list_of_last_actions_equals_one_computed_from_the_events(built: Scenario, instance):
+    """Yesterday's list is reused while the last activity stands still; it must age exactly like a fresh one.
+
+    User 17's oldest action (ago(100)) leaves the 90-day lookback on ago(9), while the user stays dormant.
+    """
+    built.user(17, OLD)
+    built.events([(17, at(ago(100), 10), "login", {"device": "web"}), (17, at(ago(60), 10), "comment", {"project_name": "Q1"}),
+                  (17, at(ago(40), 10), "create_task", {"task_title": "Plan"})])
+    assert run_job(instance, JOB, FIRST.isoformat(), D.isoformat(), quiet=True).success
+    carried = {day: built.dormant(day)[17]["last_actions"] for day in (ago(10), ago(9), ago(8), D)}
+    assert [a["event_type"] for a in carried[ago(10)]] == ["create_task", "comment", "login"]
+    assert [a["event_type"] for a in carried[ago(9)]] == ["create_task", "comment"]
+    for day in (ago(10), ago(9), D):
+        everyone = built.dormant(day)
+        # Without the day before, every list of the day is computed from the events.
+        built.db.execute("DELETE FROM {rs}.dormant_users WHERE as_of_date = :d", {"d": day - timedelta(days=1)})
+        assert run_job(instance, JOB, day.isoformat(), quiet=True, assets=["dormant_users"]).success
+        fresh = built.dormant(day)
+        assert {u: r["last_actions"] for u, r in fresh.items()} == {u: r["last_actions"] for u, r in everyone.items()}
+        assert fresh[17]["last_actions"] == carried[day]
+
+
 def test_thresholds_are_configurable(built: Scenario, instance):
     result = run_job(instance, JOB, D.isoformat(), quiet=True, run_config=dormant_config(
         dormant_after_days=6, lost_after_days=91, min_account_age_days=30, last_actions=5, decline_min_events=4))

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, UndefinedError, select_autoescape
 from markupsafe import Markup
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -62,18 +62,26 @@ class EmailRenderer:
                                  undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self._plain = Environment(loader=loader, autoescape=False, undefined=StrictUndefined,
                                   trim_blocks=True, lstrip_blocks=True)
+        # Compiling a phrase costs about a millisecond and an email has up to a dozen of them; the phrase
+        # sources are the fixed ACTION_PHRASES (user data only ever travels as variables), so this stays small.
+        self._phrases: dict[tuple[bool, str], Template] = {}
+
+    def _phrase_template(self, html: bool, source: str) -> Template:
+        key = (html, source)
+        if key not in self._phrases:
+            self._phrases[key] = (self._html if html else self._plain).from_string(source)
+        return self._phrases[key]
 
     def phrase(self, action: dict, html: bool) -> str:
         """The action as a phrase; in HTML already escaped (Markup), so templates do not escape it twice."""
-        env = self._html if html else self._plain
         event_type = str(action.get("event_type") or "")
         with_properties, bare = ACTION_PHRASES.get(event_type, ("", f"you used {clean_text(event_type.replace('_', ' '), 40)}"))
         properties = {k: clean_text(v, 80) for k, v in (action.get("properties") or {}).items() if isinstance(k, str)}
-        rendered = env.from_string("{{ bare }}").render(bare=bare)
+        rendered = self._phrase_template(html, "{{ bare }}").render(bare=bare)
         if with_properties:
             try:
                 # As one mapping, not keywords: a property named `self` must not collide with render()'s own argument.
-                rendered = env.from_string(with_properties).render(properties)
+                rendered = self._phrase_template(html, with_properties).render(properties)
             except UndefinedError:
                 pass
         return Markup(rendered) if html else rendered
