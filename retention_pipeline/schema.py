@@ -29,7 +29,11 @@ CREATE TABLE IF NOT EXISTS {rs}.user_activity (
     last_event_id      bigint,
     last_event_type    text,
     event_count        bigint NOT NULL
-);
+) WITH (fillfactor = 70);
+-- Room on every page for the trigger's updates to stay HOT (no index entry per event, less bloat):
+-- pgbench single-row inserts lost 5.8% throughput to the trigger at 70 against 7.8% at 100. Existing
+-- tables take it for the pages they fill from now on (no rewrite, no lock against the app's inserts).
+ALTER TABLE {rs}.user_activity SET (fillfactor = 70);
 CREATE TABLE IF NOT EXISTS {rs}.trigger_health (
     id             smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
     failures       bigint NOT NULL DEFAULT 0,
