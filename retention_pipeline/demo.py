@@ -17,7 +17,7 @@ from retention_pipeline import clock, demo_data
 from retention_pipeline.billing.demo_seed import seed_demo_stripe
 from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.activity.trigger import install_trigger
-from retention_pipeline.launcher import Environment
+from retention_pipeline.launcher import Environment, LauncherError
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.runner import complete_week_keys, day_key, run_job
 from retention_pipeline.schema import install_schema
@@ -99,12 +99,30 @@ def _connect(db: AppDatabase):
 
 # The demo app remembers how it was generated, so later runs can re-derive the same population
 # (e.g. to seed a fresh localstripe with the same customers).
+# Users present, but no record of a demo seed: that is someone's app, and the demo would build indexes
+# on its tables, replay sends with a set clock and write emails from its users.
+def _refuse_a_real_app(conn) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('users') IS NOT NULL AND to_regclass('demo_seed_info') IS NULL")
+        foreign = cur.fetchone()[0]
+        if foreign:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM users)")
+            foreign = cur.fetchone()[0]
+    conn.rollback()
+    if foreign:
+        raise LauncherError(
+            "RETENTION_DATABASE_URL points at a database whose `users` table holds rows the demo did not seed. "
+            "`demo` only runs on its own demo data: unset RETENTION_DATABASE_URL for the embedded demo, or run the "
+            "pipeline on this database with `retention-pipeline dev` (README: Pointing it at a real app database).")
+
+
 _SEED_INFO_DDL = "CREATE TABLE IF NOT EXISTS demo_seed_info (seed integer NOT NULL, as_of date NOT NULL, n_users integer NOT NULL)"
 
 
 def _seed_if_empty(db: AppDatabase, seed: int, n_users: int, as_of: date, say) -> dict | None:
     conn = _connect(db)
     try:
+        _refuse_a_real_app(conn)
         demo_data.create_app_tables(conn)
         with conn.cursor() as cur:
             cur.execute(_SEED_INFO_DDL)

@@ -361,3 +361,23 @@ def test_create_app_tables_is_idempotent_and_rejects_odd_schema_names(pg_conn):
     for bad in ('app"; DROP TABLE users; --', "Mixed", "has space", ""):
         with pytest.raises(ValueError, match="schema"):
             create_app_tables(pg_conn, schema=bad)
+
+
+def test_demo_refuses_a_database_whose_users_it_did_not_seed(pg_server, pg_database):
+    """RETENTION_DATABASE_URL at a real app: the demo must not build indexes, seed or send there."""
+    from retention_pipeline import demo
+    from retention_pipeline.launcher import LauncherError
+    from retention_pipeline.resources import AppDatabase
+
+    app_db = AppDatabase(url=pg_server.url(pg_database))
+
+    app_db.execute("CREATE TABLE users (id bigint PRIMARY KEY, email text, name text, created_at timestamptz)")
+    app_db.execute("INSERT INTO users VALUES (1, 'real@customer.example', 'Real', now())")
+    with pytest.raises(LauncherError, match="holds rows the demo did not seed"):
+        demo._seed_if_empty(app_db, seed=1, n_users=50, as_of=date(2025, 3, 1), say=print)
+    tables = {r[0] for r in app_db.fetch_all("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == {"users"}
+    app_db.execute("DROP TABLE users")
+
+    # An empty app database is the demo's to fill.
+    assert demo._seed_if_empty(app_db, seed=1, n_users=50, as_of=date(2025, 3, 1), say=print)["users"] == 50
