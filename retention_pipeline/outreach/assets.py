@@ -116,7 +116,7 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             else:
                 plan["skipped"][reason] += users
         # Rendered emails are the large part: only a chunk of them is in memory at a time.
-        eligible = conn.execute(text(ELIGIBLE_SQL), execution_options={"stream_results": True, "yield_per": LEDGER_CHUNK})
+        eligible = conn.execute(text(ELIGIBLE_SQL), execution_options={"stream_results": True})
         for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
             rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
             inserted = conn.execute(text(app_db.render(INSERT_LEDGER_SQL)),
