@@ -502,8 +502,8 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
             script.write_text(_PGBENCH_SCRIPT.format(users=scale.spec.users))
             os.chmod(tmp, 0o755)
             os.chmod(script, 0o644)
-            scale.say(f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['trigger']} ...")
-            for rep in range(scale.reps["trigger"]):
+            scale.say(f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['pgbench']} ...")
+            for rep in range(scale.reps["pgbench"]):
                 for enabled in ((False, True) if rep % 2 == 0 else (True, False)):
                     scale.check_budget("pgbench", pgbench_seconds + 10)
                     _set_trigger(scale, enabled)

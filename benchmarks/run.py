@@ -55,13 +55,15 @@ def _say(message: str) -> None:
 
 def _reps(users: int, override: int | None = None) -> dict[str, int]:
     if override:
-        reps = {key: override for key in ("backfill", "daily", "segments", "dormant", "trigger")}
+        reps = {key: override for key in ("backfill", "daily", "segments", "dormant", "trigger", "pgbench")}
         return reps | ({"bare_last": True} if users > 200_000 else {})
+    # pgbench samples move 5-10 points between runs on 2 cores: three alternating pairs at every scale,
+    # however few repetitions the (minutes-long) bulk phases get at 1M.
     if users <= 20_000:
-        return {"backfill": 3, "daily": 5, "segments": 3, "dormant": 3, "trigger": 2}
+        return {"backfill": 3, "daily": 5, "segments": 3, "dormant": 3, "trigger": 2, "pgbench": 3}
     if users <= 200_000:
-        return {"backfill": 2, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3}
-    return {"backfill": 1, "daily": 3, "segments": 1, "dormant": 1, "trigger": 1, "bare_last": True}
+        return {"backfill": 2, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3, "pgbench": 3}
+    return {"backfill": 1, "daily": 3, "segments": 1, "dormant": 1, "trigger": 1, "pgbench": 3, "bare_last": True}
 
 
 def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, days: int = DEFAULT_DAYS,

@@ -338,6 +338,18 @@ def test_10000_emails_at_2_per_second_within_52_5_seconds(tmp_path: Path):
     assert elapsed <= 52.5, elapsed
 
 
+def test_a_request_that_arrives_late_does_not_trip_the_window_of_the_requests_after_it():
+    """The 2nd request reaches the API 60 ms late (beyond the 2 % slack: 20 ms per window). The 12th request
+    starts one window (10 paced calls) after the 2nd and would land 40 ms inside it: a 429 and a 1 s wait."""
+    with FakeResend(api_key=KEY, rate=10) as fake:
+        sender = fast_sender(fake, requests_per_second=10.0)
+        fake.delay_arrivals(0.0, 0.06)
+        outcomes = [sender.send_batch(make_batch(10, str(b)), f"late-{b}") for b in range(13)]
+        statuses = [r.status for r in fake.requests]
+    assert statuses == [200] * 13, statuses
+    assert [o.attempts for o in outcomes] == [1] * 13
+
+
 def test_threads_hide_latency_while_pacing_holds_the_rate():
     """A slow API (250 ms per answer) at 10 req/s: sequential calls would take 2.5 s; three threads
     sharing one sender keep the pace (no 429) and finish in ~1.2 s."""

@@ -24,9 +24,11 @@ import json
 import os
 import random
 import re
+import statistics
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +58,11 @@ RESEND_MAX_BATCH_SIZE = 100
 _PACING_SLACK = 0.02
 _PACING_SLACK_STEP = 0.02
 _PACING_SLACK_MAX = 0.10
+# Jitter beyond the slack: a call that takes longer than the median of the recent ones may have reached the
+# API that much later than it started (a 60 ms garbage collection pass in the client, a wait on the SDK
+# gate, a slow hop), so the calls after it are shifted by the excess. Otherwise the call N places later
+# lands inside the same 1 s window and costs a 429 plus a 1 s retry-after; the shift costs the excess only.
+_CALL_TIMES_KEPT = 15
 _TAG_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _PERMANENT_CODES = {400, 409, 413, 415, 422}
 _QUOTA_TYPES = {"daily_quota_exceeded", "monthly_quota_exceeded"}
@@ -190,6 +197,7 @@ class ResendSender(EmailSender):
     _pace_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _next_start: float = PrivateAttr(default=0.0)
     _slack: float = PrivateAttr(default=_PACING_SLACK)
+    _call_seconds: deque = PrivateAttr(default_factory=lambda: deque(maxlen=_CALL_TIMES_KEPT))
     _http_client: RequestsClient | None = PrivateAttr(default=None)
 
     def __repr__(self) -> str:
@@ -272,8 +280,22 @@ class ResendSender(EmailSender):
         if self._http_client is None:
             self._http_client = RequestsClient(timeout=self.timeout_seconds)  # type: ignore[arg-type]
         self._pace()
-        with _SDK_GATE.use(self.api_key, self.api_url.rstrip("/"), self.timeout_seconds, self._http_client):
-            return resend.Batch.send(params, options={"idempotency_key": idempotency_key})
+        started = time.monotonic()
+        try:
+            with _SDK_GATE.use(self.api_key, self.api_url.rstrip("/"), self.timeout_seconds, self._http_client):
+                return resend.Batch.send(params, options={"idempotency_key": idempotency_key})
+        finally:
+            self._shift_pace_after_a_slow_call(started, time.monotonic() - started)
+
+    def _shift_pace_after_a_slow_call(self, started: float, seconds: float) -> None:
+        """Treat a call slower than the recent median as having started that much later (see _CALL_TIMES_KEPT)."""
+        with self._pace_lock:
+            typical = statistics.median(self._call_seconds) if self._call_seconds else seconds
+            self._call_seconds.append(seconds)
+            late = seconds - typical
+            if late > 0:
+                interval = (1.0 + self._slack) / self.requests_per_second
+                self._next_start = max(self._next_start, started + late + interval)
 
     def _accepted(self, response: Any, count: int, attempts: int, idempotency_key: str) -> BatchOutcome:
         data = response.get("data") if isinstance(response, dict) else None

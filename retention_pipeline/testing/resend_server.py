@@ -35,7 +35,8 @@ Faults, drawn with a seeded generator at `fault_rate` from `fault_kinds`, or que
 - "500_after_accept": the batch is accepted and logged, then the client gets a 500: the realistic
   dangerous case, which only the idempotency key makes safe to retry;
 - a `ScriptedResponse` (scripts only): any status, body and headers; "ok": process normally.
-`latency_seconds` delays every answer (decided on arrival), like the real API's response time.
+`latency_seconds` delays every answer (decided on arrival), like the real API's response time;
+`delay_arrivals()` makes chosen requests reach the server late, like a slow hop on the way in.
 
 Only the standard library is used, so the standalone process starts in a fraction of a second.
 """
@@ -203,8 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
-        arrived = time.monotonic()
         fake = self.server.fake
+        delay = fake._take_arrival_delay()
+        if delay > 0:  # a slow hop on the way in: the limiter sees the request this much later
+            fake._stopping.wait(delay)
+        arrived = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         reply = fake._decide(method, self.path, dict(self.headers.items()), raw, arrived)
@@ -279,6 +283,7 @@ class FakeResend:
         self._idempotency: dict[str, tuple[str, Any]] = {}
         self._window: deque[float] = deque()
         self._script: deque[str | ScriptedResponse] = deque()
+        self._arrival_delays: deque[float] = deque()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "FakeResend":
@@ -328,6 +333,15 @@ class FakeResend:
     def accepted(self) -> list[AcceptedEmail]:
         with self._lock:
             return list(self._accepted)
+
+    def delay_arrivals(self, *seconds: float) -> None:
+        """Make the next requests, in order, reach the API (and its rate limiter) this many seconds late."""
+        with self._lock:
+            self._arrival_delays.extend(float(s) for s in seconds)
+
+    def _take_arrival_delay(self) -> float:
+        with self._lock:
+            return self._arrival_delays.popleft() if self._arrival_delays else 0.0
 
     def script(self, *responses: str | ScriptedResponse) -> None:
         """Queue answers for the next requests, in order (after auth, before the limiter and random faults)."""
