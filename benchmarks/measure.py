@@ -497,6 +497,11 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
                 sample = scale.timed_sql(_BULK_INSERT_SQL, {"users": scale.spec.users, "now": now, "rows": bulk_rows})
                 out["bulk"]["with" if enabled else "without"].append(sample)
                 scale.say(f"    {'with   ' if enabled else 'without'} trigger {sample['seconds']:7.2f} s (load {sample['load']})")
+        # The bulk phase left millions of new rows and dead user_activity versions: autovacuum would run in
+        # some pgbench samples and not others (a 2-core machine has no idle core for it).
+        scale.say("  vacuum and checkpoint after the bulk inserts ...")
+        _vacuum(scale, "public.events", "retention.user_activity")
+        scale.sql("CHECKPOINT")
         with tempfile.TemporaryDirectory(prefix="bench-pgbench-") as tmp:
             script = Path(tmp) / "insert_event.sql"
             script.write_text(_PGBENCH_SCRIPT.format(users=scale.spec.users))
