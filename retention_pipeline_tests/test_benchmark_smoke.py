@@ -100,6 +100,8 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
     assert trigger["bulk_rows"] == 20_000
     assert len(trigger["bulk"]["with"]) == len(trigger["bulk"]["without"]) == 1
     assert trigger["pgbench"]["with"][0]["transactions"] > 0 and trigger["pgbench"]["without"][0]["transactions"] > 0
+    only_pair = 1 - trigger["pgbench"]["with"][0]["tps"] / trigger["pgbench"]["without"][0]["tps"]
+    assert trigger["tps_loss_pairs"] == [round(only_pair, 3)] == [trigger["tps_loss"]]
 
     # The targets table names every target a one-scale run measures (growth needs two scales).
     targets = {t["target"] for t in report["targets"]}
@@ -107,7 +109,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
         f"{DAYS}-day backfill vs bare SQL",
         "one daily partition vs bare SQL (start-up separate)",
         "trigger: 20,000-row bulk insert",
-        "trigger: single-row throughput loss (pgbench)",
+        "trigger: single-row throughput loss (pgbench, median of with/without pairs)",
         f"{EMAILS} emails vs the rate-limit bound",
         "daily run peak memory (PSS of its processes) at every scale",
     }, targets
