@@ -102,13 +102,15 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
     assert trigger["pgbench"]["with"][0]["transactions"] > 0 and trigger["pgbench"]["without"][0]["transactions"] > 0
     only_pair = 1 - trigger["pgbench"]["with"][0]["tps"] / trigger["pgbench"]["without"][0]["tps"]
     assert trigger["tps_loss_pairs"] == [round(only_pair, 3)] == [trigger["tps_loss"]]
+    only_bulk_pair = trigger["bulk"]["with"][0]["seconds"] / trigger["bulk"]["without"][0]["seconds"]
+    assert trigger["bulk_ratio_pairs"] == [round(only_bulk_pair, 3)] == [trigger["bulk_ratio"]]
 
     # The targets table names every target a one-scale run measures (growth needs two scales).
     targets = {t["target"] for t in report["targets"]}
     assert targets == {
         f"{DAYS}-day backfill vs bare SQL",
         "one daily partition vs bare SQL (start-up separate)",
-        "trigger: 20,000-row bulk insert",
+        "trigger: 20,000-row bulk insert (median of pairs)",
         "trigger: single-row throughput loss (pgbench, median of with/without pairs)",
         f"{EMAILS} emails vs the rate-limit bound",
         "daily run peak memory (PSS of its processes) at every scale",
