@@ -507,9 +507,9 @@ def _markdown(results: dict) -> str:
         f"{m(s, 'daily_job').get('peak_single_process_rss_mb', 0):.0f} MB")
     row("daily job load (1 min)", lambda s: f"{m(s, 'daily_job')['load']}")
     row(f"trigger: {_rows_label(results.get('parameters', {}).get('bulk_rows', DEFAULT_BULK_ROWS))}-row insert without / with", lambda s: f"{m(s, 'trigger')['bulk_without_seconds']:.2f} / {m(s, 'trigger')['bulk_with_seconds']:.2f} s")
-    row("trigger: bulk ratio, median of pairs (target <= 1.15)", _bulk_ratio_cell)
+    row("trigger: bulk ratio, median of pairs (target <= 1.15)", _paired_cell("bulk_ratio", lambda v: f"{v:.3f}x"))
     row("trigger: pgbench tps without / with", lambda s: f"{m(s, 'trigger')['tps_without']:,.0f} / {m(s, 'trigger')['tps_with']:,.0f}")
-    row("trigger: throughput loss, median of pairs (target <= 10%)", _tps_loss_cell)
+    row("trigger: throughput loss, median of pairs (target <= 10%)", _paired_cell("tps_loss", lambda v: f"{v:.1%}"))
     row("trigger load (1 min)", lambda s: _loads(m(s, "trigger")["bulk"]["with"] + m(s, "trigger")["pgbench"]["with"]))
     row("scale wall time", lambda s: f"{s['seconds'] / 60:.1f} min")
     lines.append("")
@@ -527,20 +527,15 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _bulk_ratio_cell(scale: dict) -> str:
-    trigger = scale["measurements"]["trigger"]
-    pairs = ", ".join(f"{ratio:.3f}x" for ratio in trigger.get("bulk_ratio_pairs", []))
-    of_medians = trigger.get("bulk_ratio_of_medians")
-    detail = f" (pairs {pairs}; of the medians {of_medians:.3f}x)" if pairs and of_medians is not None else ""
-    return f"**{trigger['bulk_ratio']:.3f}x**{detail}"
-
-
-def _tps_loss_cell(scale: dict) -> str:
-    trigger = scale["measurements"]["trigger"]
-    pairs = ", ".join(f"{loss:.1%}" for loss in trigger.get("tps_loss_pairs", []))
-    of_medians = trigger.get("tps_loss_of_medians")
-    detail = f" (pairs {pairs}; of the medians {of_medians:.1%})" if pairs and of_medians is not None else ""
-    return f"**{trigger['tps_loss']:.1%}**{detail}"
+def _paired_cell(key: str, show) -> Callable[[dict], str]:
+    """A trigger figure (median of with/without pairs) with its pairs and the ratio of the two medians."""
+    def cell(scale: dict) -> str:
+        trigger = scale["measurements"]["trigger"]
+        pairs = ", ".join(show(value) for value in trigger.get(f"{key}_pairs", []))
+        of_medians = trigger.get(f"{key}_of_medians")
+        detail = f" (pairs {pairs}; of the medians {show(of_medians)})" if pairs and of_medians is not None else ""
+        return f"**{show(trigger[key])}**{detail}"
+    return cell
 
 
 def merge_results(first: Path, rerun: Path, name: str = "latest", note: str = "") -> Path:
