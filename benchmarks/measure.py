@@ -507,8 +507,8 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
             script.write_text(_PGBENCH_SCRIPT.format(users=scale.spec.users))
             os.chmod(tmp, 0o755)
             os.chmod(script, 0o644)
-            scale.say(f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['pgbench']} ...")
-            for rep in range(scale.reps["pgbench"]):
+            scale.say(f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['trigger']} ...")
+            for rep in range(scale.reps["trigger"]):
                 for enabled in ((False, True) if rep % 2 == 0 else (True, False)):
                     scale.check_budget("pgbench", pgbench_seconds + 10)
                     _set_trigger(scale, enabled)
@@ -529,22 +529,24 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
 # Both statistics are reported.
 
 def bulk_summary(bulk: dict) -> dict:
-    without = [s["seconds"] for s in bulk["without"]]
-    with_trigger = [s["seconds"] for s in bulk["with"]]
-    pair_ratios = [round(w / wo, 3) for wo, w in zip(without, with_trigger)]
-    return {"bulk_without_seconds": median(without), "bulk_with_seconds": median(with_trigger),
-            "bulk_ratio_pairs": pair_ratios, "bulk_ratio": round(median(pair_ratios), 3),
-            "bulk_ratio_of_medians": round(median(with_trigger) / median(without), 3), "bulk_target": 1.15}
+    medians, pairs, of_medians = _paired(bulk, "seconds", lambda without, with_trigger: with_trigger / without)
+    return {"bulk_without_seconds": medians[0], "bulk_with_seconds": medians[1], "bulk_ratio_pairs": pairs,
+            "bulk_ratio": round(median(pairs), 3), "bulk_ratio_of_medians": of_medians, "bulk_target": 1.15}
 
 
 def pgbench_summary(pgbench: dict) -> dict:
-    without = [s["tps"] for s in pgbench["without"]]
-    with_trigger = [s["tps"] for s in pgbench["with"]]
-    tps_without, tps_with = median(without), median(with_trigger)
-    pair_losses = [round(1 - w / wo, 3) for wo, w in zip(without, with_trigger)]
-    return {"tps_without": tps_without, "tps_with": tps_with, "tps_loss_pairs": pair_losses,
-            "tps_loss": round(median(pair_losses), 3), "tps_loss_of_medians": round(1 - tps_with / tps_without, 3),
-            "tps_loss_target": 0.10}
+    medians, pairs, of_medians = _paired(pgbench, "tps", lambda without, with_trigger: 1 - with_trigger / without)
+    return {"tps_without": medians[0], "tps_with": medians[1], "tps_loss_pairs": pairs,
+            "tps_loss": round(median(pairs), 3), "tps_loss_of_medians": of_medians, "tps_loss_target": 0.10}
+
+
+def _paired(samples: dict, field: str, compare) -> tuple[tuple[float, float], list[float], float]:
+    """(median without, median with), `compare` of each back-to-back pair, and of the two medians."""
+    without = [s[field] for s in samples["without"]]
+    with_trigger = [s[field] for s in samples["with"]]
+    pairs = [round(compare(wo, w), 3) for wo, w in zip(without, with_trigger)]
+    medians = (median(without), median(with_trigger))
+    return medians, pairs, round(compare(*medians), 3)
 
 
 def restore_events(scale: Scale, base_max_event_id: int, recompute: bool) -> dict:

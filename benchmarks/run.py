@@ -55,16 +55,16 @@ def _say(message: str) -> None:
 
 def _reps(users: int, override: int | None = None) -> dict[str, int]:
     if override:
-        reps = {key: override for key in ("backfill", "daily", "segments", "dormant", "trigger", "pgbench")}
+        reps = {key: override for key in ("backfill", "daily", "segments", "dormant", "trigger")}
         return reps | ({"bare_last": True} if users > 200_000 else {})
     # The trigger's samples move 5-10 points between runs on 2 cores (a single 1M-row pair at 1M users gave
-    # 1.12x in one run and 1.29x in the next): three alternating pairs at every scale, however few
-    # repetitions the (many-minute) pipeline phases get at 1M.
+    # 1.12x in one run and 1.29x in the next): three alternating pairs of each kind at every scale, however
+    # few repetitions the (many-minute) pipeline phases get at 1M.
     if users <= 20_000:
-        return {"backfill": 3, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3, "pgbench": 3}
+        return {"backfill": 3, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3}
     if users <= 200_000:
-        return {"backfill": 2, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3, "pgbench": 3}
-    return {"backfill": 1, "daily": 3, "segments": 1, "dormant": 1, "trigger": 3, "pgbench": 3, "bare_last": True}
+        return {"backfill": 2, "daily": 5, "segments": 3, "dormant": 3, "trigger": 3}
+    return {"backfill": 1, "daily": 3, "segments": 1, "dormant": 1, "trigger": 3, "bare_last": True}
 
 
 def run_benchmarks(users: int = DEFAULT_USERS, events: int = DEFAULT_EVENTS, days: int = DEFAULT_DAYS,

@@ -269,12 +269,14 @@ class ResendSender(EmailSender):
 
     def _pace(self) -> None:
         """Block until this call may start: starts are at least (1 + slack)/rps apart."""
-        interval = (1.0 + self._slack) / self.requests_per_second
         with self._pace_lock:
             now = time.monotonic()
             if self._next_start > now:
                 time.sleep(self._next_start - now)
-            self._next_start = time.monotonic() + interval
+            self._next_start = time.monotonic() + self._interval()
+
+    def _interval(self) -> float:
+        return (1.0 + self._slack) / self.requests_per_second
 
     def _post(self, params: list[dict[str, Any]], idempotency_key: str) -> Any:
         if self._http_client is None:
@@ -294,8 +296,7 @@ class ResendSender(EmailSender):
             self._call_seconds.append(seconds)
             late = seconds - typical
             if late > 0:
-                interval = (1.0 + self._slack) / self.requests_per_second
-                self._next_start = max(self._next_start, started + late + interval)
+                self._next_start = max(self._next_start, started + late + self._interval())
 
     def _accepted(self, response: Any, count: int, attempts: int, idempotency_key: str) -> BatchOutcome:
         data = response.get("data") if isinstance(response, dict) else None
