@@ -7,10 +7,11 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-# PostgreSQL's unquoted identifier syntax, lower-case only, at most 63 bytes. Anything else
-# (spaces, quotes, semicolons, mixed case) is rejected rather than escaped: a configured name that
+# Letters, digits and underscores, at most 63 characters (PostgreSQL's limit). Names are always
+# quoted, so mixed case means exactly that case. Anything else (spaces, quotes, semicolons, `$`, which
+# would end a `$fn$`-quoted function body) is rejected rather than escaped: a configured name that
 # needs escaping is far more likely an injection attempt or a typo than a real table.
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class InvalidIdentifierError(ValueError):
@@ -22,8 +23,9 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
     parts = name.split(".") if isinstance(name, str) else [name]
     if not isinstance(name, str) or len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
         raise InvalidIdentifierError(
-            f"{what} {name!r} is not a plain SQL identifier: use lower-case letters, digits and underscores "
-            "(optionally 'schema.table'), starting with a letter or underscore, at most 63 characters."
+            f"{what} {name!r} is not a plain SQL identifier: use letters, digits and underscores "
+            "(optionally 'schema.table'), starting with a letter or underscore, at most 63 characters; "
+            "the name is matched exactly, case included."
         )
     return name
 
