@@ -3,9 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
+from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.db import InvalidIdentifierError, quote_identifier, validate_identifier
 from retention_pipeline.resources import AppDatabase, SourceTables
-from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.schema import install_schema
 
 HOSTILE_NAMES = [
