@@ -7,6 +7,8 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from retention_pipeline.errors import SettingsError
+
 # Letters, digits and underscores, at most 63 characters (PostgreSQL's limit). Names are always
 # quoted, so mixed case means exactly that case. Anything else (spaces, quotes, semicolons, `$`, which
 # would end a `$fn$`-quoted function body) is rejected rather than escaped: a configured name that
@@ -47,6 +49,22 @@ def sqlalchemy_url(url: str) -> str:
 def redact_url(url: str) -> str:
     """The URL with its password hidden, for logs and error messages."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def check_reachable(setting: str, url: str, timeout_seconds: int = 10) -> None:
+    """Connect once, so an unreachable server is reported as the setting to fix, not as a failed run."""
+    engine = sa.create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": timeout_seconds})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+        raise SettingsError(
+            f"{setting}: cannot connect to {redact_url(url)} ({reason}); check host, port, user, password and "
+            "database name, and that the server accepts connections from this machine."
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def create_db_engine(url: str, statement_timeout_seconds: int = 600, application_name: str = "retention_pipeline") -> Engine:

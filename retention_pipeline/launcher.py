@@ -23,7 +23,8 @@ import psutil
 
 from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.embedded import EmbeddedPostgres
-from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
+from retention_pipeline.db import check_reachable
+from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, check_environment
 
 DEMO_APP_DATABASE = "retention_demo"
 DAGSTER_DATABASE = "dagster"
@@ -66,12 +67,10 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
     notes: list[str] = []
     user_app_url = os.environ.get("RETENTION_DATABASE_URL")
     if user_app_url:
-        dagster_url = os.environ.get("DAGSTER_PG_URL")
-        if not dagster_url:
-            raise LauncherError(
-                "RETENTION_DATABASE_URL is set but DAGSTER_PG_URL is not. Dagster keeps its run history in its own "
-                "PostgreSQL database: create one (e.g. `createdb dagster`) and set DAGSTER_PG_URL to its URL."
-            )
+        check_environment()  # DAGSTER_PG_URL is required with it, and both must be PostgreSQL URLs
+        dagster_url = os.environ["DAGSTER_PG_URL"]
+        check_reachable("RETENTION_DATABASE_URL", user_app_url)
+        check_reachable("DAGSTER_PG_URL", dagster_url)
         yield Environment(user_app_url, dagster_url, dagster_home, None, notes)
         return
 
