@@ -23,8 +23,8 @@ from pathlib import Path
 import psutil
 
 from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
-from retention_pipeline.embedded import EmbeddedPostgres, process_alive
 from retention_pipeline.db import check_reachable
+from retention_pipeline.embedded import EmbeddedPostgres, process_alive
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, check_environment
 
 DEMO_APP_DATABASE = "retention_demo"
