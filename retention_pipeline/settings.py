@@ -2,7 +2,7 @@
 
 Every variable of the README's "Environment variables" table is checked here. A bad one raises
 SettingsError whose message is one line: the variable, what is wrong with it, what to do. The values
-every module needs at import (timezone, first partition, state folder) are checked at import;
+every module needs at import (timezone, first partition) are checked at import;
 `check_environment()` checks the rest before the CLI starts anything. The console script turns a
 SettingsError into that line and exit code 2.
 """
@@ -59,16 +59,14 @@ def _partitions_start_from_env() -> str:
     return value
 
 
-def _state_dir_from_env() -> Path:
-    raw = _env("RETENTION_STATE_DIR")
-    path = Path(raw or PROJECT_ROOT / ".retention").resolve()
+def _check_state_dir(path: Path) -> None:
+    """Only the CLI writes there; a code server on a read-only image never does, so this is not an import check."""
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not a directory" if existing == path else f"cannot be created ({existing} is not a writable directory)"
+        what = "is not a writable directory" if existing == path else f"cannot be created ({existing} is not a writable directory)"
         raise SettingsError(
             f"RETENTION_STATE_DIR={str(path)!r} {what}; point it at a writable folder, or unset it for .retention/."
         )
-    return path
 
 
 # One timezone for every partition, schedule and "day" the project computes.
@@ -78,7 +76,7 @@ PROJECT_TIMEZONE: str = _timezone_from_env()
 PARTITIONS_START_DATE: str = _partitions_start_from_env()
 
 # Everything local and git-ignored: embedded PostgreSQL data, DAGSTER_HOME, the email outbox.
-STATE_DIR: Path = _state_dir_from_env()
+STATE_DIR: Path = Path(_env("RETENTION_STATE_DIR") or PROJECT_ROOT / ".retention").resolve()
 
 # The schedules' ticks, in PROJECT_TIMEZONE (checked by cron_from_env, which needs Dagster's parser).
 CRON_DEFAULTS = {
@@ -186,6 +184,7 @@ def _flag_from_env(name: str) -> None:
 def check_environment() -> None:
     """Check every variable the README documents; the first bad one raises SettingsError."""
     _flag_from_env("RETENTION_DEBUG")
+    _check_state_dir(STATE_DIR)
     app_url = database_url_from_env("RETENTION_DATABASE_URL")
     dagster_url = database_url_from_env("DAGSTER_PG_URL")
     if app_url and not dagster_url:
