@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -497,10 +498,14 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
                 sample = scale.timed_sql(_BULK_INSERT_SQL, {"users": scale.spec.users, "now": now, "rows": bulk_rows})
                 out["bulk"]["with" if enabled else "without"].append(sample)
                 scale.say(f"    {'with   ' if enabled else 'without'} trigger {sample['seconds']:7.2f} s (load {sample['load']})")
-        # The bulk phase left millions of new rows and dead user_activity versions: autovacuum would run in
+        # The pipeline folds what the trigger queued before it reads user_activity: this is that drain
+        # after the bulk inserts (the app does not wait for it).
+        out["drain"] = _timed_drain(scale)
+        scale.say(f"  drained {out['drain']['rows']:,} queued events into user_activity in {out['drain']['seconds']:.1f} s")
+        # The bulk phase left millions of new rows and as many dead queue rows: autovacuum would run in
         # some pgbench samples and not others (a 2-core machine has no idle core for it).
         scale.say("  vacuum and checkpoint after the bulk inserts ...")
-        _vacuum(scale, "public.events", "retention.user_activity")
+        _vacuum(scale, "public.events", "retention.activity_queue", "retention.user_activity")
         scale.sql("CHECKPOINT")
         with tempfile.TemporaryDirectory(prefix="bench-pgbench-") as tmp:
             script = Path(tmp) / "insert_event.sql"
@@ -517,9 +522,99 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
                     scale.say(f"    {'with   ' if enabled else 'without'} trigger {sample['tps']:9.1f} tps (load {sample['load']})")
     finally:
         _set_trigger(scale, True)
-    failures = scale.sql("SELECT COALESCE(sum(failures), 0) FROM retention.trigger_health", fetch=True)[0][0]
-    out |= {**bulk_summary(out["bulk"]), **pgbench_summary(out["pgbench"]), "trigger_failures": int(failures),
+    out["install"] = measure_install_wait(scale)
+    out |= {**bulk_summary(out["bulk"]), **pgbench_summary(out["pgbench"], scale.spec.users),
             "inserted_events_base_id": base}
+    return out
+
+
+def _timed_drain(scale: Scale) -> dict:
+    from retention_pipeline.activity.trigger import drain_activity_queue
+
+    db = scale.app_db()
+    load_start, t0 = load1(), time.perf_counter()
+    rows = drain_activity_queue(db)
+    db.engine().dispose()
+    return {"rows": rows, "seconds": round(time.perf_counter() - t0, 3), "load": [load_start, load1()]}
+
+
+# The app's side of `trigger install`: a role that may only INSERT into events keeps inserting single rows,
+# one transaction each, while the trigger is removed and installed again; the longest of those inserts is
+# the most the app waited for the install (its brief lock, and the fill that must not block it).
+INSTALL_WAIT_TARGET_SECONDS = 1.0
+_BASELINE_SECONDS = 5.0
+
+
+class _AppInserter:
+    def __init__(self, scale: Scale):
+        self.dsn = {"dbname": scale.spec.database, "user": "bench_app_writer", "host": str(scale.server.status.socket_dir)}
+        self.users = scale.spec.users
+        self.now = datetime.combine(scale.as_of + timedelta(days=1), clock_time(8), timezone.utc)
+        self.samples: list[tuple[float, float]] = []  # (start, seconds) of every insert
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_AppInserter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        try:
+            conn = psycopg2.connect(**self.dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                n = 0
+                while not self._stop.is_set():
+                    n += 1
+                    t0 = time.perf_counter()
+                    cur.execute("INSERT INTO public.events (id, user_id, event_type, occurred_at) "
+                                "VALUES (nextval('bench.event_ids'), %s, 'view_dashboard', %s)",
+                                (1 + (n * 7919) % self.users, self.now))
+                    self.samples.append((t0, time.perf_counter() - t0))
+            conn.close()
+        except Exception as exc:  # noqa: BLE001 - reported with the measurement
+            self.error = exc
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [seconds for t0, seconds in self.samples if start <= t0 < end]
+
+
+def measure_install_wait(scale: Scale) -> dict:
+    from retention_pipeline.activity.trigger import install_trigger, uninstall_trigger
+
+    scale.check_budget("the trigger install", 120)
+    scale.sql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app_writer') THEN "
+              "CREATE ROLE bench_app_writer LOGIN; END IF; END $$")
+    scale.sql("GRANT INSERT ON public.events TO bench_app_writer; GRANT USAGE ON SCHEMA bench TO bench_app_writer; "
+              "GRANT USAGE ON SEQUENCE bench.event_ids TO bench_app_writer")
+    db = scale.app_db()
+    scale.say("  trigger install under single-row app inserts (uninstall, then install) ...")
+    uninstall_trigger(db)
+    load_start = load1()
+    with _AppInserter(scale) as app:
+        time.sleep(_BASELINE_SECONDS)
+        started = time.perf_counter()
+        tracked = install_trigger(db)
+        finished = time.perf_counter()
+        time.sleep(1.0)
+    db.engine().dispose()
+    if app.error is not None:
+        raise RuntimeError(f"the app's inserts failed during the install: {app.error}")
+    during, before = app.between(started, finished), app.between(started - _BASELINE_SECONDS, started)
+    out = {"install_seconds": round(finished - started, 3), "users_tracked": tracked,
+           "inserts_during_install": len(during),
+           "max_insert_wait_seconds": round(max(during), 4) if during else None,
+           "median_insert_during_install_ms": round(median(during) * 1000, 3) if during else None,
+           "max_insert_before_install_seconds": round(max(before), 4) if before else None,
+           "median_insert_before_install_ms": round(median(before) * 1000, 3) if before else None,
+           "target_seconds": INSTALL_WAIT_TARGET_SECONDS, "load": [load_start, load1()]}
+    scale.say(f"    install {out['install_seconds']:.1f} s; {len(during):,} app inserts meanwhile, the longest "
+              f"{out['max_insert_wait_seconds']} s (before the install: {out['max_insert_before_install_seconds']} s)")
     return out
 
 
@@ -531,13 +626,22 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
 def bulk_summary(bulk: dict) -> dict:
     medians, pairs, of_medians = _paired(bulk, "seconds", lambda without, with_trigger: with_trigger / without)
     return {"bulk_without_seconds": medians[0], "bulk_with_seconds": medians[1], "bulk_ratio_pairs": pairs,
-            "bulk_ratio": round(median(pairs), 3), "bulk_ratio_of_medians": of_medians, "bulk_target": 1.15}
+            "bulk_ratio": round(median(pairs), 3), "bulk_ratio_of_medians": of_medians, "bulk_target": BULK_TARGET}
 
 
-def pgbench_summary(pgbench: dict) -> dict:
+BULK_TARGET = 1.10
+
+
+def tps_loss_target(users: int) -> float:
+    """Issue 14: at most 5% of single-row insert throughput up to 100,000 users, 10% beyond."""
+    return 0.05 if users <= 100_000 else 0.10
+
+
+def pgbench_summary(pgbench: dict, users: int) -> dict:
     medians, pairs, of_medians = _paired(pgbench, "tps", lambda without, with_trigger: 1 - with_trigger / without)
     return {"tps_without": medians[0], "tps_with": medians[1], "tps_loss_pairs": pairs,
-            "tps_loss": round(median(pairs), 3), "tps_loss_of_medians": of_medians, "tps_loss_target": 0.10}
+            "tps_loss": round(median(pairs), 3), "tps_loss_of_medians": of_medians,
+            "tps_loss_target": tps_loss_target(users)}
 
 
 def _paired(samples: dict, field: str, compare) -> tuple[tuple[float, float], list[float], float]:

@@ -20,3 +20,13 @@ def test_every_config_field_is_documented(config_class):
     missing = [name for name, field in config_class.model_fields.items()
                if f"`{name}`" not in README or not field.description]
     assert not missing, f"{config_class.__name__}: fields missing from the README or without a description: {missing}"
+
+
+@pytest.mark.parametrize("script", ["roles.sql", "retention-grants.sql"])
+def test_the_readmes_role_sql_is_the_file_the_tests_run(script):
+    """retention_pipeline_tests/roles.py runs these files through psql; the README shows them verbatim."""
+    from retention_pipeline_tests.roles import DEPLOY
+
+    text = (DEPLOY / script).read_text()
+    assert f"```sql\n{text}```" in README, f"README.md does not show deploy/{script} as written"
+    assert f"-f deploy/{script}" in text

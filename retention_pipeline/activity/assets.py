@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from retention_pipeline.activity.checks import activity_check_results
+from retention_pipeline.activity.trigger import drain_activity_queue
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
@@ -85,6 +86,9 @@ GROUP BY activity_date ORDER BY activity_date
                        description="Event counts, sessions and session minutes are never negative."),
         AssetCheckSpec("orphan_events", asset="daily_activity_snapshots",
                        description="Events in the window whose user_id is NULL or unknown: counted, not dropped silently (warns)."),
+        AssetCheckSpec("trigger_health", asset="daily_activity_snapshots",
+                       description="The events trigger is installed and enabled, and every event of the window "
+                                   "with a user id reached user_activity through it (fails otherwise)."),
         AssetCheckSpec("not_empty", asset="daily_activity_snapshots",
                        description="Every day of the window has at least one active user (warns on an empty day)."),
     ],
@@ -94,6 +98,7 @@ def daily_activity_snapshots(context: AssetExecutionContext, app_db: AppDatabase
 
     Written to `retention.daily_activity`; a partition or range is replaced in one transaction."""
     install_schema(app_db)
+    drained = drain_activity_queue(app_db)
     params = window_params(context.partition_time_window)
     started = time.perf_counter()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
@@ -113,6 +118,7 @@ def daily_activity_snapshots(context: AssetExecutionContext, app_db: AppDatabase
             "active_users_per_day": MetadataValue.float(total_active / days if days else 0.0),
             "events": MetadataValue.int(int(sum(row["events"] for row in summary))),
             "sql_seconds": MetadataValue.float(round(sql_seconds, 3)),
+            "trigger_events_drained": MetadataValue.int(drained),
             "window": MetadataValue.text(f"{params['start_date']} .. {params['end_date']} (end exclusive, {params['tz']})"),
             "preview": MetadataValue.md(_summary_markdown(summary)),
         },

@@ -11,6 +11,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from retention_pipeline.activity.trigger import trigger_state
 from retention_pipeline.resources import AppDatabase
 
 # Anonymous or foreign-key-less events are normal in small numbers (pre-login page views); a
@@ -36,6 +37,8 @@ SELECT count(*) - count(DISTINCT (activity_date, user_id)) AS duplicate_keys
 FROM {rs}.daily_activity WHERE activity_date >= :start_date AND activity_date < :end_date
 """
 
+# One statement, so one snapshot: an event the app commits meanwhile is in both the events and the queue,
+# or in neither (the trigger's row is part of the app's transaction).
 # Events in the window, those without a user, and those before their user's sign-up: range counts on
 # the events indexes. Events of unknown users are the rest minus those the snapshot counted (it counts
 # exactly the known users'). Only users who signed up after the window started can have an event in it
@@ -51,8 +54,16 @@ SELECT (SELECT count(*) FROM {rs}.source_events e
             SELECT count(*) AS events FROM {rs}.source_events e
             WHERE e.user_id = u.id AND e.occurred_at >= :start_ts AND e.occurred_at < LEAST(:end_ts, u.created_at)
         ) early
-        WHERE u.created_at > :start_ts) AS before_signup
+        WHERE u.created_at > :start_ts) AS before_signup,
+       (SELECT COALESCE(sum(c.events), 0) FROM {rs}.trigger_event_counts c
+        WHERE c.bucket_start >= :start_ts AND c.bucket_start < :end_ts) AS trigger_drained,
+       (SELECT count(*) FROM {rs}.activity_queue q
+        WHERE q.occurred_at >= :start_ts AND q.occurred_at < :end_ts) AS trigger_queued
 """
+
+
+_TRIGGER_REMEDY = ("user_activity misses events: the trigger on events is missing or disabled, or was. "
+                   "Run `retention-pipeline trigger install` as the retention role (recomputes user_activity).")
 
 
 def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summary) -> list[AssetCheckResult]:
@@ -68,6 +79,10 @@ def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summ
     days_with_activity = sum(1 for row in summary if row["active_users"] > 0)
     days = (params["end_date"] - params["start_date"]).days
     null_user = counts["null_user"]
+    state = trigger_state(db)
+    with_user = counts["events"] - null_user
+    recorded = int(counts["trigger_drained"]) + counts["trigger_queued"]
+    not_recorded = max(with_user - recorded, 0)
     unknown_user = counts["events"] - null_user - counted
     orphan_count = null_user + unknown_user
     orphan_share = orphan_count / counts["events"] if counts["events"] else 0.0
@@ -93,6 +108,17 @@ def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summ
                 "events_before_signup": MetadataValue.int(int(counts["before_signup"])),
                 "orphan_share": MetadataValue.float(round(orphan_share, 4)),
                 "share_limit": MetadataValue.float(ORPHAN_EVENT_SHARE_LIMIT),
+            },
+        ),
+        AssetCheckResult(
+            check_name="trigger_health",
+            passed=state == "enabled" and not_recorded == 0,
+            description=None if state == "enabled" and not_recorded == 0 else _TRIGGER_REMEDY,
+            metadata={
+                "trigger": MetadataValue.text(state),
+                "events_with_user": MetadataValue.int(with_user),
+                "events_recorded_by_trigger": MetadataValue.int(recorded),
+                "events_not_recorded": MetadataValue.int(not_recorded),
             },
         ),
         AssetCheckResult(

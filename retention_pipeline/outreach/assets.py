@@ -27,6 +27,7 @@ from dagster import (
 from sqlalchemy import text
 
 from retention_pipeline import clock
+from retention_pipeline.activity.trigger import drain_activity_queue
 from retention_pipeline.outcomes.sql import LATEST_STEP_PERFORMANCE_SQL
 from retention_pipeline.outreach.allocation import Allocation, allocated_variant, in_holdout, stable_variant, thompson_allocation
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
@@ -70,6 +71,7 @@ def plan_reengagement_sends(
 ) -> dict:
     """Write one ledger row per intended email (pending), holdout member (holdout) or dry run, before any send."""
     install_schema(app_db)
+    drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
     plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
             "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0}
