@@ -357,14 +357,14 @@ class ConnectionWatch(threading.Thread):
         self.interval = interval
         self.seen: dict[tuple[str, str], bool] = {}  # (database, role) -> superuser
         self.samples = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             conn = connect(self.socket_dir, "postgres", "postgres", autocommit=True)
             with conn.cursor() as cur:
-                while not self._stop.is_set():
+                while not self._halt.is_set():
                     cur.execute(
                         "SELECT a.datname, r.rolname, r.rolsuper FROM pg_stat_activity a "
                         "JOIN pg_roles r ON r.oid = a.usesysid "
@@ -372,14 +372,15 @@ class ConnectionWatch(threading.Thread):
                     for database, role, superuser in cur.fetchall():
                         self.seen[(database, role)] = superuser
                     self.samples += 1
-                    self._stop.wait(self.interval)
+                    self._halt.wait(self.interval)
             conn.close()
         except BaseException as exc:  # reported by the test, never lost in a thread
             self.error = exc
 
     def stop(self) -> None:
-        self._stop.set()
-        self.join(timeout=10)
+        self._halt.set()
+        if self.ident is not None:
+            self.join(timeout=10)
 
 
 def exported(environment_block: str, name: str) -> str:
