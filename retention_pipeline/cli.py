@@ -3,22 +3,30 @@
 Every command works on the embedded default (a PostgreSQL server started and stopped by the
 command itself, with demo data) unless RETENTION_DATABASE_URL points at your app's database.
 
+Every setting is checked before a command starts: a bad one is reported in one line (exit code 2).
+
 \b
-Environment variables (all optional):
-  RETENTION_DATABASE_URL      the app's PostgreSQL; unset = embedded server with demo data
-  DAGSTER_PG_URL              Dagster's own storage database (needed with RETENTION_DATABASE_URL)
-  DAGSTER_HOME                Dagster instance directory (default .retention/dagster_home)
-  RETENTION_STATE_DIR         local, git-ignored state (default .retention/)
-  RETENTION_TIMEZONE          timezone of every partition and schedule (default UTC)
-  RETENTION_PARTITIONS_START  first daily partition (default 2025-01-01)
-  RETENTION_MORNING_CRON      the daily run (default "0 9 * * *")
-  RETENTION_WEEKLY_CRON       the weekly segments run (default "0 10 * * 1")
-  RETENTION_NOW               pretend the clock says this ISO time (simulations, tests)
+Environment variables (all optional; the README's table says more):
+  RETENTION_DATABASE_URL        the app's PostgreSQL; unset = embedded server with demo data
+  DAGSTER_PG_URL                Dagster's own storage database (needed with RETENTION_DATABASE_URL)
+  DAGSTER_HOME                  Dagster instance directory (default .retention/dagster_home)
+  RETENTION_STATE_DIR           local, git-ignored state (default .retention/)
+  RETENTION_TIMEZONE            timezone of every partition and schedule (default UTC)
+  RETENTION_PARTITIONS_START    first daily partition (default 2025-01-01)
+  RETENTION_MORNING_CRON        the daily run (default "0 9 * * *")
+  RETENTION_WEEKLY_CRON         the weekly segments run (default "0 10 * * 1")
+  RETENTION_BILLING_CRON        the Stripe snapshot (default "30 8 * * *")
+  RETENTION_NOW                 pretend the clock says this ISO time (simulations, tests)
+  STRIPE_API_KEY, STRIPE_API_BASE   Stripe; unset = a local Stripe stand-in
+  RESEND_API_KEY, RESEND_API_URL    Resend; unset = emails go to the outbox
+  RETENTION_UNSUBSCRIBE_SECRET  key of the unsubscribe links (at least 16 characters)
+  RETENTION_DEBUG               1 = show the traceback of an error
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import warnings
@@ -30,14 +38,15 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
 
-from retention_pipeline.launcher import ChildProcesses, LauncherError, environment, install_signal_handlers
-from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, SettingsError
+from retention_pipeline.launcher import ChildProcesses, environment, install_signal_handlers
+from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, SettingsError, check_environment
 
 DEMO_HISTORY_DAYS = 90
 
 
 @click.group(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main() -> None:
+    check_environment()
     install_signal_handlers()
 
 
@@ -45,14 +54,15 @@ def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 @main.command()
 @click.option("--seed", default=42, show_default=True, help="Seed of the demo data generator.")
-@click.option("--users", "n_users", default=2000, show_default=True, help="Demo users to generate (first run only).")
+@click.option("--users", "n_users", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="Demo users to generate (first run only).")
 def demo(seed: int, n_users: int) -> None:
     """Run the whole retention loop once on demo data and print what it found.
 
@@ -69,8 +79,6 @@ def demo(seed: int, n_users: int) -> None:
             for note in env.notes:
                 _say(note)
             report = run_demo(env, seed=seed, n_users=n_users, history_days=DEMO_HISTORY_DAYS, say=_say)
-    except (LauncherError, SettingsError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; everything this command started has been stopped. Run it again to start over.")
     click.echo(report)
@@ -78,12 +86,14 @@ def demo(seed: int, n_users: int) -> None:
 
 
 @main.command()
-@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI on 127.0.0.1.")
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the Dagster UI on 127.0.0.1.")
 def dev(port: int) -> None:
     """Open the Dagster UI (`dagster dev`) on the same instance and data as `demo`, at 127.0.0.1:PORT.
 
     Ctrl-C stops the UI, the daemon and the embedded PostgreSQL.
     """
+    _require_free_port(port)
     try:
         with environment() as env:
             for note in env.notes:
@@ -101,10 +111,17 @@ def dev(port: int) -> None:
                 children.stop(process)
             if code:
                 _fail(f"dagster dev exited with code {code}; its output is above.")
-    except (LauncherError, SettingsError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         _say("Stopped the Dagster UI and the embedded PostgreSQL.")
+
+
+def _require_free_port(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise click.BadParameter(f"127.0.0.1:{port} is already in use (another `dev`?); pick a free port.",
+                                     param_hint="'--port'") from None
 
 
 @main.command(
@@ -129,25 +146,29 @@ def dagster_command(args: tuple[str, ...]) -> None:
                 code = process.wait()
             finally:
                 children.stop(process)
-    except (LauncherError, SettingsError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; the dagster command and the embedded PostgreSQL were stopped.")
     sys.exit(code)
 
 
 @main.command()
-@click.option("--days", default=60, show_default=True, help="Days to simulate.")
-@click.option("--users", default=3000, show_default=True, help="Size of the synthetic population.")
-@click.option("--uplift", default=0.10, show_default=True, help="True uplift of an email on the 7-day return rate.")
-@click.option("--base-return", default=0.20, show_default=True, help="7-day return rate without an email.")
+@click.option("--days", default=60, show_default=True, type=click.IntRange(min=1), help="Days to simulate.")
+@click.option("--users", default=3000, show_default=True, type=click.IntRange(min=1), help="Size of the synthetic population.")
+@click.option("--uplift", default=0.10, show_default=True, type=click.FloatRange(-1.0, 1.0),
+              help="True uplift of an email on the 7-day return rate (added to --base-return).")
+@click.option("--base-return", default=0.20, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="7-day return rate without an email, between 0 and 1.")
 @click.option("--seed", default=7, show_default=True, help="Seed: the same seed gives the same simulation.")
 @click.option("--adaptive", is_flag=True, help="Turn on adaptive variant allocation (Thompson sampling).")
 def simulate(days: int, users: int, uplift: float, base_return: float, seed: int, adaptive: bool) -> None:
     """Run the real daily pipeline over a synthetic population, day by day with a set clock, and compare
     the measured lift with the true one. Uses a fresh `retention_sim` database on the embedded server."""
     if os.environ.get("RETENTION_DATABASE_URL"):
-        _fail("simulate only runs on the embedded server (it creates and drops its own database); unset RETENTION_DATABASE_URL.")
+        raise SettingsError("RETENTION_DATABASE_URL is set, but simulate only runs on the embedded server (it creates "
+                            "and drops its own database); unset RETENTION_DATABASE_URL for this command.")
+    if not 0.0 <= base_return + uplift <= 1.0:
+        raise click.BadParameter(f"--base-return {base_return} plus --uplift {uplift} is the return rate of an "
+                                 "emailed user and must be between 0 and 1.", param_hint="'--uplift'")
     started = time.monotonic()
     try:
         with environment() as env:
@@ -160,8 +181,6 @@ def simulate(days: int, users: int, uplift: float, base_return: float, seed: int
             _say(f"Simulating {days} days of {users:,} users (true uplift {uplift:+.0%}) ...")
             with simulation_database(env.embedded) as db, DagsterInstance.ephemeral() as instance:
                 result = run_simulation(db, instance, config, say=_say)
-    except (LauncherError, SettingsError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; everything this command started has been stopped.")
     click.echo(format_report(result))
@@ -190,7 +209,7 @@ def benchmark(args: tuple[str, ...]) -> None:
     except click.exceptions.Exit:
         return  # --help
     except click.ClickException as error:
-        _fail(f"{error.format_message()} (see `retention-pipeline benchmark --help`)")
+        _fail(f"{error.format_message()} (see `retention-pipeline benchmark --help`)", code=2)
     _say(f"Done in {(time.monotonic() - started) / 60:.1f} min.")
 
 
@@ -222,4 +241,6 @@ def trigger_uninstall() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from retention_pipeline.entry import main as console_script
+
+    console_script()

@@ -13,14 +13,9 @@ from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from retention_pipeline.settings import PROJECT_TIMEZONE
+from retention_pipeline.settings import PROJECT_TIMEZONE, parse_now
 
 _frozen: datetime | None = None
-
-
-def _parse(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def now() -> datetime:
@@ -29,7 +24,7 @@ def now() -> datetime:
         return _frozen
     env_value = os.environ.get("RETENTION_NOW")
     if env_value:
-        return _parse(env_value).astimezone(timezone.utc)
+        return parse_now(env_value).astimezone(timezone.utc)
     return datetime.now(timezone.utc)
 
 

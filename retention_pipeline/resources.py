@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 
 import sqlalchemy as sa
-from dagster import Config, ConfigurableResource, InitResourceContext
+from dagster import Config, ConfigurableResource, EnvVar, InitResourceContext, ResourceDefinition, resource
+from dagster import Field as DagsterField
 from pydantic import Field, PrivateAttr, field_validator
 from sqlalchemy.engine import Connection, Engine
 
@@ -106,3 +107,37 @@ class AppDatabase(ConfigurableResource):
     def fetch_all(self, template: str, params: dict | None = None) -> list[sa.Row]:
         with self.engine().connect() as conn:
             return list(conn.execute(sa.text(self.render(template)), params or {}))
+
+
+_deployed: dict[tuple[str, int], AppDatabase] = {}
+
+
+def deployed_app_db(deployment: AppDatabase) -> ResourceDefinition:
+    """The `app_db` resource of the code location: the database, schema and source names exactly as the
+    deployment defines them (`deployment`, its URL from the environment). A run's config can change
+    only the statement timeout; naming `url`, `retention_schema` or `source` there is rejected before
+    the run starts, so nobody can point a run at another database or table from the launchpad."""
+
+    @resource(
+        config_schema={
+            "statement_timeout_seconds": DagsterField(
+                int, default_value=deployment.statement_timeout_seconds, is_required=False,
+                description="Every statement is cancelled after this long; raise it for a long backfill range.",
+            )
+        },
+        description="The app's PostgreSQL, from RETENTION_DATABASE_URL; only the statement timeout is set per run.",
+    )
+    def app_db(context: InitResourceContext) -> AppDatabase:
+        url = deployment.url.get_value() if isinstance(deployment.url, EnvVar) else deployment.url
+        key = (url, context.resource_config["statement_timeout_seconds"])
+        if key not in _deployed:
+            # One engine per process and setting, not one per run: in-process runs (demo, simulator)
+            # would otherwise leave a connection pool behind each time.
+            for stale in _deployed.values():
+                stale.engine().dispose()
+            _deployed.clear()
+            _deployed[key] = AppDatabase(url=url, retention_schema=deployment.retention_schema,
+                                         statement_timeout_seconds=key[1], source=deployment.source)
+        return _deployed[key]
+
+    return app_db

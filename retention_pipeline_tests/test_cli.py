@@ -9,11 +9,13 @@ import sys
 import time
 import uuid
 
+import psutil
 import pytest
 
 from retention_pipeline.embedded import EmbeddedPostgres
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.test_embedded import postgres_processes
+from retention_pipeline_tests.ui_support import cli_command
 
 FROZEN_NOW = "2026-06-17T08:00:00+00:00"
 
@@ -106,3 +108,48 @@ def test_sigterm_stops_everything_the_demo_started(state_dir):
     assert demo.returncode != 0
     assert "interrupted" in err
     assert not postgres_processes(state_dir / "pgdata")
+
+
+LAUNCHER_STAND_IN = """
+import signal, sys, time
+from retention_pipeline.cli import ChildProcesses, environment, install_signal_handlers
+from retention_pipeline.settings import STATE_DIR
+install_signal_handlers()
+with environment() as env:
+    # What `dev` does: a long-lived child in its own session, recorded with its launcher. This one ignores
+    # SIGTERM, as dagster dev does when started with SIGINT ignored, so it outlives a SIGKILLed launcher.
+    child = ChildProcesses(STATE_DIR).start([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    print(child.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_command_leaves_a_running_launchers_child_alone_and_reaps_a_killed_ones(state_dir):
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_STAND_IN], env=cli_env(state_dir),
+                                stdout=subprocess.PIPE, text=True)
+    child_pid = None
+    try:
+        child_pid = int(launcher.stdout.readline())
+        second = subprocess.run(cli_command("dagster", "instance", "info"), env=cli_env(state_dir),
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "owned by another retention-pipeline process" in second.stderr
+        assert "Stopped processes" not in second.stderr
+        assert psutil.pid_exists(child_pid) and launcher.poll() is None, "the second command stopped the first one's child"
+        assert postgres_processes(state_dir / "pgdata"), "the second command stopped the first one's server"
+
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE, "the orphan should outlive its launcher"
+        third = subprocess.run(cli_command("dagster", "instance", "info"), env=cli_env(state_dir),
+                               capture_output=True, text=True, timeout=300)
+        assert third.returncode == 0, third.stderr[-3000:]
+        assert f"Stopped processes left running by an earlier, killed run (pid {child_pid})" in third.stderr
+        assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+        assert not postgres_processes(state_dir / "pgdata")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if child_pid and psutil.pid_exists(child_pid):
+            psutil.Process(child_pid).kill()

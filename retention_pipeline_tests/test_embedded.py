@@ -30,7 +30,8 @@ def pgdata():
     path = STATE_DIR / f"test-embedded-{uuid.uuid4().hex[:8]}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
-    path.with_name(path.name + ".owner.lock").unlink(missing_ok=True)
+    for suffix in (".owner.lock", ".guests.lock", ".guests.json"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def test_owner_starts_and_stops_the_server(pgdata):
@@ -80,3 +81,34 @@ def test_a_server_orphaned_by_a_killed_owner_is_adopted_and_stopped(pgdata):
     assert status.owner and status.adopted_stale_pid in orphan_pids
     server.stop()
     assert not postgres_processes(pgdata)
+
+
+def test_an_owner_leaving_hands_the_server_to_a_live_guest_and_the_last_one_out_stops_it(pgdata):
+    """`dev` started while `demo` runs is a guest: `demo` ending must not stop the server under it."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from retention_pipeline.embedded import EmbeddedPostgres
+        guest = EmbeddedPostgres(Path({str(pgdata)!r}))
+        print("owner" if guest.start().owner else "guest", flush=True)
+        sys.stdin.readline()
+        with guest.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        guest.stop()
+        print("stopped", flush=True)
+    """)
+    owner = EmbeddedPostgres(pgdata)
+    owner.start()
+    guest = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert guest.stdout.readline().strip() == "guest"
+        owner.stop()
+        assert postgres_processes(pgdata), "the owner stopped the server a guest still uses"
+        guest.stdin.write("go\n")
+        guest.stdin.flush()
+        assert guest.stdout.readline().strip() == "stopped"
+        assert guest.wait(timeout=60) == 0
+        assert not postgres_processes(pgdata), "the last process out left the server running"
+    finally:
+        if guest.poll() is None:
+            guest.kill()
