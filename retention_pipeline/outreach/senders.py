@@ -130,6 +130,9 @@ class EmailSender(ConfigurableResource):
     def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
         raise NotImplementedError
 
+    def wait_out_rate_window(self) -> None:
+        """Return once a call made now could not share a rate window with this sender's earlier calls."""
+
     def _check_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> None:
         if not idempotency_key or len(idempotency_key) > 256:
             raise ValueError("idempotency_key must be 1 to 256 characters")
@@ -274,6 +277,14 @@ class ResendSender(EmailSender):
             if self._next_start > now:
                 time.sleep(self._next_start - now)
             self._next_start = time.monotonic() + self._interval()
+
+    def wait_out_rate_window(self) -> None:
+        # The send op holds the `email_provider` pool slot until then, so the next run's first call is paced
+        # after our last one as if both came from this sender.
+        with self._pace_lock:
+            wait = self._next_start - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
     def _interval(self) -> float:
         return (1.0 + self._slack) / self.requests_per_second
