@@ -63,10 +63,12 @@ VALUES (:as_of_date, :campaign, :step, :variant, :segment, :window_days, :treate
     :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents)
 """
 
-LATEST_STEP_PERFORMANCE_SQL = """
-SELECT variant, treated, treated_returned, holdout, holdout_returned, lift, lift_ci_low, lift_ci_high
-FROM {rs}.campaign_performance
-WHERE campaign = :campaign AND step = :step AND segment = 'all' AND window_days = :window_days
-  AND as_of_date = (SELECT max(as_of_date) FROM {rs}.campaign_performance
-                    WHERE campaign = :campaign AND as_of_date < :as_of)
+# What the daily allocation of a step looks at: closed windows by send day (the allocation period), so
+# comparisons are made within a day and a mix that shifts between days cannot bias them.
+STEP_OUTCOMES_BY_DAY_SQL = """
+SELECT (reference_at AT TIME ZONE :tz)::date AS day, variant, treated, count(*) AS users,
+       count(*) FILTER (WHERE returned) AS returned
+FROM {rs}.reengagement_outcomes
+WHERE campaign = :campaign AND step = :step AND window_days = :window_days AND final AND window_end <= :end_ts
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """

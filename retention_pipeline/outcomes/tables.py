@@ -55,4 +55,6 @@ CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
     decided_at   timestamptz NOT NULL,
     PRIMARY KEY (as_of_date, campaign, step, variant)
 );
+-- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
+ALTER TABLE {rs}.allocation_decisions ADD COLUMN IF NOT EXISTS decision text NOT NULL DEFAULT 'explore';
 """
