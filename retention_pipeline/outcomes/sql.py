@@ -10,19 +10,23 @@ INSERT INTO {rs}.reengagement_outcomes AS o (send_id, window_days, campaign, ste
     user_id, mrr_cents, reference_at, window_end, returned, first_returned_at, events, active_days, final, evaluated_as_of)
 SELECT s.id, w.window_days, s.campaign, s.step, s.variant, s.status = 'sent', s.segment_reason, s.user_id, s.mrr_cents,
        r.reference_at, r.reference_at + make_interval(days => w.window_days),
-       ev.first_at IS NOT NULL, ev.first_at, ev.events, ev.active_days,
+       ev.success_at IS NOT NULL, ev.success_at, ev.events, ev.active_days,
        r.reference_at + make_interval(days => w.window_days) <= :end_ts,
        :as_of
 FROM {rs}.email_sends s
 CROSS JOIN LATERAL (SELECT COALESCE(s.sent_at, s.created_at) AS reference_at) r
 CROSS JOIN unnest(CAST(:windows AS integer[])) AS w(window_days)
+-- The campaign's success definition (no row: any event, one is enough). Events and active days count
+-- qualifying events only; the return is the moment the min_events-th of them happened.
+LEFT JOIN {rs}.campaign_success cs ON cs.campaign = s.campaign
 CROSS JOIN LATERAL (
-    SELECT min(e.occurred_at) AS first_at, count(*) AS events,
+    SELECT (array_agg(e.occurred_at ORDER BY e.occurred_at))[COALESCE(cs.min_events, 1)] AS success_at, count(*) AS events,
            count(DISTINCT (e.occurred_at AT TIME ZONE :tz)::date) AS active_days
     FROM {rs}.source_events e
     WHERE e.user_id = s.user_id
       AND e.occurred_at > r.reference_at
       AND e.occurred_at <= LEAST(r.reference_at + make_interval(days => w.window_days), :end_ts)
+      AND (cs.event_types IS NULL OR e.event_type = ANY(cs.event_types))
 ) ev
 WHERE s.status IN ('sent', 'holdout')
   AND r.reference_at < :end_ts

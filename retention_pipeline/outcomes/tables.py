@@ -57,4 +57,11 @@ CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
 );
 -- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
 ALTER TABLE {rs}.allocation_decisions ADD COLUMN IF NOT EXISTS decision text NOT NULL DEFAULT 'explore';
+-- What a campaign counts as success, written by each send plan from its CampaignConfig; no row = any event.
+CREATE TABLE IF NOT EXISTS {rs}.campaign_success (
+    campaign     text PRIMARY KEY,
+    event_types  text[],                  -- NULL: any event type
+    min_events   integer NOT NULL CHECK (min_events >= 1),
+    updated_at   timestamptz NOT NULL
+);
 """

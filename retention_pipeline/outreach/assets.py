@@ -55,6 +55,7 @@ from retention_pipeline.outreach.sql import (
     PENDING_BATCHES_SQL,
     PREVIOUS_DECISION_SQL,
     RECORD_ALLOCATION_SQL,
+    RECORD_SUCCESS_DEFINITION_SQL,
     SKIP_COUNTS_SQL,
 )
 from retention_pipeline.partitions import daily_partitions
@@ -86,6 +87,7 @@ def plan_reengagement_sends(
     plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
             "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
             "paused_for_review": {}, "winners": {}}
+    _record_success_definition(app_db, config)
     renderer = EmailRenderer()
     for as_of in days:
         guard = _send_guard(config, as_of)
@@ -97,6 +99,13 @@ def plan_reengagement_sends(
             _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan, email_sender.max_batch_size)
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
     return plan
+
+
+def _record_success_definition(app_db: AppDatabase, config: CampaignConfig) -> None:
+    """What the outcomes count as this campaign's success, from its config (even on a paused day)."""
+    app_db.execute(RECORD_SUCCESS_DEFINITION_SQL, {
+        "campaign": config.campaign, "event_types": sorted(set(config.success_event_types)) or None,
+        "min_events": config.success_min_events, "updated_at": clock.now()})
 
 
 def _send_guard(config: CampaignConfig, as_of: date) -> str | None:

@@ -80,6 +80,14 @@ class CampaignConfig(Config):
         description="With adaptive allocation: users with a closed window each arm (and each variant) needs before any "
         "pause or winner decision.",
     )
+    success_event_types: list[str] = Field(
+        default_factory=list,
+        description="What counts as coming back: these event types only (e.g. create_task, complete_task); "
+        "empty = any event.",
+    )
+    success_min_events: int = Field(
+        default=1, ge=1, description="Qualifying events within the attribution window a return needs (1 = the first one)."
+    )
     resume_steps: list[int] = Field(
         default_factory=list,
         description="Steps paused for review that a reviewer resumed: they send again and are not auto-paused again.",

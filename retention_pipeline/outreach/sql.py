@@ -140,3 +140,12 @@ WHERE d.campaign = :campaign AND d.step = :step
                       WHERE campaign = :campaign AND step = :step AND as_of_date < :as_of)
 LIMIT 1
 """
+
+RECORD_SUCCESS_DEFINITION_SQL = """
+INSERT INTO {rs}.campaign_success (campaign, event_types, min_events, updated_at)
+VALUES (:campaign, :event_types, :min_events, :updated_at)
+ON CONFLICT (campaign) DO UPDATE SET event_types = EXCLUDED.event_types, min_events = EXCLUDED.min_events,
+    updated_at = EXCLUDED.updated_at
+WHERE ({rs}.campaign_success.event_types, {rs}.campaign_success.min_events)
+      IS DISTINCT FROM (EXCLUDED.event_types, EXCLUDED.min_events)
+"""
