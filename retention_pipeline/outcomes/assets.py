@@ -18,11 +18,14 @@ from sqlalchemy import text
 from retention_pipeline.outcomes.sql import (
     EVALUATE_OUTCOMES_SQL,
     INSERT_PERFORMANCE_SQL,
+    INSERT_REVENUE_SQL,
     OUTCOME_SUMMARY_SQL,
     PERFORMANCE_COUNTS_SQL,
     REPLACE_PERFORMANCE_SQL,
+    REPLACE_REVENUE_SQL,
+    REVENUE_KEPT_SQL,
 )
-from retention_pipeline.outcomes.stats import lift
+from retention_pipeline.outcomes.stats import incremental_mrr, lift
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
@@ -35,6 +38,15 @@ class OutcomeConfig(Config):
     """Attribution windows of re-engagement outcomes."""
 
     windows: list[int] = Field(default=[1, 7, 14], min_length=1, description="Days after the send in which a return counts.")
+
+
+class PerformanceConfig(Config):
+    """What campaign performance reports besides return rates."""
+
+    revenue_horizons: list[int] = Field(
+        default=[30, 60], min_length=1,
+        description="Days after assignment at which a paying user's subscription must still run to count as revenue kept.",
+    )
 
 
 def _end_of(day) -> datetime:
@@ -87,9 +99,10 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
     retry_policy=database_retry_policy,
     deps=["reengagement_outcomes"],
 )
-def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) -> MaterializeResult:
+def campaign_performance(context: AssetExecutionContext, config: PerformanceConfig, app_db: AppDatabase) -> MaterializeResult:
     """Per campaign, step, variant, segment and window: treated vs holdout return rates, lift with a 95%
-    interval and p-value, and recovered MRR; closed windows only, as of the partition day."""
+    interval and p-value, and recovered MRR; closed windows only, as of the partition day. Per campaign
+    and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     install_schema(app_db)
     as_of = partition_days(context)[-1]
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
@@ -99,8 +112,16 @@ def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) ->
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
             conn.execute(text(app_db.render(INSERT_PERFORMANCE_SQL)), rows)
+        kept = pd.DataFrame(conn.execute(text(app_db.render(REVENUE_KEPT_SQL)), {
+            "as_of": as_of, "horizons": sorted(set(config.revenue_horizons)), "tz": PROJECT_TIMEZONE}).mappings().all(),
+            columns=["campaign", "step", "horizon_days", "treated", "users", "kept", "mrr_cents", "awaiting"])
+        revenue = revenue_rows(kept, as_of)
+        conn.execute(text(app_db.render(REPLACE_REVENUE_SQL)), {"as_of": as_of})
+        if revenue:
+            conn.execute(text(app_db.render(INSERT_REVENUE_SQL)), revenue)
     table = pd.DataFrame(rows)
     metadata = {"as_of": MetadataValue.text(as_of.isoformat()), "rows": MetadataValue.int(len(rows))}
+    metadata |= _revenue_metadata(revenue)
     if not table.empty:
         headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(["campaign", "step", "window_days"])
         for r in headline.itertuples():
@@ -141,6 +162,50 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
                 })
     return rows
+
+
+def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
+    """One row per (campaign, step, horizon): kept subscriptions of treated vs holdout paying users and the
+    incremental MRR it is worth, from the per-arm counts of REVENUE_KEPT_SQL."""
+    rows = []
+    for (campaign, step, horizon), group in kept.groupby(["campaign", "step", "horizon_days"]):
+        arms = {bool(r.treated): r for r in group.itertuples()}
+        treated, holdout = arms.get(True), arms.get(False)
+        n_t, k_t = (int(treated.users), int(treated.kept)) if treated else (0, 0)
+        n_h, k_h = (int(holdout.users), int(holdout.kept)) if holdout else (0, 0)
+        at_risk = int(treated.mrr_cents) if treated else 0
+        result = incremental_mrr(k_t, n_t, k_h, n_h, at_risk)
+        rows.append({
+            "as_of_date": as_of, "campaign": campaign, "step": int(step), "horizon_days": int(horizon),
+            "treated": n_t, "treated_kept": k_t, "holdout": n_h, "holdout_kept": k_h,
+            "awaiting": int(group["awaiting"].sum()), "mrr_at_risk_cents": at_risk,
+            "retention_lift": result.lift.lift, "retention_lift_ci_low": result.lift.ci_low,
+            "retention_lift_ci_high": result.lift.ci_high, "incremental_mrr_cents": result.incremental_mrr_cents,
+            "incremental_mrr_ci_low_cents": result.ci_low_cents, "incremental_mrr_ci_high_cents": result.ci_high_cents,
+        })
+    return rows
+
+
+def _revenue_metadata(revenue: list[dict]) -> dict:
+    if not revenue:
+        return {}
+    metadata = {}
+    lines = ["| campaign | step | horizon | treated kept | holdout kept | MRR at risk | incremental MRR (95% CI) | awaiting |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in revenue:
+        treated = f"{r['treated_kept']}/{r['treated']}"
+        holdout = f"{r['holdout_kept']}/{r['holdout']}"
+        if r["incremental_mrr_cents"] is None:
+            kept = "n/a (no holdout or no treated to compare)"
+        else:
+            metadata[f"incremental_mrr_{r['campaign']}_step{r['step']}_{r['horizon_days']}d"] = MetadataValue.float(
+                r["incremental_mrr_cents"] / 100)
+            kept = (f"${r['incremental_mrr_cents'] / 100:,.2f} (${r['incremental_mrr_ci_low_cents'] / 100:,.2f} .. "
+                    f"${r['incremental_mrr_ci_high_cents'] / 100:,.2f})")
+        lines.append(f"| {r['campaign']} | {r['step']} | {r['horizon_days']}d | {treated} | {holdout} | "
+                     f"${r['mrr_at_risk_cents'] / 100:,.2f} | {kept} | {r['awaiting']} |")
+    metadata["revenue_kept"] = MetadataValue.md("\n".join(lines))
+    return metadata
 
 
 def _performance_markdown(table: pd.DataFrame) -> str:

@@ -76,3 +76,49 @@ FROM {rs}.reengagement_outcomes
 WHERE campaign = :campaign AND step = :step AND window_days = :window_days AND final AND window_end <= :end_ts
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
+
+# Revenue kept, as assigned: every paying user (MRR at assignment > 0) with a ledger row of a real send
+# attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first
+# subscription snapshot taken on or after the horizon's day, the user has a subscription that still
+# runs, or that ended (or was canceled) only after that day began. No snapshot yet: not counted (awaiting).
+REVENUE_KEPT_SQL = """
+WITH snapshots AS (
+    SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= :as_of
+), due AS (
+    SELECT s.campaign, s.step, s.user_id, s.status <> 'holdout' AS treated, s.mrr_cents, h.horizon_days,
+           s.as_of_date + h.horizon_days AS due_date
+    FROM {rs}.email_sends s
+    CROSS JOIN unnest(CAST(:horizons AS integer[])) AS h(horizon_days)
+    WHERE s.status IN ('sent', 'failed', 'unknown', 'holdout') AND s.mrr_cents > 0
+      AND s.as_of_date + h.horizon_days <= :as_of
+), judged AS (
+    SELECT d.*, snap.snapshot_date,
+           EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history sh
+                   WHERE sh.snapshot_date = snap.snapshot_date AND sh.user_id = d.user_id
+                     AND COALESCE(sh.ended_at,
+                                  CASE WHEN sh.status IN ('canceled', 'incomplete_expired') THEN sh.canceled_at END,
+                                  CASE WHEN sh.status IN ('canceled', 'incomplete_expired') THEN '-infinity'::timestamptz
+                                       ELSE 'infinity'::timestamptz END)
+                         > (d.due_date::timestamp AT TIME ZONE :tz)) AS kept
+    FROM due d
+    LEFT JOIN LATERAL (SELECT min(sn.snapshot_date) AS snapshot_date FROM snapshots sn WHERE sn.snapshot_date >= d.due_date) snap ON true
+)
+SELECT campaign, step, horizon_days, treated,
+       count(*) FILTER (WHERE snapshot_date IS NOT NULL) AS users,
+       count(*) FILTER (WHERE snapshot_date IS NOT NULL AND kept) AS kept,
+       COALESCE(sum(mrr_cents) FILTER (WHERE snapshot_date IS NOT NULL), 0)::bigint AS mrr_cents,
+       count(*) FILTER (WHERE snapshot_date IS NULL) AS awaiting
+FROM judged
+GROUP BY campaign, step, horizon_days, treated
+"""
+
+REPLACE_REVENUE_SQL = "DELETE FROM {rs}.campaign_revenue WHERE as_of_date = :as_of"
+
+INSERT_REVENUE_SQL = """
+INSERT INTO {rs}.campaign_revenue (as_of_date, campaign, step, horizon_days, treated, treated_kept, holdout, holdout_kept,
+    awaiting, mrr_at_risk_cents, retention_lift, retention_lift_ci_low, retention_lift_ci_high, incremental_mrr_cents,
+    incremental_mrr_ci_low_cents, incremental_mrr_ci_high_cents)
+VALUES (:as_of_date, :campaign, :step, :horizon_days, :treated, :treated_kept, :holdout, :holdout_kept, :awaiting,
+    :mrr_at_risk_cents, :retention_lift, :retention_lift_ci_low, :retention_lift_ci_high, :incremental_mrr_cents,
+    :incremental_mrr_ci_low_cents, :incremental_mrr_ci_high_cents)
+"""

@@ -174,3 +174,23 @@ def always_valid_interval(estimate: Estimate, alpha: float = 0.05, effect_scale:
     half = normal_mixture_bound(v, alpha, rho) / v
     log_ratio = normal_mixture_log_martingale(estimate.value * v, v, rho)
     return AlwaysValid(estimate.value, estimate.value - half, estimate.value + half, min(1.0, math.exp(-log_ratio)))
+
+
+@dataclass(frozen=True)
+class RevenueKept:
+    lift: Lift
+    mrr_at_risk_cents: int
+    incremental_mrr_cents: float | None
+    ci_low_cents: float | None
+    ci_high_cents: float | None
+
+
+def incremental_mrr(treated_kept: int, treated: int, holdout_kept: int, holdout: int, mrr_at_risk_cents: int,
+                    alpha: float = 0.05) -> RevenueKept:
+    """(treated retention - holdout retention) x MRR at risk, with the score interval of the retention
+    difference scaled by the same MRR (taken as known: it is measured at assignment, before any effect)."""
+    kept = lift(treated_kept, treated, holdout_kept, holdout, alpha)
+    if kept.lift is None:
+        return RevenueKept(kept, mrr_at_risk_cents, None, None, None)
+    return RevenueKept(kept, mrr_at_risk_cents, kept.lift * mrr_at_risk_cents, kept.ci_low * mrr_at_risk_cents,
+                       kept.ci_high * mrr_at_risk_cents)

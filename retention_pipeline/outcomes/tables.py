@@ -64,4 +64,24 @@ CREATE TABLE IF NOT EXISTS {rs}.campaign_success (
     min_events   integer NOT NULL CHECK (min_events >= 1),
     updated_at   timestamptz NOT NULL
 );
+-- Revenue kept against the holdout, per campaign, step and horizon (days after assignment), as of a day.
+CREATE TABLE IF NOT EXISTS {rs}.campaign_revenue (
+    as_of_date                      date NOT NULL,
+    campaign                        text NOT NULL,
+    step                            smallint NOT NULL,
+    horizon_days                    integer NOT NULL,
+    treated                         integer NOT NULL,   -- paying users assigned to be emailed, horizon judged
+    treated_kept                    integer NOT NULL,   -- ...whose subscription still ran at the horizon
+    holdout                         integer NOT NULL,
+    holdout_kept                    integer NOT NULL,
+    awaiting                        integer NOT NULL,   -- horizon passed, no subscription snapshot since
+    mrr_at_risk_cents               bigint NOT NULL,    -- MRR of the treated paying users at assignment
+    retention_lift                  double precision,   -- treated kept rate - holdout kept rate
+    retention_lift_ci_low           double precision,   -- 95%, score interval
+    retention_lift_ci_high          double precision,
+    incremental_mrr_cents           double precision,   -- retention_lift x mrr_at_risk_cents
+    incremental_mrr_ci_low_cents    double precision,
+    incremental_mrr_ci_high_cents   double precision,
+    PRIMARY KEY (as_of_date, campaign, step, horizon_days)
+);
 """
