@@ -101,3 +101,30 @@ def test_stratified_difference_skips_days_without_both_groups():
     result = stratified_difference([only_treated, both])
     assert result.value == pytest.approx(0.10) and (result.treated, result.control) == (100, 100)
     assert stratified_difference([only_treated]).value is None
+
+
+def test_stratified_variant_lift_in_performance_rows_has_the_right_sign():
+    import pandas as pd
+    from datetime import date
+
+    from retention_pipeline.outcomes.assets import performance_rows
+
+    day1, day2 = date(2026, 4, 1), date(2026, 4, 2)
+    # Thompson moved the mix from recap (day 1, base rate 10%) to nudge (day 2, base rate 50%). Within
+    # each day both variants beat the holdout by 1 point.
+    counts = pd.DataFrame([
+        ("winback", 1, "recap", "inactive", 7, True, day1, 900, 99, 0),
+        ("winback", 1, "nudge", "inactive", 7, True, day1, 100, 11, 0),
+        ("winback", 1, "holdout", "inactive", 7, False, day1, 100, 10, 0),
+        ("winback", 1, "recap", "inactive", 7, True, day2, 100, 51, 0),
+        ("winback", 1, "nudge", "inactive", 7, True, day2, 900, 459, 0),
+        ("winback", 1, "holdout", "inactive", 7, False, day2, 100, 50, 0),
+    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
+    rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, day2)}
+    recap = rows[("recap", "all")]
+    assert recap["lift"] == pytest.approx(150 / 1000 - 60 / 200) and recap["lift_ci_high"] < 0, "pooled: wrong sign"
+    assert recap["adjusted_lift"] == pytest.approx(0.01)
+    assert recap["adjusted_ci_low"] < 0.01 < recap["adjusted_ci_high"]
+    assert rows[("nudge", "all")]["lift"] > 0.15 and rows[("nudge", "all")]["adjusted_lift"] == pytest.approx(0.01)
+    overall = rows[("all", "all")]
+    assert overall["adjusted_lift"] == pytest.approx(0.01), "the holdout share is the same each day"

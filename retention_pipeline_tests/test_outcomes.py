@@ -130,13 +130,13 @@ def test_performance_rows_compare_each_variant_and_segment_with_the_holdout():
     import pandas as pd
 
     counts = pd.DataFrame([
-        # campaign, step, variant, segment, window, treated, users, returned, recovered MRR
-        ("winback", 1, "recap", "inactive", 7, True, 400, 120, 5000),
-        ("winback", 1, "nudge", "inactive", 7, True, 400, 80, 0),
-        ("winback", 1, "recap", "declining", 7, True, 100, 50, 0),
-        ("winback", 1, "holdout", "inactive", 7, False, 90, 18, 0),
-        ("winback", 1, "holdout", "declining", 7, False, 10, 4, 0),
-    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+        # campaign, step, variant, segment, window, treated, send day, users, returned, recovered MRR
+        ("winback", 1, "recap", "inactive", 7, True, SEND_DAY, 400, 120, 5000),
+        ("winback", 1, "nudge", "inactive", 7, True, SEND_DAY, 400, 80, 0),
+        ("winback", 1, "recap", "declining", 7, True, SEND_DAY, 100, 50, 0),
+        ("winback", 1, "holdout", "inactive", 7, False, SEND_DAY, 90, 18, 0),
+        ("winback", 1, "holdout", "declining", 7, False, SEND_DAY, 10, 4, 0),
+    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
     rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, SEND_DAY)}
     overall = rows[("all", "all")]
     assert (overall["treated"], overall["treated_returned"], overall["holdout"], overall["holdout_returned"]) == (900, 250, 100, 22)

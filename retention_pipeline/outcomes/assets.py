@@ -25,7 +25,7 @@ from retention_pipeline.outcomes.sql import (
     REPLACE_REVENUE_SQL,
     REVENUE_KEPT_SQL,
 )
-from retention_pipeline.outcomes.stats import incremental_mrr, lift
+from retention_pipeline.outcomes.stats import Stratum, incremental_mrr, lift, stratified_difference, wald_interval
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
@@ -106,8 +106,10 @@ def campaign_performance(context: AssetExecutionContext, config: PerformanceConf
     install_schema(app_db)
     as_of = partition_days(context)[-1]
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
-        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)), {"end_ts": _end_of(as_of)}).mappings().all(),
-                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)),
+                                           {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE}).mappings().all(),
+                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned",
+                                       "recovered_mrr_cents"])
         rows = performance_rows(counts, as_of)
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
@@ -154,14 +156,24 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 if n_t == 0:
                     continue
                 result = lift(r_t, n_t, r_h, n_h)
+                adjusted = stratified_difference(_by_day(t, h))
+                adjusted_low, adjusted_high = wald_interval(adjusted)
                 rows.append({
                     "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
                     "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
                     "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
                     "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
+                    "adjusted_lift": adjusted.value, "adjusted_ci_low": adjusted_low, "adjusted_ci_high": adjusted_high,
                 })
     return rows
+
+
+def _by_day(treated: pd.DataFrame, holdout: pd.DataFrame) -> list[Stratum]:
+    t = treated.groupby("day")[["returned", "users"]].sum()
+    h = holdout.groupby("day")[["returned", "users"]].sum()
+    days = t.join(h, how="outer", lsuffix="_t", rsuffix="_h").fillna(0)
+    return [Stratum(int(d.returned_t), int(d.users_t), int(d.returned_h), int(d.users_h)) for d in days.itertuples()]
 
 
 def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
@@ -210,12 +222,15 @@ def _revenue_metadata(revenue: list[dict]) -> dict:
 
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
-    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p | recovered MRR |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
+             "| lift within days (95% CI) | recovered MRR |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
+        adjusted = (f"{r.adjusted_lift:+.1%} ({r.adjusted_ci_low:+.1%} .. {r.adjusted_ci_high:+.1%})"
+                    if pd.notna(r.adjusted_lift) else "n/a")
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
         lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
-                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | ${r.recovered_mrr_cents / 100:,.2f} |")
+                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} |")
     return "\n".join(lines)

@@ -48,13 +48,16 @@ GROUP BY window_days ORDER BY window_days
 """
 
 # Closed windows only: an open window would count users who have not yet had the chance to return.
+# By send day too: the allocation between variants changes from day to day, so variants are compared
+# within days (the adjusted lift) as well as pooled.
 PERFORMANCE_COUNTS_SQL = """
 SELECT campaign, step, variant, COALESCE(segment_reason, 'unknown') AS segment, window_days, treated,
+       (reference_at AT TIME ZONE :tz)::date AS day,
        count(*) AS users, count(*) FILTER (WHERE returned) AS returned,
        COALESCE(sum(mrr_cents) FILTER (WHERE returned AND treated), 0)::bigint AS recovered_mrr_cents
 FROM {rs}.reengagement_outcomes
 WHERE final AND window_end <= :end_ts
-GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated
+GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated, (reference_at AT TIME ZONE :tz)::date
 """
 
 REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_date = :as_of"
@@ -62,9 +65,10 @@ REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_dat
 INSERT_PERFORMANCE_SQL = """
 INSERT INTO {rs}.campaign_performance (as_of_date, campaign, step, variant, segment, window_days, treated,
     treated_returned, holdout, holdout_returned, treated_rate, holdout_rate, lift, lift_ci_low, lift_ci_high,
-    p_value, recovered_mrr_cents)
+    p_value, recovered_mrr_cents, adjusted_lift, adjusted_ci_low, adjusted_ci_high)
 VALUES (:as_of_date, :campaign, :step, :variant, :segment, :window_days, :treated, :treated_returned, :holdout,
-    :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents)
+    :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents,
+    :adjusted_lift, :adjusted_ci_low, :adjusted_ci_high)
 """
 
 # What the daily allocation of a step looks at: closed windows by send day (the allocation period), so

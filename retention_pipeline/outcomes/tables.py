@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
     treated_rate       double precision,
     holdout_rate       double precision,
     lift               double precision,      -- treated_rate - holdout_rate
-    lift_ci_low        double precision,      -- 95%, Newcombe hybrid score interval
+    lift_ci_low        double precision,      -- 95%, Miettinen-Nurminen score interval (inverts the test below)
     lift_ci_high       double precision,
     p_value            double precision,      -- two-sided score test of equal rates
     recovered_mrr_cents bigint NOT NULL,      -- MRR of treated paying users who returned
@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
     decided_at   timestamptz NOT NULL,
     PRIMARY KEY (as_of_date, campaign, step, variant)
 );
+-- Lift within send days, averaged with Cochran-Mantel-Haenszel weights (95% Wald interval): what variant
+-- comparisons read, since adaptive allocation changes the variant mix from day to day.
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_lift double precision;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_low double precision;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_high double precision;
 -- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
 ALTER TABLE {rs}.allocation_decisions ADD COLUMN IF NOT EXISTS decision text NOT NULL DEFAULT 'explore';
 -- What a campaign counts as success, written by each send plan from its CampaignConfig; no row = any event.
