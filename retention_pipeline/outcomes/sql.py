@@ -85,9 +85,10 @@ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 # attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first
 # subscription snapshot taken on or after the horizon's day, the user has a subscription that still
 # runs, or that ended (or was canceled) only after that day began. No snapshot yet: not counted (awaiting).
+# Snapshots up to the morning after the as-of day count: that is when the day's run reads them.
 REVENUE_KEPT_SQL = """
 WITH snapshots AS (
-    SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= :as_of
+    SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= CAST(:as_of AS date) + 1
 ), due AS (
     SELECT s.campaign, s.step, s.user_id, s.status <> 'holdout' AS treated, s.mrr_cents, h.horizon_days,
            s.as_of_date + h.horizon_days AS due_date
