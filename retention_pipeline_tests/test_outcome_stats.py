@@ -125,6 +125,8 @@ def test_stratified_variant_lift_in_performance_rows_has_the_right_sign():
     assert recap["lift"] == pytest.approx(150 / 1000 - 60 / 200) and recap["lift_ci_high"] < 0, "pooled: wrong sign"
     assert recap["adjusted_lift"] == pytest.approx(0.01)
     assert recap["adjusted_ci_low"] < 0.01 < recap["adjusted_ci_high"]
+    assert {type(recap[k]) for k in ("lift", "lift_ci_low", "p_value", "adjusted_lift", "adjusted_ci_low")} == {float}, \
+        "plain floats: the rows are bound as SQL parameters"
     assert rows[("nudge", "all")]["lift"] > 0.15 and rows[("nudge", "all")]["adjusted_lift"] == pytest.approx(0.01)
     overall = rows[("all", "all")]
     assert overall["adjusted_lift"] == pytest.approx(0.01), "the holdout share is the same each day"

@@ -76,7 +76,7 @@ def score_test_p_value(x1: int, n1: int, x2: int, n2: int, delta: float = 0.0) -
 
 def score_interval(x1: int, n1: int, x2: int, n2: int, alpha: float = 0.05, correction: bool = True) -> tuple[float, float]:
     """Every delta the two-sided score test does not reject at `alpha`: the interval inverts the test."""
-    critical = norm.isf(alpha / 2)
+    critical = float(norm.isf(alpha / 2))
     estimate = x1 / n1 - x2 / n2
 
     def excess(delta: float, sign: int) -> float:
@@ -130,9 +130,11 @@ def stratified_difference(strata: Iterable[Stratum]) -> Estimate:
 
 
 def wald_interval(estimate: Estimate, alpha: float = 0.05) -> tuple[float | None, float | None]:
-    if estimate.value is None:
+    """Normal interval of the estimate; none where the variance is zero (no returns, or all returned, in
+    every day), since a zero-width interval would claim certainty the data cannot give."""
+    if estimate.value is None or not estimate.variance:
         return None, None
-    half = norm.isf(alpha / 2) * math.sqrt(estimate.variance)
+    half = float(norm.isf(alpha / 2)) * math.sqrt(estimate.variance)
     return estimate.value - half, estimate.value + half
 
 
