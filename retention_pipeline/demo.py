@@ -46,6 +46,10 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     timings["snapshots"] = _timed(lambda: run_job(
         instance, "daily_retention_job", day_key(first_day), day_key(yesterday_of_as_of),
         assets=["daily_activity_snapshots"], quiet=True))
+    # Before the dormant users: the earlier sends record each user's MRR at assignment from it, which
+    # revenue kept compares against.
+    say("Snapshotting Stripe subscriptions ...")
+    timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     dormant_from = as_of - timedelta(days=DORMANT_HISTORY_DAYS)
     say(f"Backfilling dormant users {dormant_from} .. {yesterday_of_as_of} as one run ...")
     timings["dormant"] = _timed(lambda: run_job(
@@ -54,8 +58,6 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     if weeks:
         say(f"Computing weekly segments for {len(weeks)} complete weeks ({weeks[0]} .. {weeks[-1]}) as one run ...")
         timings["segments"] = _timed(lambda: run_job(instance, "weekly_segments_job", weeks[0], weeks[-1], quiet=True))
-    say("Snapshotting Stripe subscriptions ...")
-    timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     timings["earlier sends"] = _timed(lambda: _replay_earlier_sends(instance, as_of, say))
     say(f"Running the daily job for {as_of} ...")
     timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), run_config=DEMO_RUN_CONFIG, quiet=True))
