@@ -26,7 +26,12 @@ import numpy as np
 from scipy.stats import norm
 
 from retention_pipeline.outcomes.stats import lift
-from retention_pipeline.outreach.allocation import DayOutcome, SequentialRule, sequential_pause, sequential_winner, thompson_allocation
+from retention_pipeline.outreach.allocation import (
+    DayOutcome,
+    SequentialRule,
+    sequential_pause,
+    thompson_allocation,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FIRST_DAY = date(2026, 3, 2)

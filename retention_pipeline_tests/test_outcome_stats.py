@@ -104,8 +104,9 @@ def test_stratified_difference_skips_days_without_both_groups():
 
 
 def test_stratified_variant_lift_in_performance_rows_has_the_right_sign():
-    import pandas as pd
     from datetime import date
+
+    import pandas as pd
 
     from retention_pipeline.outcomes.assets import performance_rows
 

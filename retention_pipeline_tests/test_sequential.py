@@ -9,8 +9,15 @@ import sqlalchemy as sa
 from benchmarks.sequential import false_pause_rate
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import install_trigger
-from retention_pipeline.outreach.allocation import DayOutcome, SequentialRule, sequential_pause, sequential_winner, thompson_allocation
-from retention_pipeline.outreach.allocation import in_holdout
+from retention_pipeline.outcomes.stats import lift
+from retention_pipeline.outreach.allocation import (
+    DayOutcome,
+    SequentialRule,
+    in_holdout,
+    sequential_pause,
+    sequential_winner,
+    thompson_allocation,
+)
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
@@ -41,7 +48,6 @@ def test_sequential_pause_only_when_the_always_valid_interval_is_below_zero():
     assert sequential_pause(days_of(treated=(270, 54), holdout=(30, 6)), rule) is None, "no difference: no pause"
     # Newcombe's fixed-sample interval would already exclude zero here; the always-valid one must not.
     slightly_worse = days_of(treated=(270, 49), holdout=(30, 7))
-    from retention_pipeline.outcomes.stats import lift
     pooled = lift(490, 2700, 70, 300)
     assert pooled.ci_high < 0
     assert sequential_pause(slightly_worse, rule) is None

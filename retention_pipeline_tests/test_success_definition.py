@@ -9,7 +9,13 @@ from retention_pipeline.outreach.assets import _record_success_definition
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario
-from retention_pipeline_tests.test_outcomes import SEND_DAY, SENT_AT, add_send, evaluate, outcomes
+from retention_pipeline_tests.test_outcomes import (
+    SEND_DAY,
+    SENT_AT,
+    add_send,
+    evaluate,
+    outcomes,
+)
 
 
 @pytest.fixture

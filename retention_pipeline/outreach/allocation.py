@@ -125,10 +125,9 @@ def thompson_allocation(
     pause = None if resumed else (previous.get("reason") if previous.get("decision") == "paused_for_review"
                                   else sequential_pause(outcomes, rule))
     if pause:
-        estimate, interval = overall_lift(outcomes, rule)
+        treated = {"treated": sum(r.users for r in outcomes if r.treated), "returned": sum(r.returned for r in outcomes if r.treated)}
         return Allocation({}, True, pause if pause.startswith("paused for review") else f"paused for review: {pause}",
-                          {"all": {"treated": estimate.treated, "returned": sum(r.returned for r in outcomes if r.treated)}},
-                          decision="paused_for_review")
+                          {"all": treated}, decision="paused_for_review")
     totals = {v: {"treated": sum(r.users for r in outcomes if r.variant == v),
                   "returned": sum(r.returned for r in outcomes if r.variant == v)} for v in variants}
     rng = np.random.default_rng(int(hash_unit("thompson", campaign, step, as_of) * 2**63))
