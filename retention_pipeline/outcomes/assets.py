@@ -170,10 +170,14 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
 
 
 def _by_day(treated: pd.DataFrame, holdout: pd.DataFrame) -> list[Stratum]:
-    t = treated.groupby("day")[["returned", "users"]].sum()
-    h = holdout.groupby("day")[["returned", "users"]].sum()
-    days = t.join(h, how="outer", lsuffix="_t", rsuffix="_h").fillna(0)
-    return [Stratum(int(d.returned_t), int(d.users_t), int(d.returned_h), int(d.users_h)) for d in days.itertuples()]
+    # Plain sums: a pandas groupby per row of the report cost seconds per run.
+    days: dict = {}
+    for offset, frame in ((0, treated), (2, holdout)):
+        for day, returned, users in zip(frame["day"], frame["returned"], frame["users"]):
+            counts = days.setdefault(day, [0, 0, 0, 0])
+            counts[offset] += int(returned)
+            counts[offset + 1] += int(users)
+    return [Stratum(*counts) for _, counts in sorted(days.items())]
 
 
 def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
