@@ -46,7 +46,7 @@ def test_sequential_pause_only_when_the_always_valid_interval_is_below_zero():
     rule = SequentialRule()
     assert sequential_pause(days_of(treated=(270, 27), holdout=(30, 15)), rule).startswith("lift -0.400")
     assert sequential_pause(days_of(treated=(270, 54), holdout=(30, 6)), rule) is None, "no difference: no pause"
-    # Newcombe's fixed-sample interval would already exclude zero here; the always-valid one must not.
+    # A single-look interval (the score interval) already excludes zero here; the always-valid one must not.
     slightly_worse = days_of(treated=(270, 49), holdout=(30, 7))
     pooled = lift(490, 2700, 70, 300)
     assert pooled.ci_high < 0
