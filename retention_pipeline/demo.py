@@ -46,6 +46,10 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     timings["snapshots"] = _timed(lambda: run_job(
         instance, "daily_retention_job", day_key(first_day), day_key(yesterday_of_as_of),
         assets=["daily_activity_snapshots"], quiet=True))
+    # Before the dormant users: the earlier sends record each user's MRR at assignment from it, which
+    # revenue kept compares against.
+    say("Snapshotting Stripe subscriptions ...")
+    timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     dormant_from = as_of - timedelta(days=DORMANT_HISTORY_DAYS)
     say(f"Backfilling dormant users {dormant_from} .. {yesterday_of_as_of} as one run ...")
     timings["dormant"] = _timed(lambda: run_job(
@@ -54,11 +58,9 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     if weeks:
         say(f"Computing weekly segments for {len(weeks)} complete weeks ({weeks[0]} .. {weeks[-1]}) as one run ...")
         timings["segments"] = _timed(lambda: run_job(instance, "weekly_segments_job", weeks[0], weeks[-1], quiet=True))
-    say("Snapshotting Stripe subscriptions ...")
-    timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     timings["earlier sends"] = _timed(lambda: _replay_earlier_sends(instance, as_of, say))
     say(f"Running the daily job for {as_of} ...")
-    timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), quiet=True))
+    timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), run_config=DEMO_RUN_CONFIG, quiet=True))
     return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env, _email_metadata(instance))
 
 
@@ -72,8 +74,14 @@ def _email_metadata(instance: DagsterInstance) -> dict:
 # Dormancy episodes and the earlier sends below need this much dormant-user history, not all 90 days.
 DORMANT_HISTORY_DAYS = 35
 
-# The demo's history includes two earlier mornings of sends, so outcomes have closed windows to report.
-EARLIER_SEND_DAYS = (21, 14)
+# The demo's history includes earlier mornings of sends, so outcomes have closed windows to report, and
+# revenue kept a day-30 horizon.
+EARLIER_SEND_DAYS = (31, 21, 14)
+
+# The demo campaign counts real work as success, not any event.
+SUCCESS_EVENT_TYPES = ["create_task", "complete_task"]
+DEMO_RUN_CONFIG = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
+    "success_event_types": SUCCESS_EVENT_TYPES}}}}}}
 
 
 def _replay_earlier_sends(instance: DagsterInstance, as_of: date, say) -> None:
@@ -81,7 +89,8 @@ def _replay_earlier_sends(instance: DagsterInstance, as_of: date, say) -> None:
         day = as_of - timedelta(days=days_back)
         say(f"Replaying the emails of {day} with the clock set to the next morning ...")
         with clock.frozen_at(datetime.combine(day + timedelta(days=1), clock_time(9), timezone.utc)):
-            run_job(instance, "daily_retention_job", day_key(day), assets=["reengagement_emails"], quiet=True)
+            run_job(instance, "daily_retention_job", day_key(day), assets=["reengagement_emails"], run_config=DEMO_RUN_CONFIG,
+                    quiet=True)
 
 
 def _timed(fn) -> float:
@@ -181,6 +190,9 @@ _REPORT_SQL = {
     "performance": "SELECT window_days, treated, treated_returned, holdout, holdout_returned, treated_rate, holdout_rate, "
     "lift, lift_ci_low, lift_ci_high, p_value FROM {rs}.campaign_performance WHERE as_of_date = :as_of AND step = 1 "
     "AND variant = 'all' AND segment = 'all' ORDER BY window_days",
+    "revenue": "SELECT step, horizon_days, treated, treated_kept, holdout, holdout_kept, awaiting, mrr_at_risk_cents, "
+    "incremental_mrr_cents, incremental_mrr_ci_low_cents, incremental_mrr_ci_high_cents FROM {rs}.campaign_revenue "
+    "WHERE as_of_date = :as_of AND campaign = 'winback' ORDER BY step, horizon_days",
     "ledger": "SELECT status, count(*) AS emails FROM {rs}.email_sends WHERE as_of_date = :as_of GROUP BY status",
     "mrr": "SELECT subscription_status, count(*) AS users, sum(mrr_cents)::bigint AS mrr_cents FROM {rs}.dormant_users "
     "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC, subscription_status",
@@ -213,12 +225,14 @@ def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dic
     lines += [f"  {r.subscription_status:<12} {r.users:>6,} users  ${r.mrr_cents / 100:>10,.2f}" for r in at_risk]
     lines += _email_lines(db, as_of, emails)
     lines += _outcome_lines(db, as_of)
+    lines += _revenue_lines(db, as_of)
     return "\n".join(lines)
 
 
 def _outcome_lines(db: AppDatabase, as_of: date) -> list[str]:
     rows = db.fetch_all(_REPORT_SQL["performance"], {"as_of": as_of})
-    lines = [f"\nOutcomes of earlier sends (step 1, closed windows as of {as_of}):"]
+    lines = [f"\nOutcomes of earlier sends (step 1, closed windows as of {as_of}; success = at least one "
+             f"{' or '.join(SUCCESS_EVENT_TYPES)} event):"]
     if not rows:
         return lines + ["  no attribution window has closed yet"]
     for r in rows:
@@ -227,6 +241,22 @@ def _outcome_lines(db: AppDatabase, as_of: date) -> list[str]:
                      f"holdout {r.holdout_returned}/{r.holdout} ({r.holdout_rate or 0:.1%}): {interval}")
     lines.append("  (the demo's users do not react to emails, so no lift is expected here; "
                  "`retention-pipeline simulate` measures a known one)")
+    return lines
+
+
+def _revenue_lines(db: AppDatabase, as_of: date) -> list[str]:
+    rows = db.fetch_all(_REPORT_SQL["revenue"], {"as_of": as_of})
+    lines = ["\nRevenue kept against the holdout (paying users whose subscription still ran N days after assignment):"]
+    if not rows:
+        return lines + ["  no paying user has reached day 30 after assignment yet"]
+    for r in rows:
+        head = f"  step {r.step}, day {r.horizon_days:>2}"
+        if r.incremental_mrr_cents is None:
+            lines.append(f"{head}: {r.treated + r.holdout} judged, {r.awaiting} awaiting a snapshot: no comparison yet")
+            continue
+        lines.append(f"{head}: emailed {r.treated_kept}/{r.treated} kept, holdout {r.holdout_kept}/{r.holdout}; "
+                     f"MRR at risk ${r.mrr_at_risk_cents / 100:,.2f}, incremental MRR ${r.incremental_mrr_cents / 100:+,.2f} "
+                     f"(95% CI ${r.incremental_mrr_ci_low_cents / 100:+,.2f} .. ${r.incremental_mrr_ci_high_cents / 100:+,.2f})")
     return lines
 
 

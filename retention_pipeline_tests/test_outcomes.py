@@ -5,6 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from scipy.optimize import minimize_scalar
 from scipy.stats import norm
 
 from retention_pipeline.outcomes.assets import performance_rows
@@ -92,17 +93,18 @@ def test_rows_change_while_the_window_is_open_and_never_after(timeline, instance
     assert outcomes(timeline)[(2, 7)]["returned"]
 
 
-def newcombe_by_hand(r1: int, n1: int, r2: int, n2: int, z: float = norm.ppf(0.975)) -> tuple[float, float]:
-    def wilson(r, n):
-        p = r / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return centre - half, centre + half
+def restricted_score_p_by_hand(r1: int, n1: int, r2: int, n2: int, delta: float) -> float:
+    """Score test of p1 - p2 = delta with the restricted MLE found numerically (no closed form)."""
+    def negative_loglik(q2):
+        q1 = q2 + delta
+        return -sum(k * math.log(max(q, 1e-300)) + (n - k) * math.log(max(1 - q, 1e-300))
+                    for k, n, q in ((r1, n1, q1), (r2, n2, q2)))
 
-    p1, p2 = r1 / n1, r2 / n2
-    (l1, u1), (l2, u2) = wilson(r1, n1), wilson(r2, n2)
-    d = p1 - p2
-    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    q2 = minimize_scalar(negative_loglik, bounds=(max(0.0, -delta), min(1.0, 1 - delta)), method="bounded",
+                         options={"xatol": 1e-13}).x
+    q1, total = q2 + delta, n1 + n2
+    variance = (q1 * (1 - q1) / n1 + q2 * (1 - q2) / n2) * total / (total - 1)
+    return 2 * norm.sf(abs(r1 / n1 - r2 / n2 - delta) / math.sqrt(variance))
 
 
 def score_test_by_hand(r1: int, n1: int, r2: int, n2: int) -> float:
@@ -117,23 +119,24 @@ def score_test_by_hand(r1: int, n1: int, r2: int, n2: int) -> float:
 def test_lift_matches_an_independent_computation(counts):
     r1, n1, r2, n2 = counts
     result = lift(r1, n1, r2, n2)
-    low, high = newcombe_by_hand(r1, n1, r2, n2)
     assert result.lift == pytest.approx(r1 / n1 - r2 / n2, abs=1e-12)
-    assert (result.ci_low, result.ci_high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
     assert result.p_value == pytest.approx(score_test_by_hand(r1, n1, r2, n2), rel=1e-6, abs=1e-12)
+    # The score interval's ends are exactly where the (numerically restricted) score test reaches 5%.
+    assert restricted_score_p_by_hand(r1, n1, r2, n2, result.ci_low) == pytest.approx(0.05, abs=1e-5)
+    assert restricted_score_p_by_hand(r1, n1, r2, n2, result.ci_high) == pytest.approx(0.05, abs=1e-5)
 
 
 def test_performance_rows_compare_each_variant_and_segment_with_the_holdout():
     import pandas as pd
 
     counts = pd.DataFrame([
-        # campaign, step, variant, segment, window, treated, users, returned, recovered MRR
-        ("winback", 1, "recap", "inactive", 7, True, 400, 120, 5000),
-        ("winback", 1, "nudge", "inactive", 7, True, 400, 80, 0),
-        ("winback", 1, "recap", "declining", 7, True, 100, 50, 0),
-        ("winback", 1, "holdout", "inactive", 7, False, 90, 18, 0),
-        ("winback", 1, "holdout", "declining", 7, False, 10, 4, 0),
-    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+        # campaign, step, variant, segment, window, treated, send day, users, returned, recovered MRR
+        ("winback", 1, "recap", "inactive", 7, True, SEND_DAY, 400, 120, 5000),
+        ("winback", 1, "nudge", "inactive", 7, True, SEND_DAY, 400, 80, 0),
+        ("winback", 1, "recap", "declining", 7, True, SEND_DAY, 100, 50, 0),
+        ("winback", 1, "holdout", "inactive", 7, False, SEND_DAY, 90, 18, 0),
+        ("winback", 1, "holdout", "declining", 7, False, SEND_DAY, 10, 4, 0),
+    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
     rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, SEND_DAY)}
     overall = rows[("all", "all")]
     assert (overall["treated"], overall["treated_returned"], overall["holdout"], overall["holdout_returned"]) == (900, 250, 100, 22)

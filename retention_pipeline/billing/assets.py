@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations`: Dagster checks the `context` annotation at definition time.
 
+from zoneinfo import ZoneInfo
+
 import sqlalchemy as sa
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -11,6 +13,7 @@ from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
 from retention_pipeline.schema import install_schema
+from retention_pipeline.settings import PROJECT_TIMEZONE
 
 __all__ = ["stripe_subscriptions", "normalize_subscription"]
 
@@ -76,6 +79,19 @@ FROM stripe_subscriptions_load l
 JOIN mapped m ON m.customer_id = l.customer_id;
 """
 
+KEEP_HISTORY_SQL = """
+DELETE FROM {rs}.stripe_subscription_history WHERE snapshot_date = :snapshot_date;
+INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, customer_id, user_id, status, plan_name,
+    mrr_cents, currency, cancel_at_period_end, canceled_at, ended_at, snapshot_at)
+SELECT :snapshot_date, subscription_id, customer_id, user_id, status, plan_name, mrr_cents, currency, cancel_at_period_end,
+       canceled_at, ended_at, snapshot_at
+FROM {rs}.stripe_subscriptions;
+"""
+
+HISTORY_SUMMARY_SQL = """
+SELECT count(DISTINCT snapshot_date) AS days, min(snapshot_date) AS first_day FROM {rs}.stripe_subscription_history
+"""
+
 STATUS_SUMMARY_SQL = """
 SELECT status, count(*) AS subscriptions, COALESCE(sum(mrr_cents), 0) AS mrr_cents,
        count(*) FILTER (WHERE cancel_at_period_end) AS cancel_at_period_end
@@ -112,7 +128,8 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
     replaced in one transaction, so a Stripe outage mid-listing leaves the previous snapshot intact.
     MRR counts active and past_due subscriptions only, normalized to a month. Customers are mapped to
     users by users.stripe_customer_id, else customer.metadata.user_id, else a unique email; customers
-    that map to no user are kept (user_id NULL) and counted."""
+    that map to no user are kept (user_id NULL) and counted. Each run also keeps the snapshot as the
+    day's rows of `retention.stripe_subscription_history` (a re-run the same day replaces them)."""
     products, product_pages = stripe.list_all("products")
     product_names = {product["id"]: product.get("name") for product in products if product.get("name")}
     subscriptions, pages = stripe.list_all("subscriptions", {"status": "all", "expand": ["data.customer"]})
@@ -122,6 +139,7 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
     context.log.info(f"Read {len(rows)} subscriptions in {pages} page(s) and {len(products)} products from {stripe.display_base}.")
 
     snapshot_at = clock.now()
+    snapshot_date = snapshot_at.astimezone(ZoneInfo(PROJECT_TIMEZONE)).date()
     install_schema(app_db)
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         previous_rows = conn.execute(sa.text(app_db.render("SELECT count(*) FROM {rs}.stripe_subscriptions"))).scalar()
@@ -129,6 +147,8 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
         if rows:
             conn.execute(sa.insert(_LOAD_TABLE), [{name: row[name] for name in _LOAD_COLUMNS} for row in rows])
         conn.execute(sa.text(app_db.render(REPLACE_SQL)), {"snapshot_at": snapshot_at})
+        conn.execute(sa.text(app_db.render(KEEP_HISTORY_SQL)), {"snapshot_date": snapshot_date})
+        history = conn.execute(sa.text(app_db.render(HISTORY_SUMMARY_SQL))).mappings().one()
         by_status = conn.execute(sa.text(app_db.render(STATUS_SUMMARY_SQL))).mappings().all()
         mapping = conn.execute(sa.text(app_db.render(MAPPING_SUMMARY_SQL))).mappings().all()
         currencies = conn.execute(sa.text(app_db.render(CURRENCY_SUMMARY_SQL))).mappings().all()
@@ -163,6 +183,8 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
         "unmapped_subscriptions": MetadataValue.int(unmapped_subscriptions),
         "cancel_at_period_end": MetadataValue.int(sum(int(row["cancel_at_period_end"]) for row in by_status)),
         "snapshot_at": MetadataValue.text(snapshot_at.isoformat()),
+        "history_date": MetadataValue.text(snapshot_date.isoformat()),
+        "history_days": MetadataValue.int(int(history["days"])),
         "stripe_api": MetadataValue.text(stripe.display_base),
         "preview": MetadataValue.md(_preview_markdown(by_status, top)),
     }

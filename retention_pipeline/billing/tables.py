@@ -25,4 +25,23 @@ CREATE TABLE IF NOT EXISTS {rs}.stripe_subscriptions (
 );
 CREATE INDEX IF NOT EXISTS stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
 CREATE INDEX IF NOT EXISTS stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
+-- The snapshot kept per day (the project-timezone date of the clock when it was taken): a later snapshot
+-- the same day replaces that day's rows. Revenue kept reads whether a subscription was still running
+-- 30 and 60 days after a user's assignment from it.
+CREATE TABLE IF NOT EXISTS {rs}.stripe_subscription_history (
+    snapshot_date         date NOT NULL,
+    subscription_id       text NOT NULL,
+    customer_id           text NOT NULL,
+    user_id               bigint,
+    status                text NOT NULL,
+    plan_name             text,
+    mrr_cents             bigint NOT NULL CHECK (mrr_cents >= 0),
+    currency              text,
+    cancel_at_period_end  boolean NOT NULL,
+    canceled_at           timestamptz,
+    ended_at              timestamptz,
+    snapshot_at           timestamptz NOT NULL,
+    PRIMARY KEY (snapshot_date, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS stripe_subscription_history_user ON {rs}.stripe_subscription_history (user_id, snapshot_date);
 """

@@ -18,12 +18,15 @@ from sqlalchemy import text
 from retention_pipeline.outcomes.sql import (
     EVALUATE_OUTCOMES_SQL,
     INSERT_PERFORMANCE_SQL,
+    INSERT_REVENUE_SQL,
     OUTCOME_SUMMARY_SQL,
     PERFORMANCE_COUNTS_SQL,
     REPLACE_PERFORMANCE_SQL,
+    REPLACE_REVENUE_SQL,
+    REVENUE_KEPT_SQL,
 )
 from retention_pipeline.outcomes.format import lift_text, percent
-from retention_pipeline.outcomes.stats import lift
+from retention_pipeline.outcomes.stats import Stratum, incremental_mrr, lift, stratified_difference, wald_interval
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
@@ -36,6 +39,15 @@ class OutcomeConfig(Config):
     """Attribution windows of re-engagement outcomes."""
 
     windows: list[int] = Field(default=[1, 7, 14], min_length=1, description="Days after the send in which a return counts.")
+
+
+class PerformanceConfig(Config):
+    """What campaign performance reports besides return rates."""
+
+    revenue_horizons: list[int] = Field(
+        default=[30, 60], min_length=1,
+        description="Days after assignment at which a paying user's subscription must still run to count as revenue kept.",
+    )
 
 
 def _end_of(day) -> datetime:
@@ -92,20 +104,31 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
     retry_policy=database_retry_policy,
     deps=["reengagement_outcomes"],
 )
-def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) -> MaterializeResult:
+def campaign_performance(context: AssetExecutionContext, config: PerformanceConfig, app_db: AppDatabase) -> MaterializeResult:
     """Per campaign, step, variant, segment and window: treated vs holdout return rates, lift with a 95%
-    interval and p-value, and recovered MRR; closed windows only, as of the partition day."""
+    interval and p-value, and recovered MRR; closed windows only, as of the partition day. Per campaign
+    and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     install_schema(app_db)
     as_of = partition_days(context)[-1]
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
-        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)), {"end_ts": _end_of(as_of)}).mappings().all(),
-                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)),
+                                           {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE}).mappings().all(),
+                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned",
+                                       "recovered_mrr_cents"])
         rows = performance_rows(counts, as_of)
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
             conn.execute(text(app_db.render(INSERT_PERFORMANCE_SQL)), rows)
+        kept = pd.DataFrame(conn.execute(text(app_db.render(REVENUE_KEPT_SQL)), {
+            "as_of": as_of, "horizons": sorted(set(config.revenue_horizons)), "tz": PROJECT_TIMEZONE}).mappings().all(),
+            columns=["campaign", "step", "horizon_days", "treated", "users", "kept", "mrr_cents", "awaiting"])
+        revenue = revenue_rows(kept, as_of)
+        conn.execute(text(app_db.render(REPLACE_REVENUE_SQL)), {"as_of": as_of})
+        if revenue:
+            conn.execute(text(app_db.render(INSERT_REVENUE_SQL)), revenue)
     table = pd.DataFrame(rows)
     metadata = {"as_of": MetadataValue.text(as_of.isoformat()), "rows": MetadataValue.int(len(rows))}
+    metadata |= _revenue_metadata(revenue)
     if not table.empty:
         headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(["campaign", "step", "window_days"])
         for r in headline.itertuples():
@@ -140,24 +163,85 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 if n_t == 0:
                     continue
                 result = lift(r_t, n_t, r_h, n_h)
+                adjusted = stratified_difference(_by_day(t, h))
+                adjusted_low, adjusted_high = wald_interval(adjusted)
                 rows.append({
                     "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
                     "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
                     "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
                     "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
+                    "adjusted_lift": adjusted.value, "adjusted_ci_low": adjusted_low, "adjusted_ci_high": adjusted_high,
                 })
     return rows
 
 
+def _by_day(treated: pd.DataFrame, holdout: pd.DataFrame) -> list[Stratum]:
+    # Plain sums: a pandas groupby per row of the report cost seconds per run.
+    days: dict = {}
+    for offset, frame in ((0, treated), (2, holdout)):
+        for day, returned, users in zip(frame["day"], frame["returned"], frame["users"]):
+            counts = days.setdefault(day, [0, 0, 0, 0])
+            counts[offset] += int(returned)
+            counts[offset + 1] += int(users)
+    return [Stratum(*counts) for _, counts in sorted(days.items())]
+
+
+def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
+    """One row per (campaign, step, horizon): kept subscriptions of treated vs holdout paying users and the
+    incremental MRR it is worth, from the per-arm counts of REVENUE_KEPT_SQL."""
+    rows = []
+    for (campaign, step, horizon), group in kept.groupby(["campaign", "step", "horizon_days"]):
+        arms = {bool(r.treated): r for r in group.itertuples()}
+        treated, holdout = arms.get(True), arms.get(False)
+        n_t, k_t = (int(treated.users), int(treated.kept)) if treated else (0, 0)
+        n_h, k_h = (int(holdout.users), int(holdout.kept)) if holdout else (0, 0)
+        at_risk = int(treated.mrr_cents) if treated else 0
+        result = incremental_mrr(k_t, n_t, k_h, n_h, at_risk)
+        rows.append({
+            "as_of_date": as_of, "campaign": campaign, "step": int(step), "horizon_days": int(horizon),
+            "treated": n_t, "treated_kept": k_t, "holdout": n_h, "holdout_kept": k_h,
+            "awaiting": int(group["awaiting"].sum()), "mrr_at_risk_cents": at_risk,
+            "retention_lift": result.lift.lift, "retention_lift_ci_low": result.lift.ci_low,
+            "retention_lift_ci_high": result.lift.ci_high, "incremental_mrr_cents": result.incremental_mrr_cents,
+            "incremental_mrr_ci_low_cents": result.ci_low_cents, "incremental_mrr_ci_high_cents": result.ci_high_cents,
+        })
+    return rows
+
+
+def _revenue_metadata(revenue: list[dict]) -> dict:
+    if not revenue:
+        return {}
+    metadata = {}
+    lines = ["| campaign | step | horizon | treated kept | holdout kept | MRR at risk | incremental MRR (95% CI) | awaiting |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in revenue:
+        treated = f"{r['treated_kept']}/{r['treated']}"
+        holdout = f"{r['holdout_kept']}/{r['holdout']}"
+        if r["incremental_mrr_cents"] is None:
+            kept = "n/a (no holdout or no treated to compare)"
+        else:
+            metadata[f"incremental_mrr_{r['campaign']}_step{r['step']}_{r['horizon_days']}d"] = MetadataValue.float(
+                r["incremental_mrr_cents"] / 100)
+            kept = (f"${r['incremental_mrr_cents'] / 100:,.2f} (${r['incremental_mrr_ci_low_cents'] / 100:,.2f} .. "
+                    f"${r['incremental_mrr_ci_high_cents'] / 100:,.2f})")
+        lines.append(f"| {r['campaign']} | {r['step']} | {r['horizon_days']}d | {treated} | {holdout} | "
+                     f"${r['mrr_at_risk_cents'] / 100:,.2f} | {kept} | {r['awaiting']} |")
+    metadata["revenue_kept"] = MetadataValue.md("\n".join(lines))
+    return metadata
+
+
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
-    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p | recovered MRR |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
+             "| lift within days (95% CI) | recovered MRR |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
+        adjusted = (f"{r.adjusted_lift:+.1%} ({r.adjusted_ci_low:+.1%} .. {r.adjusted_ci_high:+.1%})"
+                    if pd.notna(r.adjusted_lift) else "n/a")
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
         lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
-                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | ${r.recovered_mrr_cents / 100:,.2f} |")
+                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} |")
     return "\n".join(lines)

@@ -10,19 +10,23 @@ INSERT INTO {rs}.reengagement_outcomes AS o (send_id, window_days, campaign, ste
     user_id, mrr_cents, reference_at, window_end, returned, first_returned_at, events, active_days, final, evaluated_as_of)
 SELECT s.id, w.window_days, s.campaign, s.step, s.variant, s.status = 'sent', s.segment_reason, s.user_id, s.mrr_cents,
        r.reference_at, r.reference_at + make_interval(days => w.window_days),
-       ev.first_at IS NOT NULL, ev.first_at, ev.events, ev.active_days,
+       ev.success_at IS NOT NULL, ev.success_at, ev.events, ev.active_days,
        r.reference_at + make_interval(days => w.window_days) <= :end_ts,
        :as_of
 FROM {rs}.email_sends s
 CROSS JOIN LATERAL (SELECT COALESCE(s.sent_at, s.created_at) AS reference_at) r
 CROSS JOIN unnest(CAST(:windows AS integer[])) AS w(window_days)
+-- The campaign's success definition (no row: any event, one is enough). Events and active days count
+-- qualifying events only; the return is the moment the min_events-th of them happened.
+LEFT JOIN {rs}.campaign_success cs ON cs.campaign = s.campaign
 CROSS JOIN LATERAL (
-    SELECT min(e.occurred_at) AS first_at, count(*) AS events,
+    SELECT (array_agg(e.occurred_at ORDER BY e.occurred_at))[COALESCE(cs.min_events, 1)] AS success_at, count(*) AS events,
            count(DISTINCT (e.occurred_at AT TIME ZONE :tz)::date) AS active_days
     FROM {rs}.source_events e
     WHERE e.user_id = s.user_id
       AND e.occurred_at > r.reference_at
       AND e.occurred_at <= LEAST(r.reference_at + make_interval(days => w.window_days), :end_ts)
+      AND (cs.event_types IS NULL OR e.event_type = ANY(cs.event_types))
 ) ev
 WHERE s.status IN ('sent', 'holdout')
   AND r.reference_at < :end_ts
@@ -44,13 +48,16 @@ GROUP BY window_days ORDER BY window_days
 """
 
 # Closed windows only: an open window would count users who have not yet had the chance to return.
+# By send day too: the allocation between variants changes from day to day, so variants are compared
+# within days (the adjusted lift) as well as pooled.
 PERFORMANCE_COUNTS_SQL = """
 SELECT campaign, step, variant, COALESCE(segment_reason, 'unknown') AS segment, window_days, treated,
+       (reference_at AT TIME ZONE :tz)::date AS day,
        count(*) AS users, count(*) FILTER (WHERE returned) AS returned,
        COALESCE(sum(mrr_cents) FILTER (WHERE returned AND treated), 0)::bigint AS recovered_mrr_cents
 FROM {rs}.reengagement_outcomes
 WHERE final AND window_end <= :end_ts
-GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated
+GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated, (reference_at AT TIME ZONE :tz)::date
 """
 
 REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_date = :as_of"
@@ -58,15 +65,65 @@ REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_dat
 INSERT_PERFORMANCE_SQL = """
 INSERT INTO {rs}.campaign_performance (as_of_date, campaign, step, variant, segment, window_days, treated,
     treated_returned, holdout, holdout_returned, treated_rate, holdout_rate, lift, lift_ci_low, lift_ci_high,
-    p_value, recovered_mrr_cents)
+    p_value, recovered_mrr_cents, adjusted_lift, adjusted_ci_low, adjusted_ci_high)
 VALUES (:as_of_date, :campaign, :step, :variant, :segment, :window_days, :treated, :treated_returned, :holdout,
-    :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents)
+    :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents,
+    :adjusted_lift, :adjusted_ci_low, :adjusted_ci_high)
 """
 
-LATEST_STEP_PERFORMANCE_SQL = """
-SELECT variant, treated, treated_returned, holdout, holdout_returned, lift, lift_ci_low, lift_ci_high
-FROM {rs}.campaign_performance
-WHERE campaign = :campaign AND step = :step AND segment = 'all' AND window_days = :window_days
-  AND as_of_date = (SELECT max(as_of_date) FROM {rs}.campaign_performance
-                    WHERE campaign = :campaign AND as_of_date < :as_of)
+# What the daily allocation of a step looks at: closed windows by send day (the allocation period), so
+# comparisons are made within a day and a mix that shifts between days cannot bias them.
+STEP_OUTCOMES_BY_DAY_SQL = """
+SELECT (reference_at AT TIME ZONE :tz)::date AS day, variant, treated, count(*) AS users,
+       count(*) FILTER (WHERE returned) AS returned
+FROM {rs}.reengagement_outcomes
+WHERE campaign = :campaign AND step = :step AND window_days = :window_days AND final AND window_end <= :end_ts
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+# Revenue kept, as assigned: every paying user (MRR at assignment > 0) with a ledger row of a real send
+# attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first
+# subscription snapshot taken on or after the horizon's day, the user has a subscription that still
+# runs, or that ended (or was canceled) only after that day began. No snapshot yet: not counted (awaiting).
+# Snapshots up to the morning after the as-of day count: that is when the day's run reads them.
+REVENUE_KEPT_SQL = """
+WITH snapshots AS (
+    SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= CAST(:as_of AS date) + 1
+), due AS (
+    SELECT s.campaign, s.step, s.user_id, s.status <> 'holdout' AS treated, s.mrr_cents, h.horizon_days,
+           s.as_of_date + h.horizon_days AS due_date
+    FROM {rs}.email_sends s
+    CROSS JOIN unnest(CAST(:horizons AS integer[])) AS h(horizon_days)
+    WHERE s.status IN ('sent', 'failed', 'unknown', 'holdout') AND s.mrr_cents > 0
+      AND s.as_of_date + h.horizon_days <= :as_of
+), judged AS (
+    SELECT d.*, snap.snapshot_date,
+           EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history sh
+                   WHERE sh.snapshot_date = snap.snapshot_date AND sh.user_id = d.user_id
+                     AND COALESCE(sh.ended_at,
+                                  CASE WHEN sh.status IN ('canceled', 'incomplete_expired') THEN sh.canceled_at END,
+                                  CASE WHEN sh.status IN ('canceled', 'incomplete_expired') THEN '-infinity'::timestamptz
+                                       ELSE 'infinity'::timestamptz END)
+                         > (d.due_date::timestamp AT TIME ZONE :tz)) AS kept
+    FROM due d
+    LEFT JOIN LATERAL (SELECT min(sn.snapshot_date) AS snapshot_date FROM snapshots sn WHERE sn.snapshot_date >= d.due_date) snap ON true
+)
+SELECT campaign, step, horizon_days, treated,
+       count(*) FILTER (WHERE snapshot_date IS NOT NULL) AS users,
+       count(*) FILTER (WHERE snapshot_date IS NOT NULL AND kept) AS kept,
+       COALESCE(sum(mrr_cents) FILTER (WHERE snapshot_date IS NOT NULL), 0)::bigint AS mrr_cents,
+       count(*) FILTER (WHERE snapshot_date IS NULL) AS awaiting
+FROM judged
+GROUP BY campaign, step, horizon_days, treated
+"""
+
+REPLACE_REVENUE_SQL = "DELETE FROM {rs}.campaign_revenue WHERE as_of_date = :as_of"
+
+INSERT_REVENUE_SQL = """
+INSERT INTO {rs}.campaign_revenue (as_of_date, campaign, step, horizon_days, treated, treated_kept, holdout, holdout_kept,
+    awaiting, mrr_at_risk_cents, retention_lift, retention_lift_ci_low, retention_lift_ci_high, incremental_mrr_cents,
+    incremental_mrr_ci_low_cents, incremental_mrr_ci_high_cents)
+VALUES (:as_of_date, :campaign, :step, :horizon_days, :treated, :treated_kept, :holdout, :holdout_kept, :awaiting,
+    :mrr_at_risk_cents, :retention_lift, :retention_lift_ci_low, :retention_lift_ci_high, :incremental_mrr_cents,
+    :incremental_mrr_ci_low_cents, :incremental_mrr_ci_high_cents)
 """

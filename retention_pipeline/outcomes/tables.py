@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
     treated_rate       double precision,
     holdout_rate       double precision,
     lift               double precision,      -- treated_rate - holdout_rate
-    lift_ci_low        double precision,      -- 95%, Newcombe hybrid score interval
+    lift_ci_low        double precision,      -- 95%, Miettinen-Nurminen score interval (inverts the test below)
     lift_ci_high       double precision,
     p_value            double precision,      -- two-sided score test of equal rates
     recovered_mrr_cents bigint NOT NULL,      -- MRR of treated paying users who returned
@@ -54,5 +54,39 @@ CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
     reason       text NOT NULL,
     decided_at   timestamptz NOT NULL,
     PRIMARY KEY (as_of_date, campaign, step, variant)
+);
+-- Lift within send days, averaged with Cochran-Mantel-Haenszel weights (95% Wald interval): what variant
+-- comparisons read, since adaptive allocation changes the variant mix from day to day.
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_lift double precision;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_low double precision;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_high double precision;
+-- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
+ALTER TABLE {rs}.allocation_decisions ADD COLUMN IF NOT EXISTS decision text NOT NULL DEFAULT 'explore';
+-- What a campaign counts as success, written by each send plan from its CampaignConfig; no row = any event.
+CREATE TABLE IF NOT EXISTS {rs}.campaign_success (
+    campaign     text PRIMARY KEY,
+    event_types  text[],                  -- NULL: any event type
+    min_events   integer NOT NULL CHECK (min_events >= 1),
+    updated_at   timestamptz NOT NULL
+);
+-- Revenue kept against the holdout, per campaign, step and horizon (days after assignment), as of a day.
+CREATE TABLE IF NOT EXISTS {rs}.campaign_revenue (
+    as_of_date                      date NOT NULL,
+    campaign                        text NOT NULL,
+    step                            smallint NOT NULL,
+    horizon_days                    integer NOT NULL,
+    treated                         integer NOT NULL,   -- paying users assigned to be emailed, horizon judged
+    treated_kept                    integer NOT NULL,   -- ...whose subscription still ran at the horizon
+    holdout                         integer NOT NULL,
+    holdout_kept                    integer NOT NULL,
+    awaiting                        integer NOT NULL,   -- horizon passed, no subscription snapshot since
+    mrr_at_risk_cents               bigint NOT NULL,    -- MRR of the treated paying users at assignment
+    retention_lift                  double precision,   -- treated kept rate - holdout kept rate
+    retention_lift_ci_low           double precision,   -- 95%, score interval
+    retention_lift_ci_high          double precision,
+    incremental_mrr_cents           double precision,   -- retention_lift x mrr_at_risk_cents
+    incremental_mrr_ci_low_cents    double precision,
+    incremental_mrr_ci_high_cents   double precision,
+    PRIMARY KEY (as_of_date, campaign, step, horizon_days)
 );
 """

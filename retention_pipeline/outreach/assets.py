@@ -9,7 +9,8 @@ plan (eligibility, holdout, rendering, ledger rows written BEFORE sending; a dry
 
 import json
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 from dagster import (
@@ -30,8 +31,16 @@ from sqlalchemy import text
 
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import drain_activity_queue
-from retention_pipeline.outcomes.sql import LATEST_STEP_PERFORMANCE_SQL
-from retention_pipeline.outreach.allocation import Allocation, allocated_variant, in_holdout, stable_variant, thompson_allocation
+from retention_pipeline.outcomes.sql import STEP_OUTCOMES_BY_DAY_SQL
+from retention_pipeline.outreach.allocation import (
+    Allocation,
+    DayOutcome,
+    SequentialRule,
+    allocated_variant,
+    in_holdout,
+    stable_variant,
+    thompson_allocation,
+)
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.render import EmailRenderer
@@ -40,6 +49,7 @@ from retention_pipeline.outreach.sql import (
     ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
     CANDIDATES_SQL,
+    CLEAR_ALLOCATION_SQL,
     CLEAR_DRY_RUN_SQL,
     DRY_RUN_SUMMARY_SQL,
     ELIGIBLE_SQL,
@@ -49,13 +59,16 @@ from retention_pipeline.outreach.sql import (
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
     PENDING_BATCHES_SQL,
+    PREVIOUS_DECISION_SQL,
     RECORD_ALLOCATION_SQL,
+    RECORD_SUCCESS_DEFINITION_SQL,
     SKIP_COUNTS_SQL,
 )
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
 from retention_pipeline.schema import install_schema
+from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days, window_params
 
 # Resend honours an idempotency key for 24 h. A pending batch older than this is not re-sent with its
@@ -87,7 +100,9 @@ def plan_reengagement_sends(
             "days": [d.isoformat() for d in days],
             # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
             "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
-            "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0}
+            "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
+            "paused_for_review": {}, "winners": {}}
+    _record_success_definition(app_db, config)
     renderer = EmailRenderer()
     for as_of in days:
         guard = _send_guard(config, as_of)
@@ -99,6 +114,13 @@ def plan_reengagement_sends(
             _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan, email_sender.max_batch_size)
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
     return plan
+
+
+def _record_success_definition(app_db: AppDatabase, config: CampaignConfig) -> None:
+    """What the outcomes count as this campaign's success, from its config (even on a paused day)."""
+    app_db.execute(RECORD_SUCCESS_DEFINITION_SQL, {
+        "campaign": config.campaign, "event_types": sorted(set(config.success_event_types)) or None,
+        "min_events": config.success_min_events, "updated_at": clock.now()})
 
 
 def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
@@ -113,11 +135,15 @@ def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
 def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict,
                batch_size: int) -> None:
     shares = None
+    holdout_only = False
     if config.adaptive_allocation:
         allocation = _decide_allocation(app_db, config, step, as_of)
         if allocation.paused:
-            plan["guards"][f"{as_of.isoformat()} step {step.step}"] = f"step paused: {allocation.reason}"
-            return
+            plan["guards"][f"{as_of.isoformat()} step {step.step}"] = f"step {allocation.reason}; holdout keeps accruing"
+            plan["paused_for_review"][str(step.step)] = allocation.reason
+            holdout_only = True
+        if allocation.winner:
+            plan["winners"][str(step.step)] = allocation.winner
         shares = allocation.shares
     params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
               "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now()}
@@ -136,6 +162,8 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             conn.execute(text(app_db.render(CLEAR_DRY_RUN_SQL)), params)
         insert_sql = app_db.render(INSERT_DRY_RUN_SQL if config.dry_run else INSERT_LEDGER_SQL)
         for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
+            if holdout_only:
+                chunk = _holdout_members(config, chunk, plan)
             rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
             inserted = conn.execute(text(insert_sql), {"rows": json.dumps(rows, default=_json_value)}).all()
             # A concurrent run that recorded the same user first wins; ours is simply not inserted.
@@ -153,6 +181,15 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             plan["batch_keys"].append(batch_key)
 
 
+def _holdout_members(config: CampaignConfig, chunk, plan: dict) -> list:
+    """While a step is paused for review, only its holdout members are recorded: the comparison group keeps
+    accruing, and the others are skipped (counted) so they can be emailed once the step is resumed."""
+    kept = [candidate for candidate in chunk if in_holdout(config.campaign, candidate["user_id"], config.holdout_share)]
+    if len(kept) < len(chunk):
+        plan["skipped"]["step_paused_for_review"] += len(chunk) - len(kept)
+    return kept
+
+
 def _json_value(value):
     if isinstance(value, (date, datetime)):
         return value.isoformat()
@@ -160,19 +197,24 @@ def _json_value(value):
 
 
 def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: CampaignStep, as_of: date) -> Allocation:
-    """Allocate the step's variants by the latest measured performance and record the decision."""
-    performance = [dict(r._mapping) for r in app_db.fetch_all(LATEST_STEP_PERFORMANCE_SQL, {
-        "campaign": config.campaign, "step": step.step, "window_days": config.primary_window_days, "as_of": as_of})]
-    allocation = thompson_allocation(config.campaign, step.step, as_of, step.variants, performance, config.min_exploration_share)
+    """Allocate the step's variants by the outcomes closed before this day, by send day, and record the decision."""
+    outcomes = [DayOutcome(r.day, r.variant, r.treated, r.users, r.returned) for r in app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {
+        "campaign": config.campaign, "step": step.step, "window_days": config.primary_window_days,
+        "end_ts": datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)), "tz": PROJECT_TIMEZONE})]
+    previous = app_db.fetch_all(PREVIOUS_DECISION_SQL, {"campaign": config.campaign, "step": step.step, "as_of": as_of})
+    rule = SequentialRule(config.sequential_alpha, config.sequential_effect_scale, config.min_decision_sample)
+    allocation = thompson_allocation(config.campaign, step.step, as_of, step.variants, outcomes, config.min_exploration_share,
+                                     rule, dict(previous[0]._mapping) if previous else None, step.step in config.resume_steps)
     decided_at = clock.now()
+    key = {"as_of_date": as_of, "campaign": config.campaign, "step": step.step}
     with app_db.begin() as conn:
+        conn.execute(text(app_db.render(CLEAR_ALLOCATION_SQL)), key)
         for variant in (step.variants if not allocation.paused else ["all"]):
             figures = allocation.figures.get(variant, {})
-            conn.execute(text(app_db.render(RECORD_ALLOCATION_SQL)), {
-                "as_of_date": as_of, "campaign": config.campaign, "step": step.step, "variant": variant,
-                "share": allocation.shares.get(variant, 0.0), "treated": figures.get("treated", 0),
-                "returned": figures.get("returned", figures.get("treated_returned", 0)), "p_best": figures.get("p_best"),
-                "step_paused": allocation.paused, "reason": allocation.reason, "decided_at": decided_at})
+            conn.execute(text(app_db.render(RECORD_ALLOCATION_SQL)), key | {
+                "variant": variant, "share": allocation.shares.get(variant, 0.0), "treated": figures.get("treated", 0),
+                "returned": figures.get("returned", 0), "p_best": figures.get("p_best"), "step_paused": allocation.paused,
+                "reason": allocation.reason, "decided_at": decided_at, "decision": allocation.decision})
     return allocation
 
 
@@ -307,6 +349,8 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "batches_not_sent": MetadataValue.json([_batch_entry(b) | {"result": b["result"]}
                                                 for b in batches if b["result"] != "sent"]),
         "guards": MetadataValue.json(plan["guards"]),
+        "paused_for_review": MetadataValue.json(plan.get("paused_for_review", {})),
+        "winners": MetadataValue.json(plan.get("winners", {})),
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
     })
 

@@ -74,6 +74,33 @@ class CampaignConfig(Config):
     min_exploration_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="With adaptive allocation: every variant keeps at least this share per step."
     )
+    sequential_alpha: float = Field(
+        default=0.05, gt=0.0, lt=0.5,
+        description="With adaptive allocation: error rate of auto-pause and of declaring a winner over the whole campaign, "
+        "however many daily looks (always-valid confidence sequence).",
+    )
+    sequential_effect_scale: float = Field(
+        default=0.05, gt=0.0, le=1.0,
+        description="With adaptive allocation: the lift in return rate (0.05 = 5 points) the always-valid test is tuned to "
+        "detect soonest (its normal mixture's standard deviation).",
+    )
+    min_decision_sample: int = Field(
+        default=100, ge=1,
+        description="With adaptive allocation: users with a closed window each arm (and each variant) needs before any "
+        "pause or winner decision.",
+    )
+    success_event_types: list[str] = Field(
+        default_factory=list,
+        description="What counts as coming back: these event types only (e.g. create_task, complete_task); "
+        "empty = any event.",
+    )
+    success_min_events: int = Field(
+        default=1, ge=1, description="Qualifying events within the attribution window a return needs (1 = the first one)."
+    )
+    resume_steps: list[int] = Field(
+        default_factory=list,
+        description="Steps paused for review that a reviewer resumed: they send again and are not auto-paused again.",
+    )
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> "CampaignConfig":

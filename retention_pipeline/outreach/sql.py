@@ -140,9 +140,35 @@ GROUP BY step, variant, status ORDER BY step, variant, status
 
 RECORD_ALLOCATION_SQL = """
 INSERT INTO {rs}.allocation_decisions (as_of_date, campaign, step, variant, share, treated, returned, p_best,
-    step_paused, reason, decided_at)
-VALUES (:as_of_date, :campaign, :step, :variant, :share, :treated, :returned, :p_best, :step_paused, :reason, :decided_at)
+    step_paused, reason, decided_at, decision)
+VALUES (:as_of_date, :campaign, :step, :variant, :share, :treated, :returned, :p_best, :step_paused, :reason, :decided_at,
+    :decision)
 ON CONFLICT (as_of_date, campaign, step, variant) DO UPDATE SET share = EXCLUDED.share, treated = EXCLUDED.treated,
     returned = EXCLUDED.returned, p_best = EXCLUDED.p_best, step_paused = EXCLUDED.step_paused,
-    reason = EXCLUDED.reason, decided_at = EXCLUDED.decided_at
+    reason = EXCLUDED.reason, decided_at = EXCLUDED.decided_at, decision = EXCLUDED.decision
+"""
+
+# A day's decision replaces that day's rows (a re-run may decide differently, e.g. after a resume).
+CLEAR_ALLOCATION_SQL = "DELETE FROM {rs}.allocation_decisions WHERE as_of_date = :as_of_date AND campaign = :campaign AND step = :step"
+
+# The decision in force before this day: pauses and winners stand until a reviewer resumes the step.
+PREVIOUS_DECISION_SQL = """
+SELECT decision, reason,
+       (SELECT w.variant FROM {rs}.allocation_decisions w
+        WHERE w.campaign = d.campaign AND w.step = d.step AND w.as_of_date = d.as_of_date
+        ORDER BY w.share DESC, w.variant LIMIT 1) AS winner
+FROM {rs}.allocation_decisions d
+WHERE d.campaign = :campaign AND d.step = :step
+  AND d.as_of_date = (SELECT max(as_of_date) FROM {rs}.allocation_decisions
+                      WHERE campaign = :campaign AND step = :step AND as_of_date < :as_of)
+LIMIT 1
+"""
+
+RECORD_SUCCESS_DEFINITION_SQL = """
+INSERT INTO {rs}.campaign_success (campaign, event_types, min_events, updated_at)
+VALUES (:campaign, :event_types, :min_events, :updated_at)
+ON CONFLICT (campaign) DO UPDATE SET event_types = EXCLUDED.event_types, min_events = EXCLUDED.min_events,
+    updated_at = EXCLUDED.updated_at
+WHERE ({rs}.campaign_success.event_types, {rs}.campaign_success.min_events)
+      IS DISTINCT FROM (EXCLUDED.event_types, EXCLUDED.min_events)
 """
