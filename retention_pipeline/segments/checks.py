@@ -6,6 +6,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Metada
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from retention_pipeline.activity.checks import events_look_ingested, trailing_events
 from retention_pipeline.resources import AppDatabase
 
 _SEGMENT_FIGURES_SQL = """
@@ -34,11 +35,22 @@ SELECT
 # activity data stopped flowing, or thresholds were set so that every rule matches the same users.
 MAX_SINGLE_SEGMENT_SHARE = 0.95
 
+# The as-of day's dormant list against those of the 7 days before it, compared only over days that have
+# one (a fresh install has no baseline; see MIN_BASELINE_DAYS).
 _DORMANT_FIGURES_SQL = """
-SELECT count(*) - count(DISTINCT (as_of_date, user_id)) AS duplicate_keys,
-       count(*) FILTER (WHERE days_inactive < 0 OR recent_events < 0 OR previous_events < 0) AS negative_rows
-FROM {rs}.dormant_users WHERE as_of_date >= :start_date AND as_of_date < :end_date
+WITH dormant AS (
+    SELECT as_of_date, count(*) AS users FROM {rs}.dormant_users
+    WHERE as_of_date >= CAST(:as_of AS date) - 7 AND as_of_date < :as_of GROUP BY as_of_date
+)
+SELECT (SELECT count(*) FROM {rs}.dormant_users WHERE as_of_date = :as_of) AS dormant,
+       (SELECT count(*) FILTER (WHERE targeted) FROM {rs}.dormant_users WHERE as_of_date = :as_of) AS targeted,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY users) FROM dormant) AS dormant_median,
+       (SELECT count(*) FROM dormant) AS baseline_days
 """
+
+# Fewer days with a dormant list than this in the week before: no baseline to judge a jump against.
+MIN_BASELINE_DAYS = 4
+
 
 
 def segment_check_specs(asset_name: str) -> list[AssetCheckSpec]:
@@ -74,20 +86,60 @@ def segment_check_results(conn: Connection, db: AppDatabase, params: dict) -> li
     ]
 
 
+# Blocking: a failure stops everything downstream of dormant_users in the run (the emails, and the
+# outcomes that follow them); the snapshots and the dormant list itself are still materialized.
 def dormant_check_specs(asset_name: str) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec("unique_dormant_users", asset=asset_name,
-                       description="At most one row per (as-of day, user)."),
-        AssetCheckSpec("non_negative_dormancy", asset=asset_name,
-                       description="Days inactive and event counts are never negative."),
+        AssetCheckSpec("activity_ingested", asset=asset_name, blocking=True,
+                       description="The as-of day's events reach min_events_share_for_sends of the median of the 7 days "
+                                   "before: a broken ingestion would make everyone look dormant. Failing stops the emails."),
+        AssetCheckSpec("dormant_vs_trailing_median", asset=asset_name, blocking=True,
+                       description="Dormant users exceed the median of the 7 days before by at most max_dormant_jump "
+                                   "(and max_dormant_jump_min_users). Failing stops the emails."),
+        AssetCheckSpec("planned_sends_within_ceiling", asset=asset_name, blocking=True,
+                       description="Targeted dormant users (the most the day can email) stay within max_planned_sends. "
+                                   "Failing stops the emails."),
     ]
 
 
-def dormant_check_results(conn: Connection, db: AppDatabase, params: dict) -> list[AssetCheckResult]:
-    f = conn.execute(text(db.render(_DORMANT_FIGURES_SQL)), params).mappings().one()
+def dormant_check_results(conn: Connection, db: AppDatabase, as_of, thresholds: dict) -> list[AssetCheckResult]:
+    """Checks of the run's last as-of day (the day the emails go out for), against the week before it."""
+    f = conn.execute(text(db.render(_DORMANT_FIGURES_SQL)), {"as_of": as_of}).mappings().one()
+    events, events_median = trailing_events(conn, db, as_of)
+    events_floor = thresholds["min_events_share_for_sends"] * events_median
+    ingested = events_look_ingested(events, events_median, thresholds["min_events_share_for_sends"])
+    has_baseline = f["baseline_days"] >= MIN_BASELINE_DAYS
+    dormant_median = float(f["dormant_median"] or 0)
+    dormant_limit = max(dormant_median * (1 + thresholds["max_dormant_jump"]), dormant_median + thresholds["max_dormant_jump_min_users"])
     return [
-        AssetCheckResult(check_name="unique_dormant_users", passed=f["duplicate_keys"] == 0,
-                         metadata={"duplicate_keys": MetadataValue.int(f["duplicate_keys"])}),
-        AssetCheckResult(check_name="non_negative_dormancy", passed=f["negative_rows"] == 0,
-                         metadata={"negative_rows": MetadataValue.int(f["negative_rows"])}),
+        AssetCheckResult(
+            check_name="activity_ingested",
+            passed=ingested,
+            description=(None if ingested else
+                         f"{as_of}: {events} events, below {events_floor:g} ({thresholds['min_events_share_for_sends']:.0%} of "
+                         f"the trailing median {events_median:g}): ingestion looks broken, no email is sent"),
+            metadata={"as_of": MetadataValue.text(str(as_of)), "events": MetadataValue.int(events),
+                      "trailing_median_events": MetadataValue.float(events_median),
+                      "min_events": MetadataValue.float(events_floor)},
+        ),
+        AssetCheckResult(
+            check_name="dormant_vs_trailing_median",
+            passed=not has_baseline or f["dormant"] <= dormant_limit,
+            description=(None if not has_baseline or f["dormant"] <= dormant_limit else
+                         f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g}): "
+                         "no email is sent"),
+            metadata={"as_of": MetadataValue.text(str(as_of)), "dormant_users": MetadataValue.int(f["dormant"]),
+                      "trailing_median_dormant_users": MetadataValue.float(dormant_median),
+                      "baseline_days": MetadataValue.int(f["baseline_days"]),
+                      "max_dormant_users": MetadataValue.float(dormant_limit)},
+        ),
+        AssetCheckResult(
+            check_name="planned_sends_within_ceiling",
+            passed=f["targeted"] <= thresholds["max_planned_sends"],
+            description=(None if f["targeted"] <= thresholds["max_planned_sends"] else
+                         f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={thresholds['max_planned_sends']}: "
+                         "no email is sent"),
+            metadata={"as_of": MetadataValue.text(str(as_of)), "targeted": MetadataValue.int(f["targeted"]),
+                      "max_planned_sends": MetadataValue.int(thresholds["max_planned_sends"])},
+        ),
     ]
