@@ -31,7 +31,8 @@ DAILY_ASSETS = AssetSelection.assets(
 
 daily_retention_job = define_asset_job(
     name="daily_retention_job",
-    description="Yesterday's activity snapshot, dormant users and everything downstream of them.",
+    description="Yesterday's activity snapshot (and the days before it, for late events), dormant users and "
+                "everything downstream of them; dormant_users' blocking checks gate the emails.",
     selection=DAILY_ASSETS,
     partitions_def=daily_partitions,
 )

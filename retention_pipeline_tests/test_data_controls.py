@@ -257,7 +257,7 @@ def test_blocking_check_stops_the_emails_when_no_events_arrived_yesterday(app_db
     assert not result.success
     evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["activity_ingested"]
     assert not evaluation.passed and evaluation.blocking
-    assert "ingestion looks broken, no email is sent" in evaluation.description
+    assert "ingestion looks broken: no email is sent" in evaluation.description
     assert {"daily_activity_snapshots", "dormant_users"} <= materialized(result)  # the analytics still materialize
     assert "reengagement_emails" not in materialized(result)
     assert ledger(s) == {} and fake.requests == []

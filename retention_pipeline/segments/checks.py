@@ -106,40 +106,28 @@ def dormant_check_results(conn: Connection, db: AppDatabase, as_of, thresholds: 
     """Checks of the run's last as-of day (the day the emails go out for), against the week before it."""
     f = conn.execute(text(db.render(_DORMANT_FIGURES_SQL)), {"as_of": as_of}).mappings().one()
     events, events_median = trailing_events(conn, db, as_of)
-    events_floor = thresholds["min_events_share_for_sends"] * events_median
-    ingested = events_look_ingested(events, events_median, thresholds["min_events_share_for_sends"])
-    has_baseline = f["baseline_days"] >= MIN_BASELINE_DAYS
+    min_share = thresholds["min_events_share_for_sends"]
     dormant_median = float(f["dormant_median"] or 0)
-    dormant_limit = max(dormant_median * (1 + thresholds["max_dormant_jump"]), dormant_median + thresholds["max_dormant_jump_min_users"])
+    dormant_limit = max(dormant_median * (1 + thresholds["max_dormant_jump"]),
+                        dormant_median + thresholds["max_dormant_jump_min_users"])
+    ceiling = thresholds["max_planned_sends"]
     return [
-        AssetCheckResult(
-            check_name="activity_ingested",
-            passed=ingested,
-            description=(None if ingested else
-                         f"{as_of}: {events} events, below {events_floor:g} ({thresholds['min_events_share_for_sends']:.0%} of "
-                         f"the trailing median {events_median:g}): ingestion looks broken, no email is sent"),
-            metadata={"as_of": MetadataValue.text(str(as_of)), "events": MetadataValue.int(events),
-                      "trailing_median_events": MetadataValue.float(events_median),
-                      "min_events": MetadataValue.float(events_floor)},
-        ),
-        AssetCheckResult(
-            check_name="dormant_vs_trailing_median",
-            passed=not has_baseline or f["dormant"] <= dormant_limit,
-            description=(None if not has_baseline or f["dormant"] <= dormant_limit else
-                         f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g}): "
-                         "no email is sent"),
-            metadata={"as_of": MetadataValue.text(str(as_of)), "dormant_users": MetadataValue.int(f["dormant"]),
-                      "trailing_median_dormant_users": MetadataValue.float(dormant_median),
-                      "baseline_days": MetadataValue.int(f["baseline_days"]),
-                      "max_dormant_users": MetadataValue.float(dormant_limit)},
-        ),
-        AssetCheckResult(
-            check_name="planned_sends_within_ceiling",
-            passed=f["targeted"] <= thresholds["max_planned_sends"],
-            description=(None if f["targeted"] <= thresholds["max_planned_sends"] else
-                         f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={thresholds['max_planned_sends']}: "
-                         "no email is sent"),
-            metadata={"as_of": MetadataValue.text(str(as_of)), "targeted": MetadataValue.int(f["targeted"]),
-                      "max_planned_sends": MetadataValue.int(thresholds["max_planned_sends"])},
-        ),
+        _gate("activity_ingested", events_look_ingested(events, events_median, min_share),
+              f"{as_of}: {events} events, below {min_share * events_median:g} ({min_share:.0%} of the trailing "
+              f"median {events_median:g}): ingestion looks broken",
+              {"as_of": str(as_of), "events": events, "trailing_median_events": events_median,
+               "min_events": min_share * events_median}),
+        _gate("dormant_vs_trailing_median", f["baseline_days"] < MIN_BASELINE_DAYS or f["dormant"] <= dormant_limit,
+              f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g})",
+              {"as_of": str(as_of), "dormant_users": f["dormant"], "trailing_median_dormant_users": dormant_median,
+               "baseline_days": f["baseline_days"], "max_dormant_users": dormant_limit}),
+        _gate("planned_sends_within_ceiling", f["targeted"] <= ceiling,
+              f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={ceiling}",
+              {"as_of": str(as_of), "targeted": f["targeted"], "max_planned_sends": ceiling}),
     ]
+
+
+def _gate(name: str, passed: bool, why: str, figures: dict) -> AssetCheckResult:
+    """A blocking check's result; when it fails, its description (shown in the UI) says why and what it stopped."""
+    return AssetCheckResult(check_name=name, passed=passed, description=None if passed else f"{why}: no email is sent",
+                            metadata=figures)
