@@ -83,6 +83,7 @@ GROUP BY activity_date ORDER BY activity_date
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     retry_policy=database_retry_policy,
+    # The events trigger's health check (trigger_health) joins these with the events queue (issue 14).
     check_specs=[
         # ERROR but not blocking: the day's analytics still go on; dormant_users' blocking
         # activity_ingested check is what keeps the emails from going out on such a day.
