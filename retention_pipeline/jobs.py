@@ -15,6 +15,7 @@ from dagster import (
 
 from retention_pipeline.partitions import daily_partitions, weekly_partitions
 from retention_pipeline.settings import PROJECT_TIMEZONE, cron_from_env
+from retention_pipeline.thresholds import run_config
 
 MORNING_CRON = cron_from_env("RETENTION_MORNING_CRON")
 
@@ -30,7 +31,8 @@ DAILY_ASSETS = AssetSelection.assets(
 
 daily_retention_job = define_asset_job(
     name="daily_retention_job",
-    description="Yesterday's activity snapshot, dormant users and everything downstream of them.",
+    description="Yesterday's activity snapshot (and the days before it, for late events), dormant users and "
+                "everything downstream of them; dormant_users' blocking checks gate the emails.",
     selection=DAILY_ASSETS,
     partitions_def=daily_partitions,
 )
@@ -50,14 +52,17 @@ weekly_segments_job = define_asset_job(
 )
 
 
-def _latest_complete_partition_request(context: ScheduleEvaluationContext, partitions: TimeWindowPartitionsDefinition):
-    """Request the latest partition that has ended by the tick: yesterday at 09:00, last week on Monday."""
+def _latest_complete_partition_request(
+    context: ScheduleEvaluationContext, partitions: TimeWindowPartitionsDefinition, thresholds: dict
+):
+    """Request the latest partition that has ended by the tick (yesterday at 09:00, last week on Monday),
+    with the thresholds file as its run config, so the run's config page shows what it used."""
     # The tick's time, not the wall clock: a caught-up or late tick still asks for its own partition.
     with partition_loading_context(effective_dt=context.scheduled_execution_time):
         partition_key = partitions.get_last_partition_key()
     if partition_key is None:
         return SkipReason("No partition has ended yet.")
-    return RunRequest(run_key=partition_key, partition_key=partition_key)
+    return RunRequest(run_key=partition_key, partition_key=partition_key, run_config=thresholds)
 
 
 # Missed ticks (daemon down over a morning) are caught up: dagster.yaml sets schedules.max_catchup_runs.
@@ -70,7 +75,7 @@ def _latest_complete_partition_request(context: ScheduleEvaluationContext, parti
     description="Every morning: yesterday's snapshot, dormant users and everything downstream.",
 )
 def daily_morning_schedule(context: ScheduleEvaluationContext):
-    return _latest_complete_partition_request(context, daily_partitions)
+    return _latest_complete_partition_request(context, daily_partitions, run_config("daily_activity_snapshots", "dormant_users"))
 
 
 @schedule(
@@ -82,7 +87,7 @@ def daily_morning_schedule(context: ScheduleEvaluationContext):
     description="Once a week is complete: its engagement segments.",
 )
 def weekly_segments_schedule(context: ScheduleEvaluationContext):
-    return _latest_complete_partition_request(context, weekly_partitions)
+    return _latest_complete_partition_request(context, weekly_partitions, run_config("weekly_engagement_segments"))
 
 
 billing_snapshot_schedule = ScheduleDefinition(

@@ -124,7 +124,8 @@ def check_metadata(result, check_name: str) -> dict:
 
 
 def materialization_metadata(result, asset_name: str) -> dict:
-    for event in result.get_asset_materialization_events():
+    """The metadata of the asset's last materialization in the run: a range run's last partition."""
+    for event in reversed(result.get_asset_materialization_events()):
         materialization = event.step_materialization_data.materialization
         if materialization.asset_key.path[-1] == asset_name:
             return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}

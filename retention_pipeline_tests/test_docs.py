@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from retention_pipeline.activity.config import SnapshotConfig
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.outcomes.assets import OutcomeConfig, PerformanceConfig
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
@@ -14,7 +15,7 @@ from retention_pipeline.segments.config import DormancyThresholds, SegmentThresh
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-@pytest.mark.parametrize("config_class", [SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep,
+@pytest.mark.parametrize("config_class", [SnapshotConfig, SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep,
                                           OutcomeConfig, PerformanceConfig, AppDatabase, SourceTables, StripeResource, ResendSender])
 def test_every_config_field_is_documented(config_class):
     missing = [name for name, field in config_class.model_fields.items()

@@ -95,7 +95,7 @@ def test_rules_and_boundaries_on_the_as_of_day(built: Scenario):
     assert r["last_activity_at"] == at(ago(7))
     evaluations = {e.check_name: e.passed for e in built.result.get_asset_check_evaluations()
                    if e.asset_key.path[-1] == "dormant_users"}
-    assert evaluations == {"unique_dormant_users": True, "non_negative_dormancy": True}
+    assert evaluations == {"activity_ingested": True, "dormant_vs_trailing_median": True, "planned_sends_within_ceiling": True}
     metadata = materialization_metadata(built.result, "dormant_users")
     assert metadata["as_of"] == D.isoformat()
     assert (metadata["dormant_users"], metadata["dormant_inactive"], metadata["dormant_declining"]) == (8, 5, 3)
@@ -145,15 +145,15 @@ def test_a_carried_list_of_last_actions_equals_one_computed_from_the_events(buil
 
 def test_thresholds_are_configurable(built: Scenario, instance):
     result = run_job(instance, JOB, D.isoformat(), quiet=True, run_config=dormant_config(
-        dormant_after_days=6, lost_after_days=91, min_account_age_days=30, last_actions=5, decline_min_events=4))
+        dormant_after_days=6, lost_after_days=89, min_account_age_days=30, last_actions=5, decline_min_events=4))
     assert result.success
     dormant = built.dormant(D)
     assert dormant[2]["reason"] == "inactive"    # 6 days now suffice
-    assert dormant[4]["days_inactive"] == 91     # 91 days is not lost yet
+    assert 3 not in dormant                      # 90 days is lost at 89
     assert dormant[9]["reason"] == "declining"   # 4 earlier events now suffice
     assert 14 not in dormant                     # 7 days old is too young at 30
     assert len(dormant[16]["last_actions"]) == 5
-    assert materialization_metadata(result, "dormant_users")["thresholds"]["lost_after_days"] == 91
+    assert materialization_metadata(result, "dormant_users")["thresholds"]["lost_after_days"] == 89
 
     with pytest.raises(Exception) as failure:
         run_job(instance, JOB, D.isoformat(), quiet=True, run_config=dormant_config(decline_ratio=2.0))
@@ -161,16 +161,17 @@ def test_thresholds_are_configurable(built: Scenario, instance):
     assert built.dormant(D) == dormant
 
 
-def test_late_event_is_picked_up_when_its_partition_is_rematerialized(built: Scenario, instance):
+def test_late_event_within_the_trailing_window_is_counted_by_the_next_run(built: Scenario, instance):
     assert 1 in built.dormant(D)
-    built.event(1, at(ago(2), 8), "late")
-    # Re-materializing only the as-of day does not see an event of an earlier day...
+    built.event(1, at(ago(3), 8), "late")
+    # Three days back is outside the trailing window (trailing_days: 3 covers D-2 .. D)...
     assert run_job(instance, JOB, D.isoformat(), quiet=True).success
     assert 1 in built.dormant(D)
-    # ...the event's own day (with the days after it) does: user 1 was active two days ago.
+    # ...two days back is inside it: re-running the as-of day alone counts the event.
+    built.db.execute("DELETE FROM events WHERE event_type = 'late'")
+    built.event(1, at(ago(2), 8), "late")
     before = {u: r for u, r in built.dormant(D).items() if u != 1}
-    assert run_job(instance, JOB, ago(2).isoformat(), D.isoformat(), quiet=True).success
+    assert run_job(instance, JOB, D.isoformat(), quiet=True).success
     after = built.dormant(D)
     assert 1 not in after
     assert after == before
-    assert 1 not in built.dormant(ago(1))

@@ -148,15 +148,15 @@ def test_rematerializing_a_week_is_idempotent(built: Scenario, instance):
 
 
 def test_thresholds_change_the_output_and_show_in_metadata(built: Scenario, instance):
-    thresholds = {"power_min_active_days": 3, "decline_ratio": 0.4, "decline_min_events": 4, "dormant_lookback_weeks": 5}
+    thresholds = {"power_min_active_days": 3, "decline_ratio": 0.4, "decline_min_events": 4, "dormant_lookback_weeks": 3}
     result = run_weeks(instance, W, thresholds=thresholds)
     assert result.success
     segments = built.segments(W)
     assert segments[13] == "power"      # 3 active days now suffice
     assert segments[9] == "declining"   # 49% down is enough at a 40% ratio
     assert segments[11] == "declining"  # 4 events last week now suffice
-    assert segments[18] == "dormant"    # 5 weeks back is within a 5-week look-back
-    assert segments[22] == "churned"    # 6 weeks back is not
+    assert segments[16] == "churned"    # 4 weeks back is outside a 3-week look-back
+    assert segments[17] == "dormant"    # the Sunday before the week is within it
     assert segments[14] == "active" and segments[12] == "power"
     assert materialization_metadata(result, "weekly_engagement_segments")["thresholds"] == {
         **SegmentThresholds().model_dump(), **thresholds}
@@ -165,6 +165,11 @@ def test_thresholds_change_the_output_and_show_in_metadata(built: Scenario, inst
     result = run_weeks(instance, W)
     assert built.segments(W) == EXPECTED
     assert materialization_metadata(result, "weekly_engagement_segments")["thresholds"]["power_min_active_days"] == 4
+
+    # A look-back beyond the weeks the asset declares (retention.yaml's value) is refused before writing.
+    with pytest.raises(Exception) as failure:
+        run_weeks(instance, W, thresholds={"dormant_lookback_weeks": 5})
+    assert "dormant_lookback_weeks=5 reads further back than the 4 weeks the asset declares" in str(failure.value)
 
 
 @pytest.mark.parametrize("ratio", [1.5, -0.1])

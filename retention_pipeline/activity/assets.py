@@ -1,24 +1,31 @@
 """Daily per-user activity snapshots, computed in PostgreSQL from the app's events and sessions."""
 
 import time
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetMaterialization,
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
+    TimeWindow,
     asset,
 )
 
 from retention_pipeline.activity.checks import activity_check_results
+from retention_pipeline.activity.config import SnapshotConfig
 from retention_pipeline.activity.trigger import drain_activity_queue
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
 from retention_pipeline.schema import install_schema
-from retention_pipeline.sql_time import window_chunks, window_params
+from retention_pipeline.settings import PROJECT_TIMEZONE
+from retention_pipeline.sql_time import partition_days, window_chunks, window_params
+from retention_pipeline.thresholds import thresholds_metadata
 
 # A long window is written a week per statement, all in one transaction: each statement's hash
 # aggregation stays within work_mem and under the statement timeout however long the backfill (at
@@ -60,12 +67,10 @@ FULL JOIN sessions_by_day s USING (activity_date, user_id);
 """
 
 # The window's figures per day, read back in the same transaction: the metadata and the checks
-# (negative figures, days without activity, events counted) come from this one pass, not scans of their own.
+# (days without activity, events counted) come from this one pass, not scans of their own.
 SUMMARY_SQL = """
 SELECT activity_date, count(*) AS users, count(*) FILTER (WHERE event_count > 0) AS active_users,
-       sum(event_count) AS events, sum(sessions_started) AS sessions,
-       count(*) FILTER (WHERE event_count < 0 OR sessions_started < 0 OR session_minutes < 0
-                          OR distinct_event_types < 0) AS negative_rows
+       sum(event_count) AS events, sum(sessions_started) AS sessions
 FROM {rs}.daily_activity
 WHERE activity_date >= :start_date AND activity_date < :end_date
 GROUP BY activity_date ORDER BY activity_date
@@ -80,10 +85,11 @@ GROUP BY activity_date ORDER BY activity_date
     backfill_policy=BackfillPolicy.single_run(),
     retry_policy=database_retry_policy,
     check_specs=[
-        AssetCheckSpec("unique_user_days", asset="daily_activity_snapshots",
-                       description="At most one row per (day, user) in the materialized window."),
-        AssetCheckSpec("non_negative_figures", asset="daily_activity_snapshots",
-                       description="Event counts, sessions and session minutes are never negative."),
+        # ERROR but not blocking: the day's analytics still go on; dormant_users' blocking
+        # activity_ingested check is what keeps the emails from going out on such a day.
+        AssetCheckSpec("events_vs_trailing_median", asset="daily_activity_snapshots",
+                       description="The run's last day has events, at least min_events_share_of_median of the median "
+                                   "of the 7 days before (fails on an ingestion break)."),
         AssetCheckSpec("orphan_events", asset="daily_activity_snapshots",
                        description="Events in the window whose user_id is NULL or unknown: counted, not dropped silently (warns)."),
         AssetCheckSpec("trigger_health", asset="daily_activity_snapshots",
@@ -93,37 +99,72 @@ GROUP BY activity_date ORDER BY activity_date
                        description="Every day of the window has at least one active user (warns on an empty day)."),
     ],
 )
-def daily_activity_snapshots(context: AssetExecutionContext, app_db: AppDatabase) -> MaterializeResult:
+def daily_activity_snapshots(context: AssetExecutionContext, config: SnapshotConfig, app_db: AppDatabase) -> MaterializeResult:
     """One row per user and day with any event or auth session: counts, event types, session minutes.
 
-    Written to `retention.daily_activity`; a partition or range is replaced in one transaction."""
+    Written to `retention.daily_activity`. A run replaces its partitions and the trailing_days - 1 days
+    before them in one transaction, so events that arrived late since are counted."""
     install_schema(app_db)
     drained = drain_activity_queue(app_db)
-    params = window_params(context.partition_time_window)
+    run_days = partition_days(context)
+    window = _with_trailing_days(context.partition_time_window, config.trailing_days)
+    params = window_params(window)
     started = time.perf_counter()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         serialize_replacement(conn, f"{app_db.retention_schema}.daily_activity")
         conn.execute(text(app_db.render(DELETE_SQL)), params)
-        rows_written = sum(conn.execute(text(app_db.render(SNAPSHOT_SQL)), chunk).rowcount
-                           for chunk in window_chunks(context.partition_time_window, DAYS_PER_STATEMENT))
+        for chunk in window_chunks(window, DAYS_PER_STATEMENT):
+            conn.execute(text(app_db.render(SNAPSHOT_SQL)), chunk)
         summary = conn.execute(text(app_db.render(SUMMARY_SQL)), params).mappings().all()
-        checks = activity_check_results(conn, app_db, params, summary)
+        checks = activity_check_results(conn, app_db, params, summary, config.min_events_share_of_median)
     sql_seconds = time.perf_counter() - started  # the whole transaction, commit included (benchmarks/ compare it)
-    days = (params["end_date"] - params["start_date"]).days
-    total_active = sum(row["active_users"] for row in summary)
+    thresholds = thresholds_metadata(config, "daily_activity_snapshots")
+    _record_day_figures(context, summary, run_days, params, thresholds)
+    # The run's own timing, on its last partition only: on every partition it would plot as a daily figure.
+    context.add_asset_metadata({"sql_seconds": MetadataValue.float(round(sql_seconds, 3))},
+                               partition_key=run_days[-1].isoformat())
     return MaterializeResult(
         metadata={
-            "rows": MetadataValue.int(rows_written),
-            "days": MetadataValue.int(days),
-            "active_users_per_day": MetadataValue.float(total_active / days if days else 0.0),
-            "events": MetadataValue.int(int(sum(row["events"] for row in summary))),
-            "sql_seconds": MetadataValue.float(round(sql_seconds, 3)),
             "trigger_events_drained": MetadataValue.int(drained),
             "window": MetadataValue.text(f"{params['start_date']} .. {params['end_date']} (end exclusive, {params['tz']})"),
             "preview": MetadataValue.md(_summary_markdown(summary)),
+            **thresholds,
         },
         check_results=checks,
     )
+
+
+def _with_trailing_days(window: TimeWindow, trailing_days: int) -> TimeWindow:
+    """The run's window, started trailing_days - 1 days earlier (never before the first partition)."""
+    zone = ZoneInfo(PROJECT_TIMEZONE)
+    first_day = window_params(window)["start_date"] - timedelta(days=trailing_days - 1)
+    first_partition = date.fromisoformat(daily_partitions.get_first_partition_key())
+    start = datetime.combine(max(first_day, first_partition), datetime.min.time(), zone)
+    return TimeWindow(min(start, window.start), window.end)
+
+
+def _record_day_figures(context: AssetExecutionContext, summary, run_days: list[date], params: dict, thresholds: dict) -> None:
+    """Each recomputed day's own figures on its own partition. Days of the trailing window outside the
+    run get a materialization of their own: they were rewritten, and the UI should say so."""
+    by_day = {row["activity_date"]: row for row in summary}
+    day = params["start_date"]
+    while day < params["end_date"]:
+        row = by_day.get(day, {})
+        figures = {
+            "rows": MetadataValue.int(int(row.get("users", 0))),
+            "active_users": MetadataValue.int(int(row.get("active_users", 0))),
+            "events": MetadataValue.int(int(row.get("events") or 0)),
+            "sessions": MetadataValue.int(int(row.get("sessions") or 0)),
+        }
+        if day in run_days:
+            context.add_asset_metadata(figures, partition_key=day.isoformat())
+        else:
+            context.log_event(AssetMaterialization(
+                asset_key=context.asset_key, partition=day.isoformat(),
+                description=f"Recomputed by the run of {run_days[-1]} (trailing window): late events counted.",
+                metadata=figures | thresholds | {"recomputed_by_partition": MetadataValue.text(run_days[-1].isoformat())},
+            ))
+        day += timedelta(days=1)
 
 
 def _summary_markdown(summary) -> str:

@@ -2,10 +2,13 @@
 
 They cost next to nothing next to the snapshot itself (benchmarks/: a 90-day backfill must stay within
 1.2x of a bare INSERT ... SELECT): the figures come from the summary the asset computes anyway, the
-orphan count from two index range counts, and uniqueness from the primary key that enforces it.
+orphan count from two index range counts, the trailing median from eight days of the snapshot table.
+Uniqueness and non-negative figures are not checked: the primary key and CHECK constraints enforce them.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 from sqlalchemy import text
@@ -18,24 +21,30 @@ from retention_pipeline.resources import AppDatabase
 # larger share means the events table and the users table have drifted apart.
 ORPHAN_EVENT_SHARE_LIMIT = 0.05
 
-# A valid, immediate unique index on exactly (activity_date, user_id) (the primary key) makes a
-# duplicate impossible, so counting them would be a sort of the whole window for a known zero.
-_UNIQUE_KEY_ENFORCED_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_index i
-    WHERE i.indrelid = CAST(:table AS regclass) AND i.indisunique AND i.indisvalid AND i.indimmediate
-      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
-      AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-           FROM pg_attribute a
-           WHERE a.attrelid = i.indrelid AND a.attnum IN (i.indkey[0], i.indkey[1])) = ARRAY['activity_date', 'user_id']
+# The day's events against the median of the 7 days before it. A day without snapshot rows counts as 0
+# events, so without history the median is 0 and there is nothing to compare with.
+_TRAILING_EVENTS_SQL = """
+WITH before AS (
+    SELECT d::date AS day FROM generate_series(CAST(:day AS date) - 7, CAST(:day AS date) - 1, interval '1 day') AS d
+), per_day AS (
+    SELECT b.day, COALESCE(sum(a.event_count), 0) AS events
+    FROM before b LEFT JOIN {rs}.daily_activity a ON a.activity_date = b.day GROUP BY b.day
 )
+SELECT (SELECT COALESCE(sum(event_count), 0) FROM {rs}.daily_activity WHERE activity_date = :day) AS events,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY events) FROM per_day) AS median
 """
 
-# Without that guarantee (someone dropped the key), count them.
-_DUPLICATES_SQL = """
-SELECT count(*) - count(DISTINCT (activity_date, user_id)) AS duplicate_keys
-FROM {rs}.daily_activity WHERE activity_date >= :start_date AND activity_date < :end_date
-"""
+
+def trailing_events(conn: Connection, db: AppDatabase, day) -> tuple[int, float]:
+    """(events on `day`, median events per day over the 7 days before it), from the snapshot table."""
+    row = conn.execute(text(db.render(_TRAILING_EVENTS_SQL)), {"day": day}).one()
+    return int(row.events), float(row.median)
+
+
+def events_look_ingested(events: int, median: float, min_share: float) -> bool:
+    """No baseline (median 0) cannot be judged; otherwise the day needs min_share of the median (so 0 fails)."""
+    return median == 0 or (events > 0 and events >= min_share * median)
+
 
 # One statement, so one snapshot: an event the app commits meanwhile is in both the events and the queue,
 # or in neither (the trigger's row is part of the app's transaction).
@@ -66,16 +75,10 @@ _TRIGGER_REMEDY = ("user_activity misses events: the trigger on events is missin
                    "Run `retention-pipeline trigger install` as the retention role (recomputes user_activity).")
 
 
-def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summary) -> list[AssetCheckResult]:
-    """`summary`: the window's rows of SUMMARY_SQL (per day: users, active_users, events, sessions, negative_rows)."""
-    table = db.render("{rs}.daily_activity")
-    if conn.execute(text(_UNIQUE_KEY_ENFORCED_SQL), {"table": table}).scalar():
-        duplicate_keys, enforced_by = 0, "primary key (activity_date, user_id)"
-    else:
-        duplicate_keys, enforced_by = conn.execute(text(db.render(_DUPLICATES_SQL)), params).scalar(), "counted"
+def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summary, min_events_share: float) -> list[AssetCheckResult]:
+    """`summary`: the window's rows of SUMMARY_SQL (per day: users, active_users, events, sessions)."""
     counts = conn.execute(text(db.render(_EVENT_COUNTS_SQL)), params).mappings().one()
     counted = sum(int(row["events"] or 0) for row in summary)
-    negative_rows = sum(int(row["negative_rows"]) for row in summary)
     days_with_activity = sum(1 for row in summary if row["active_users"] > 0)
     days = (params["end_date"] - params["start_date"]).days
     null_user = counts["null_user"]
@@ -86,16 +89,21 @@ def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summ
     unknown_user = counts["events"] - null_user - counted
     orphan_count = null_user + unknown_user
     orphan_share = orphan_count / counts["events"] if counts["events"] else 0.0
+    last_day = params["end_date"] - timedelta(days=1)
+    events, median = trailing_events(conn, db, last_day)
+    ingested = events_look_ingested(events, median, min_events_share)
     return [
         AssetCheckResult(
-            check_name="unique_user_days",
-            passed=duplicate_keys == 0,
-            metadata={"duplicate_keys": MetadataValue.int(duplicate_keys), "enforced_by": MetadataValue.text(enforced_by)},
-        ),
-        AssetCheckResult(
-            check_name="non_negative_figures",
-            passed=negative_rows == 0,
-            metadata={"negative_rows": MetadataValue.int(negative_rows)},
+            check_name="events_vs_trailing_median",
+            passed=ingested,
+            description=None if ingested else (
+                f"{last_day}: {events} events, below {min_events_share:.0%} of the trailing 7-day median {median:g}"),
+            metadata={
+                "day": MetadataValue.text(str(last_day)),
+                "events": MetadataValue.int(events),
+                "trailing_median_events": MetadataValue.float(median),
+                "min_share": MetadataValue.float(min_events_share),
+            },
         ),
         AssetCheckResult(
             check_name="orphan_events",

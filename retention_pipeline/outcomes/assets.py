@@ -59,8 +59,7 @@ def _end_of(day) -> datetime:
     kinds={"postgres", "sql"},
     owners=["team:growth"],
     partitions_def=daily_partitions,
-    # A range is evaluated as of its last day: rows final by then are what an earlier day would
-    # have made final, and open ones are as current as the range allows.
+    # A range is evaluated day by day, oldest first, each day with its own figures on its own partition.
     backfill_policy=BackfillPolicy.single_run(),
     retry_policy=database_retry_policy,
     deps=["reengagement_emails"],
@@ -69,7 +68,13 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
     """Per sent email and holdout member and attribution window: did the user come back, when, how much;
     final once the window has closed (as of the partition day), re-evaluated daily until then."""
     install_schema(app_db)
-    as_of = partition_days(context)[-1]
+    for as_of in partition_days(context):
+        context.add_asset_metadata(_outcomes_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
+    return MaterializeResult()
+
+
+def _outcomes_as_of(app_db: AppDatabase, config: OutcomeConfig, as_of) -> dict:
+    """Evaluate every ledger entry as of the end of `as_of`, in one transaction; that day's figures."""
     params = {"as_of": as_of, "end_ts": _end_of(as_of), "windows": sorted(set(config.windows)), "tz": PROJECT_TIMEZONE}
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         evaluated = conn.execute(text(app_db.render(EVALUATE_OUTCOMES_SQL)), params).rowcount
@@ -92,7 +97,7 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
             rate = row.holdout_returned / row.holdout
             metadata[f"return_rate_holdout_{row.window_days}d"] = MetadataValue.float(rate)
             metadata[f"return_rate_holdout_{row.window_days}d_text"] = MetadataValue.text(percent(rate))
-    return MaterializeResult(metadata=metadata)
+    return metadata
 
 
 @asset(
@@ -109,7 +114,13 @@ def campaign_performance(context: AssetExecutionContext, config: PerformanceConf
     interval and p-value, and recovered MRR; closed windows only, as of the partition day. Per campaign
     and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     install_schema(app_db)
-    as_of = partition_days(context)[-1]
+    for as_of in partition_days(context):
+        context.add_asset_metadata(_performance_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
+    return MaterializeResult()
+
+
+def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) -> dict:
+    """Replace one as-of day's rows of campaign_performance, in one transaction; that day's figures."""
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)),
                                            {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE}).mappings().all(),
@@ -140,7 +151,7 @@ def campaign_performance(context: AssetExecutionContext, config: PerformanceConf
                 metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
                 metadata[f"return_rate_{key}_text"] = MetadataValue.text(percent(r.treated_rate))
         metadata["latest"] = MetadataValue.md(_performance_markdown(table))
-    return MaterializeResult(metadata=metadata)
+    return metadata
 
 
 def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:

@@ -22,7 +22,12 @@ from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
 from retention_pipeline.schema import install_schema
 from retention_pipeline.segments.checks import dormant_check_results, dormant_check_specs, segment_check_results, segment_check_specs
-from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
+from retention_pipeline.segments.config import (
+    DECLARED_LOOKBACK_WEEKS,
+    DECLARED_LOST_AFTER_DAYS,
+    DormancyThresholds,
+    SegmentThresholds,
+)
 from retention_pipeline.segments.sql import (
     DORMANT_PREVIEW_SQL,
     DORMANT_SUMMARY_SQL,
@@ -32,6 +37,7 @@ from retention_pipeline.segments.sql import (
     WEEKLY_SEGMENTS_SQL,
 )
 from retention_pipeline.sql_time import partition_days, window_params
+from retention_pipeline.thresholds import thresholds_metadata
 
 SEGMENTS = ("new", "resurrected", "declining", "power", "active", "casual", "dormant", "churned")
 
@@ -46,9 +52,10 @@ SEGMENTS = ("new", "resurrected", "declining", "power", "active", "casual", "dor
     deps=[
         AssetDep(
             "daily_activity_snapshots",
-            # start_offset counts weeks: the default 4-week dormancy lookback, plus one week more
-            # because each row also carries the previous week's segment. end_offset 0: the week itself.
-            partition_mapping=TimeWindowPartitionMapping(start_offset=-5, end_offset=0),
+            # start_offset counts weeks: the dormancy lookback of retention.yaml (the most a run may use,
+            # SegmentThresholds caps it), plus one week because each row also carries the previous
+            # week's segment. end_offset 0: the week itself.
+            partition_mapping=TimeWindowPartitionMapping(start_offset=-(DECLARED_LOOKBACK_WEEKS + 1), end_offset=0),
         )
     ],
     check_specs=segment_check_specs("weekly_engagement_segments"),
@@ -62,26 +69,27 @@ def weekly_engagement_segments(
     params = window_params(context.partition_time_window) | config.model_dump()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         serialize_replacement(conn, f"{app_db.retention_schema}.weekly_segments")
-        rows = conn.execute(text(app_db.render(WEEKLY_SEGMENTS_SQL)), params).rowcount
+        conn.execute(text(app_db.render(WEEKLY_SEGMENTS_SQL)), params)
         distribution = pd.DataFrame(
             conn.execute(text(app_db.render(SEGMENT_DISTRIBUTION_SQL)), params).mappings().all(),
             columns=["week_start", "segment", "users"],
         )
         checks = segment_check_results(conn, app_db, params)
-    latest_week = distribution["week_start"].max() if not distribution.empty else None
-    latest = Counter(dict(distribution[distribution["week_start"] == latest_week][["segment", "users"]].values))
-    total = sum(latest.values())
-    metadata = {
-        "rows": MetadataValue.int(rows),
-        "weeks": MetadataValue.int(int(distribution["week_start"].nunique())),
-        # A range run stamps one set of metadata on every week it covers: say which week it describes.
-        "figures_for_week": MetadataValue.text(str(latest_week)),
-        "thresholds": MetadataValue.json(config.model_dump()),
-        "segment_distribution": MetadataValue.md(_distribution_markdown(latest, total, latest_week)),
-        **{f"share_{name}": MetadataValue.float(round(latest[name] / total, 4) if total else 0.0) for name in SEGMENTS},
-        **{f"users_{name}": MetadataValue.int(int(latest[name])) for name in SEGMENTS},
+    # One set of figures per week, on that week's partition: a range run never stamps one week's on all.
+    for week, figures in distribution.groupby("week_start"):
+        context.add_asset_metadata(_week_metadata(Counter(dict(figures[["segment", "users"]].values)), week),
+                                   partition_key=week.isoformat())
+    return MaterializeResult(metadata=thresholds_metadata(config, "weekly_engagement_segments"), check_results=checks)
+
+
+def _week_metadata(counts: Counter, week) -> dict:
+    total = sum(counts.values())
+    return {
+        "rows": MetadataValue.int(total),
+        "segment_distribution": MetadataValue.md(_distribution_markdown(counts, total, week)),
+        **{f"share_{name}": MetadataValue.float(round(counts[name] / total, 4) if total else 0.0) for name in SEGMENTS},
+        **{f"users_{name}": MetadataValue.int(int(counts[name])) for name in SEGMENTS},
     }
-    return MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _distribution_markdown(latest: Counter, total: int, week) -> str:
@@ -102,9 +110,10 @@ def _distribution_markdown(latest: Counter, total: int, week) -> str:
     deps=[
         AssetDep(
             "daily_activity_snapshots",
-            # start_offset counts days: the as-of day and the 90 days before it (lost_after_days'
-            # default), the furthest back a user's last activity is looked for. end_offset 0: the as-of day.
-            partition_mapping=TimeWindowPartitionMapping(start_offset=-90, end_offset=0),
+            # start_offset counts days: the as-of day and the lost_after_days of retention.yaml before it
+            # (the most a run may use, DormancyThresholds caps it), the furthest back a user's last
+            # activity is looked for. end_offset 0: the as-of day.
+            partition_mapping=TimeWindowPartitionMapping(start_offset=-DECLARED_LOST_AFTER_DAYS, end_offset=0),
         ),
         # Unpartitioned: every as-of day reads the latest snapshot, so a backfill of a past day uses
         # today's subscriptions (Stripe keeps no history we could ask for that day).
@@ -124,27 +133,28 @@ def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, ap
         for as_of in days:
             conn.execute(text(app_db.render(DORMANT_USERS_SQL)), _as_of_params(as_of, window["tz"], thresholds))
         summary = conn.execute(text(app_db.render(DORMANT_SUMMARY_SQL)), window).mappings().all()
-        preview = conn.execute(text(app_db.render(DORMANT_PREVIEW_SQL)), {"as_of": days[-1]}).mappings().all()
-        at_risk = conn.execute(text(app_db.render(MRR_AT_RISK_SQL)), {"as_of": days[-1]}).mappings().all()
-        checks = dormant_check_results(conn, app_db, window)
-    latest = Counter({row["reason"]: row["users"] for row in summary if row["as_of_date"] == days[-1]})
-    return MaterializeResult(
-        metadata={
-            "as_of": MetadataValue.text(str(days[-1])),
-            "days": MetadataValue.int(len(days)),
-            "rows": MetadataValue.int(sum(row["users"] for row in summary)),
-            "dormant_users": MetadataValue.int(sum(latest.values())),
-            "dormant_inactive": MetadataValue.int(latest["inactive"]),
-            "dormant_declining": MetadataValue.int(latest["declining"]),
-            "targeted": MetadataValue.int(sum(row["targeted"] for row in at_risk)),
-            "mrr_at_risk": MetadataValue.float(sum(row["mrr_cents"] for row in at_risk) / 100),
-            **{f"mrr_at_risk_{row['subscription_status']}": MetadataValue.float(row["mrr_cents"] / 100) for row in at_risk},
-            "mrr_at_risk_by_status": MetadataValue.md(_at_risk_markdown(at_risk)),
-            "thresholds": MetadataValue.json(thresholds),
-            "preview": MetadataValue.md(pd.DataFrame(preview).to_markdown(index=False) if preview else "_no dormant users_"),
-        },
-        check_results=checks,
-    )
+        # Each day's figures go on that day's partition: a range run never stamps one day's on all.
+        for as_of in days:
+            reasons = Counter({row["reason"]: row["users"] for row in summary if row["as_of_date"] == as_of})
+            context.add_asset_metadata(_day_metadata(conn, app_db, as_of, reasons), partition_key=as_of.isoformat())
+        checks = dormant_check_results(conn, app_db, days[-1], thresholds)
+    return MaterializeResult(metadata=thresholds_metadata(config, "dormant_users"), check_results=checks)
+
+
+def _day_metadata(conn, app_db: AppDatabase, as_of: date, reasons: Counter) -> dict:
+    preview = conn.execute(text(app_db.render(DORMANT_PREVIEW_SQL)), {"as_of": as_of}).mappings().all()
+    at_risk = conn.execute(text(app_db.render(MRR_AT_RISK_SQL)), {"as_of": as_of}).mappings().all()
+    return {
+        "as_of": MetadataValue.text(str(as_of)),
+        "dormant_users": MetadataValue.int(sum(reasons.values())),
+        "dormant_inactive": MetadataValue.int(reasons["inactive"]),
+        "dormant_declining": MetadataValue.int(reasons["declining"]),
+        "targeted": MetadataValue.int(sum(row["targeted"] for row in at_risk)),
+        "mrr_at_risk": MetadataValue.float(sum(row["mrr_cents"] for row in at_risk) / 100),
+        **{f"mrr_at_risk_{row['subscription_status']}": MetadataValue.float(row["mrr_cents"] / 100) for row in at_risk},
+        "mrr_at_risk_by_status": MetadataValue.md(_at_risk_markdown(at_risk)),
+        "preview": MetadataValue.md(pd.DataFrame(preview).to_markdown(index=False) if preview else "_no dormant users_"),
+    }
 
 
 def _at_risk_markdown(rows) -> str:

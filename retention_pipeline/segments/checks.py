@@ -6,6 +6,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Metada
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from retention_pipeline.activity.checks import events_look_ingested, trailing_events
 from retention_pipeline.resources import AppDatabase
 
 _SEGMENT_FIGURES_SQL = """
@@ -34,11 +35,22 @@ SELECT
 # activity data stopped flowing, or thresholds were set so that every rule matches the same users.
 MAX_SINGLE_SEGMENT_SHARE = 0.95
 
+# The as-of day's dormant list against those of the 7 days before it, compared only over days that have
+# one (a fresh install has no baseline; see MIN_BASELINE_DAYS).
 _DORMANT_FIGURES_SQL = """
-SELECT count(*) - count(DISTINCT (as_of_date, user_id)) AS duplicate_keys,
-       count(*) FILTER (WHERE days_inactive < 0 OR recent_events < 0 OR previous_events < 0) AS negative_rows
-FROM {rs}.dormant_users WHERE as_of_date >= :start_date AND as_of_date < :end_date
+WITH dormant AS (
+    SELECT as_of_date, count(*) AS users FROM {rs}.dormant_users
+    WHERE as_of_date >= CAST(:as_of AS date) - 7 AND as_of_date < :as_of GROUP BY as_of_date
+)
+SELECT (SELECT count(*) FROM {rs}.dormant_users WHERE as_of_date = :as_of) AS dormant,
+       (SELECT count(*) FILTER (WHERE targeted) FROM {rs}.dormant_users WHERE as_of_date = :as_of) AS targeted,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY users) FROM dormant) AS dormant_median,
+       (SELECT count(*) FROM dormant) AS baseline_days
 """
+
+# Fewer days with a dormant list than this in the week before: no baseline to judge a jump against.
+MIN_BASELINE_DAYS = 4
+
 
 
 def segment_check_specs(asset_name: str) -> list[AssetCheckSpec]:
@@ -74,20 +86,48 @@ def segment_check_results(conn: Connection, db: AppDatabase, params: dict) -> li
     ]
 
 
+# Blocking: a failure stops everything downstream of dormant_users in the run (the emails, and the
+# outcomes that follow them); the snapshots and the dormant list itself are still materialized.
 def dormant_check_specs(asset_name: str) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec("unique_dormant_users", asset=asset_name,
-                       description="At most one row per (as-of day, user)."),
-        AssetCheckSpec("non_negative_dormancy", asset=asset_name,
-                       description="Days inactive and event counts are never negative."),
+        AssetCheckSpec("activity_ingested", asset=asset_name, blocking=True,
+                       description="The as-of day's events reach min_events_share_for_sends of the median of the 7 days "
+                                   "before: a broken ingestion would make everyone look dormant. Failing stops the emails."),
+        AssetCheckSpec("dormant_vs_trailing_median", asset=asset_name, blocking=True,
+                       description="Dormant users exceed the median of the 7 days before by at most max_dormant_jump "
+                                   "(and max_dormant_jump_min_users). Failing stops the emails."),
+        AssetCheckSpec("planned_sends_within_ceiling", asset=asset_name, blocking=True,
+                       description="Targeted dormant users (the most the day can email) stay within max_planned_sends. "
+                                   "Failing stops the emails."),
     ]
 
 
-def dormant_check_results(conn: Connection, db: AppDatabase, params: dict) -> list[AssetCheckResult]:
-    f = conn.execute(text(db.render(_DORMANT_FIGURES_SQL)), params).mappings().one()
+def dormant_check_results(conn: Connection, db: AppDatabase, as_of, thresholds: dict) -> list[AssetCheckResult]:
+    """Checks of the run's last as-of day (the day the emails go out for), against the week before it."""
+    f = conn.execute(text(db.render(_DORMANT_FIGURES_SQL)), {"as_of": as_of}).mappings().one()
+    events, events_median = trailing_events(conn, db, as_of)
+    min_share = thresholds["min_events_share_for_sends"]
+    dormant_median = float(f["dormant_median"] or 0)
+    dormant_limit = max(dormant_median * (1 + thresholds["max_dormant_jump"]),
+                        dormant_median + thresholds["max_dormant_jump_min_users"])
+    ceiling = thresholds["max_planned_sends"]
     return [
-        AssetCheckResult(check_name="unique_dormant_users", passed=f["duplicate_keys"] == 0,
-                         metadata={"duplicate_keys": MetadataValue.int(f["duplicate_keys"])}),
-        AssetCheckResult(check_name="non_negative_dormancy", passed=f["negative_rows"] == 0,
-                         metadata={"negative_rows": MetadataValue.int(f["negative_rows"])}),
+        _gate("activity_ingested", events_look_ingested(events, events_median, min_share),
+              f"{as_of}: {events} events, below {min_share * events_median:g} ({min_share:.0%} of the trailing "
+              f"median {events_median:g}): ingestion looks broken",
+              {"as_of": str(as_of), "events": events, "trailing_median_events": events_median,
+               "min_events": min_share * events_median}),
+        _gate("dormant_vs_trailing_median", f["baseline_days"] < MIN_BASELINE_DAYS or f["dormant"] <= dormant_limit,
+              f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g})",
+              {"as_of": str(as_of), "dormant_users": f["dormant"], "trailing_median_dormant_users": dormant_median,
+               "baseline_days": f["baseline_days"], "max_dormant_users": dormant_limit}),
+        _gate("planned_sends_within_ceiling", f["targeted"] <= ceiling,
+              f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={ceiling}",
+              {"as_of": str(as_of), "targeted": f["targeted"], "max_planned_sends": ceiling}),
     ]
+
+
+def _gate(name: str, passed: bool, why: str, figures: dict) -> AssetCheckResult:
+    """A blocking check's result; when it fails, its description (shown in the UI) says why and what it stopped."""
+    return AssetCheckResult(check_name=name, passed=passed, description=None if passed else f"{why}: no email is sent",
+                            metadata=figures)

@@ -1,0 +1,93 @@
+"""The thresholds file (retention.yaml): read once when the definitions load, checked section by section.
+
+Its sections are the Config defaults of the assets they are named after, and the run config the
+schedules send, so a launchpad edit lasts one run and the file is what every other run uses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import Config, Failure, MetadataValue
+from pydantic import ValidationError
+
+from retention_pipeline.settings import PROJECT_ROOT
+
+SECTIONS = ("daily_activity_snapshots", "weekly_engagement_segments", "dormant_users")
+
+
+class ThresholdsFileError(ValueError):
+    """The thresholds file cannot be used; the message is one line that names the file and the key."""
+
+
+def thresholds_path() -> Path:
+    return Path(os.environ.get("RETENTION_CONFIG") or PROJECT_ROOT / "retention.yaml")
+
+
+def _load(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ThresholdsFileError(f"{path}: cannot read the thresholds file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ThresholdsFileError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ThresholdsFileError(f"{path}: expected a mapping of sections {list(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ThresholdsFileError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    for name in SECTIONS:
+        if not isinstance(data.get(name), dict):
+            raise ThresholdsFileError(f"{path}: section {name} is missing or not a mapping")
+    return data
+
+
+PATH = thresholds_path()
+FILE_VALUES = _load(PATH)
+
+
+def file_default(section: str, key: str) -> Any:
+    """The file's value of one field, used as that Config field's default."""
+    try:
+        return FILE_VALUES[section][key]
+    except KeyError:
+        raise ThresholdsFileError(f"{PATH}: {section}.{key} is missing") from None
+
+
+def check_section(config_class: type[Config], section: str) -> None:
+    """Validate a whole section with the Config class it feeds: unknown keys, types, ranges, cross-field rules."""
+    values = FILE_VALUES[section]
+    unknown = sorted(set(values) - set(config_class.model_fields))
+    if unknown:
+        raise ThresholdsFileError(f"{PATH}: unknown key(s) {unknown} in {section}; known: {sorted(config_class.model_fields)}")
+    try:
+        config_class(**values)
+    except (Failure, ValidationError) as exc:
+        detail = exc.description if isinstance(exc, Failure) else str(exc)
+        raise ThresholdsFileError(f"{PATH}: {section}: {' '.join(str(detail).split())}") from None
+
+
+def run_config(*sections: str) -> dict:
+    """The run config that applies the file's sections, as a schedule sends it."""
+    return {"ops": {name: {"config": FILE_VALUES[name]} for name in sections}}
+
+
+def thresholds_version(values: dict) -> str:
+    """A short, stable fingerprint of a set of thresholds: equal values, equal version."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def thresholds_metadata(config: Config, section: str) -> dict[str, MetadataValue]:
+    """What a materialization records: the thresholds used, their version, and what differed from the file."""
+    used = config.model_dump()
+    overrides = {key: {"file": FILE_VALUES[section].get(key), "run": value}
+                 for key, value in used.items() if FILE_VALUES[section].get(key) != value}
+    return {
+        "thresholds": MetadataValue.json(used),
+        "thresholds_version": MetadataValue.text(thresholds_version(used)),
+        "thresholds_overrides": MetadataValue.json(overrides),
+    }
