@@ -17,6 +17,7 @@ from retention_pipeline.jobs import (
 )
 from retention_pipeline.outcomes.assets import campaign_performance, reengagement_outcomes
 from retention_pipeline.outreach.assets import reengagement_emails
+from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
 from retention_pipeline.resources import AppDatabase
@@ -43,6 +44,7 @@ defs = Definitions(
         reengagement_outcomes,
         campaign_performance,
     ],
+    asset_checks=[unmapped_event_types_check],
     jobs=[daily_retention_job, billing_snapshot_job, weekly_segments_job],
     schedules=[billing_snapshot_schedule, daily_morning_schedule, weekly_segments_schedule],
     resources={

@@ -32,10 +32,10 @@ from retention_pipeline.runner import run_job
 from retention_pipeline.testing.resend_server import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, UNSUBSCRIBE_SECRET, record, send_resources
-from retention_pipeline_tests.scenario import Scenario, at, check_metadata, materialization_metadata
+from retention_pipeline_tests.scenario import Scenario, at, check_metadata, live_campaign, materialization_metadata
 
 NOON = at(AS_OF)
-NO_HOLDOUT = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}}
+NO_HOLDOUT = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}})
 
 ORDINARY = range(1, 41)
 INVALID_EMAILS = {
@@ -282,7 +282,7 @@ def test_invalid_dormancy_thresholds_fail_clearly_before_writing(bad_world, inst
 def test_invalid_campaign_config_fails_clearly_before_writing_or_sending(bad_world, instance, config, field):
     db = bad_world["db"]
     before = db.fetch_all("SELECT * FROM {rs}.email_sends ORDER BY id")
-    run_config = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config}}}}}
+    run_config = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config}}}}})
     with FakeResend(rate=0) as server, clock.frozen_at(MORNING_AFTER), pytest.raises(Exception) as failure:
         run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources=send_resources(db.url, server.url),
                 assets=["reengagement_emails"], run_config=run_config, quiet=True)

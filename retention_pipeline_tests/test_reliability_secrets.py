@@ -33,6 +33,7 @@ from retention_pipeline.schema import install_schema
 from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, record
+from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.stripe_server import FakeStripe
 
 RESEND_SECRET = "re_RELIABILITY_resend_secret_5b1e9c"
@@ -123,7 +124,7 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
         # 1. The whole daily job, the key wired as production wires it (EnvVar), and it succeeds.
         sender = ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=good.url, requests_per_second=50)
         result = run_job(instance, "daily_retention_job", AS_OF.isoformat(),
-                         resources={"app_db": world, "email_sender": sender}, run_config=None)
+                         resources={"app_db": world, "email_sender": sender}, run_config=live_campaign())
         assert result.success and len(good.accepted) > 0
         # 2. A key the provider refuses (403), given as a literal: the run fails.
         # 3. A provider that echoes the key back in its 401 error message.
@@ -134,7 +135,7 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
             literal = ResendSender(api_key=RESEND_SECRET, api_url=server.url, requests_per_second=50)
             try:
                 run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"app_db": world, "email_sender": literal},
-                        assets=["reengagement_emails"])
+                        assets=["reengagement_emails"], run_config=live_campaign())
                 raise AssertionError("the run with a refused key succeeded")
             except Exception as exc:  # noqa: BLE001 (what the operator sees)
                 errors.append("".join(traceback.format_exception(exc)))

@@ -69,6 +69,7 @@ def plan_reengagement_sends(
     email_sender: EmailSender,
 ) -> dict:
     """Write one ledger row per intended email (pending), holdout member (holdout) or dry run, before any send."""
+    config = config.with_footer_identity(email_sender.live)
     install_schema(app_db)
     days = partition_days(context)
     plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
