@@ -28,7 +28,7 @@ class CampaignStep(Config):
 
 
 # Only ever in the outbox, dry runs and paused runs: a live send without a real address fails instead.
-DEMO_POSTAL_ADDRESS = "[demo address: set postal_address before live sends] 1 Example Street, Springfield"
+DEMO_POSTAL_ADDRESS = "[Demo address: configure a real postal address before live sends] 1 Example Street, Springfield"
 
 
 def _default_steps() -> list[CampaignStep]:
