@@ -6,8 +6,11 @@ The demo's dormant users are rendered with every template variant, and the daily
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import date, datetime, timedelta, timezone
+from urllib.parse import quote, unquote
 
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, Failure
@@ -144,3 +147,37 @@ def test_the_unmapped_event_types_check_warns_and_lists_them(app_db_env, instanc
     metadata = {k: v.value for k, v in evaluation.metadata.items()}
     assert set(metadata["unmapped_event_types"]) == {"team_workload", "sync_calendar"}
     assert metadata["reads_as"]["team_workload"] == "you used team workload"
+
+
+def _readable_forms(address: str) -> list[str]:
+    """An address as it could be read out of a link: plain, URL-encoded, base64 and base64url of it and of
+    its JSON string, at every alignment (a base64 substring of a longer payload shifts by 0-2 bytes)."""
+    forms = {address, quote(address), quote(address, safe="")}
+    for raw in (address.encode(), json.dumps(address).encode()):
+        for shift in range(3):
+            encoded = base64.b64encode(b"\0" * shift + raw).decode()
+            core = encoded[4 * ((shift + 2) // 3):].rstrip("=")[:-2]  # drop the prefix's and the tail's mixed digits
+            forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return [form for form in forms if len(form) >= 8]
+
+
+def _links_and_headers(email: dict) -> list[str]:
+    links = re.findall(r"https?://[^\s\"'<>]+", email["html"] + " " + email["text"])
+    return [unquote(link) for link in links] + links + [f"{name}: {value}" for name, value in email["headers"].items()]
+
+
+def test_token_links_and_headers_carry_no_email_address(demo_db):
+    with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER), FakeResend(rate=0) as server:
+        sender = ResendSender(api_key="re_test", api_url=server.url, requests_per_second=50)
+        assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"email_sender": sender},
+                       assets=["reengagement_emails"], run_config=live_campaign(), quiet=True).success
+    assert len(server.accepted) > 100
+    for accepted in server.accepted:
+        email = accepted.email
+        address = email["to"][0] if isinstance(email["to"], list) else email["to"]
+        local_part = address.split("@")[0]
+        places = _links_and_headers(email)
+        assert any("token=v2." in place for place in places)
+        for place in places:
+            for form in _readable_forms(address) + _readable_forms(local_part):
+                assert form not in place, f"{address} readable as {form!r} in {place!r}"

@@ -26,7 +26,7 @@ from retention_pipeline.billing.assets import stripe_subscriptions
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.flask import create_app
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.outreach.tokens import make_unsubscribe_token, sign_svix
+from retention_pipeline.outreach.tokens import make_unsubscribe_token, new_send_ref, sign_svix
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
@@ -191,14 +191,18 @@ def _receipts(db) -> list:
 
 
 def test_unsubscribe_refuses_tokens_from_the_future_or_signed_with_another_key(client, app_db):
-    future = make_unsubscribe_token(UNSUBSCRIBE_SECRET, "a@example.com", "winback", NOW.date() + timedelta(days=1))
-    other_key = make_unsubscribe_token(WEBHOOK_SECRET, "a@example.com", "winback", NOW.date())  # key confusion
+    ref = new_send_ref()
+    app_db.execute("INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, "
+                   "email, created_at, unsubscribe_ref) VALUES ('winback', 1, 1, :d, :d, 'recap', 'sent', 'a@example.com', :t, :r)",
+                   {"d": NOW.date(), "t": NOW, "r": ref})
+    future = make_unsubscribe_token(UNSUBSCRIBE_SECRET, ref, NOW.date() + timedelta(days=1))
+    other_key = make_unsubscribe_token(WEBHOOK_SECRET, ref, NOW.date())  # key confusion
     for token in (future, other_key, "x" * 5000):
         assert client.post(UNSUBSCRIBE, query_string={"token": token}).status_code == 400
         assert client.post(UNSUBSCRIBE, data={"token": token}).status_code == 400
     assert _suppressions(app_db) == []
     # A replayed genuine link has no effect beyond the first: the address stays unsubscribed once.
-    good = make_unsubscribe_token(UNSUBSCRIBE_SECRET, "a@example.com", "winback", NOW.date())
+    good = make_unsubscribe_token(UNSUBSCRIBE_SECRET, ref, NOW.date())
     for _ in range(3):
         assert client.post(UNSUBSCRIBE, query_string={"token": good}).status_code == 200
     assert _suppressions(app_db) == [("a@example.com", "unsubscribed")]

@@ -33,6 +33,7 @@ from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.render import EmailRenderer
 from retention_pipeline.outreach.senders import EmailSender, OutgoingEmail, SenderConfigurationError
+from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.outreach.sql import (
     ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
@@ -170,7 +171,8 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
             "subject": None, "payload": None}
     if in_holdout(config.campaign, user["user_id"], config.holdout_share):
         return base | {"status": "holdout", "variant": "holdout"}
-    link = links.link(config.unsubscribe_url, user["email"], config.campaign, as_of)
+    send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
+    link = links.link(config.unsubscribe_url, send_ref, as_of)
     rendered = renderer.render(variant, dict(user), config.model_dump(), link)
     payload = {
         "to": user["email"], "from_address": config.from_address, "subject": rendered.subject,
@@ -179,7 +181,7 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
         "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
     }
     status = "dry_run" if config.dry_run else "pending"
-    return base | {"status": status, "subject": rendered.subject, "payload": payload}
+    return base | {"status": status, "subject": rendered.subject, "payload": payload, "unsubscribe_ref": send_ref}
 
 
 # One pool for every run's sends: concurrent runs share the provider's per-team rate limit.
