@@ -20,6 +20,7 @@ from retention_pipeline.outreach.assets import reengagement_emails
 from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
+from retention_pipeline.outreach.smtp import smtp_sender_from_env
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
 from retention_pipeline.settings import STATE_DIR
@@ -28,9 +29,12 @@ app_db = AppDatabase(url=EnvVar("RETENTION_DATABASE_URL"))
 
 
 def email_sender() -> EmailSender:
-    """Resend when RESEND_API_KEY is set; otherwise the outbox, which only shows what would be sent."""
+    """Resend when RESEND_API_KEY is set (it wins over SMTP_HOST); else SMTP when SMTP_HOST is set; otherwise
+    the outbox, which only shows what would be sent."""
     if os.environ.get("RESEND_API_KEY"):
         return ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=os.environ.get("RESEND_API_URL", "https://api.resend.com"))
+    if os.environ.get("SMTP_HOST"):
+        return smtp_sender_from_env()
     return OutboxSender(app_db=app_db, outbox_dir=str(STATE_DIR / "outbox"))
 
 
