@@ -8,6 +8,7 @@ from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.outcomes.assets import OutcomeConfig
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.senders import ResendSender
+from retention_pipeline.outreach.smtp import SmtpSender
 from retention_pipeline.resources import AppDatabase, SourceTables
 from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
 
@@ -15,7 +16,8 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 @pytest.mark.parametrize("config_class", [SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep,
-                                          OutcomeConfig, AppDatabase, SourceTables, StripeResource, ResendSender])
+                                          OutcomeConfig, AppDatabase, SourceTables, StripeResource, ResendSender,
+                                          SmtpSender])
 def test_every_config_field_is_documented(config_class):
     missing = [name for name, field in config_class.model_fields.items()
                if f"`{name}`" not in README or not field.description]
