@@ -33,7 +33,6 @@ from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.render import EmailRenderer
 from retention_pipeline.outreach.senders import EmailSender, OutgoingEmail, SenderConfigurationError
-from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.outreach.sql import (
     ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
@@ -47,6 +46,7 @@ from retention_pipeline.outreach.sql import (
     RECORD_ALLOCATION_SQL,
     SKIP_COUNTS_SQL,
 )
+from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
