@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     sender = ResendSender(api_key="re_benchmark", api_url=args.resend_url)
     with DagsterInstance.get() as instance:
         run_started = time.monotonic()
-        result = run_job(instance, "daily_retention_job", args.day, resources={"email_sender": sender}, quiet=True)
+        # A live sender needs the footer's postal address (CAN-SPAM); the benchmark's is a placeholder.
+        identity = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
+            "postal_address": "Benchmark only, 1 Example Street, Springfield"}}}}}}
+        result = run_job(instance, "daily_retention_job", args.day, resources={"email_sender": sender},
+                         run_config=identity, quiet=True)
         run_seconds = time.monotonic() - run_started
         steps = step_durations(instance, result.run_id)
         emails = {}

@@ -17,8 +17,10 @@ from retention_pipeline.jobs import (
 )
 from retention_pipeline.outcomes.assets import campaign_performance, reengagement_outcomes
 from retention_pipeline.outreach.assets import reengagement_emails
+from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
+from retention_pipeline.outreach.smtp import smtp_sender_from_env
 from retention_pipeline.resources import AppDatabase, deployed_app_db
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
 from retention_pipeline.settings import STATE_DIR
@@ -29,9 +31,12 @@ app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
 
 
 def email_sender() -> EmailSender:
-    """Resend when RESEND_API_KEY is set; otherwise the outbox, which only shows what would be sent."""
+    """Resend when RESEND_API_KEY is set (it wins over SMTP_HOST); else SMTP when SMTP_HOST is set; otherwise
+    the outbox, which only shows what would be sent."""
     if os.environ.get("RESEND_API_KEY"):
         return ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=os.environ.get("RESEND_API_URL", "https://api.resend.com"))
+    if os.environ.get("SMTP_HOST"):
+        return smtp_sender_from_env()
     return OutboxSender(app_db=app_db, outbox_dir=str(STATE_DIR / "outbox"))
 
 
@@ -45,6 +50,7 @@ defs = Definitions(
         reengagement_outcomes,
         campaign_performance,
     ],
+    asset_checks=[unmapped_event_types_check],
     jobs=[daily_retention_job, billing_snapshot_job, weekly_segments_job],
     schedules=[billing_snapshot_schedule, daily_morning_schedule, weekly_segments_schedule],
     resources={

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from email.utils import parseaddr
 
 import jinja2
@@ -21,6 +22,7 @@ from retention_pipeline.outreach.tokens import (
     InvalidSignature,
     InvalidToken,
     UnsubscribeClaim,
+    UnsubscribeKeys,
     validate_svix_secret,
     verify_svix_signature,
     verify_unsubscribe_token,
@@ -46,6 +48,9 @@ ON CONFLICT (email) DO UPDATE
     WHERE (CASE s.reason WHEN 'unsubscribed' THEN 1 WHEN 'bounced' THEN 2 WHEN 'complained' THEN 3 ELSE 9 END)
         < (CASE EXCLUDED.reason WHEN 'unsubscribed' THEN 1 WHEN 'bounced' THEN 2 WHEN 'complained' THEN 3 ELSE 9 END)
 """
+
+# A v2 token names a send; its ledger row holds the address (tokens carry no personal data).
+_SEND_SQL = "SELECT email, campaign FROM {rs}.email_sends WHERE unsubscribe_ref = :ref AND email IS NOT NULL"
 
 _RECEIPT_SQL = """
 INSERT INTO {rs}.webhook_receipts (svix_id, event_type, received_at)
@@ -155,6 +160,7 @@ def create_blueprint(
     webhook_secret: str | None = None,
     url_prefix: str = "/retention",
     *,
+    old_unsubscribe_secrets: Iterable[str] | str = (),
     token_max_age_days: int = 365,
     webhook_tolerance_seconds: int = 300,
 ) -> Blueprint:
@@ -163,20 +169,33 @@ def create_blueprint(
     * ``GET  /unsubscribe?token=...``  confirmation page with a button (never writes: link scanners GET)
     * ``POST /unsubscribe?token=...``  RFC 8058 one-click or the button: suppress the address (idempotent)
     * ``POST /webhooks/resend``        Resend (Svix-signed) events; only if `webhook_secret` is given
+
+    `unsubscribe_secret` is the current key (RETENTION_UNSUBSCRIBE_SECRET); `old_unsubscribe_secrets` the
+    retired ones (RETENTION_UNSUBSCRIBE_OLD_SECRETS, comma-separated), whose tokens keep working.
     """
     if not isinstance(unsubscribe_secret, str) or not unsubscribe_secret:
         raise ValueError("unsubscribe_secret must be a non-empty string")
+    keys = UnsubscribeKeys(unsubscribe_secret, old_unsubscribe_secrets)
     if webhook_secret is not None:
         validate_svix_secret(webhook_secret)
 
     bp = Blueprint("retention", __name__, url_prefix=url_prefix)
 
     def _claim(token: str | None) -> UnsubscribeClaim | None:
+        """The token's address and campaign, from the token (legacy v1) or the ledger row it names (v2)."""
         try:
-            return verify_unsubscribe_token(unsubscribe_secret, token or "", clock.today(), token_max_age_days)
+            claim = verify_unsubscribe_token(keys, token or "", clock.today(), token_max_age_days)
         except InvalidToken as exc:
             log.info("unsubscribe refused: %s", exc.reason)
             return None
+        if claim.send_ref is None:
+            return claim
+        row = db.fetch_all(_SEND_SQL, {"ref": claim.send_ref})
+        if not row:
+            log.info("unsubscribe refused: no send with this reference")
+            return None
+        return UnsubscribeClaim(issued_on=claim.issued_on, send_ref=claim.send_ref,
+                                email=row[0].email.strip().lower(), campaign=row[0].campaign)
 
     def _invalid_link() -> Response:
         return _page("invalid", 400, "Link invalid or expired")
@@ -244,15 +263,18 @@ def create_blueprint(
     return bp
 
 
-def create_app(db: AppDatabase, unsubscribe_secret: str, webhook_secret: str | None = None) -> Flask:
+def create_app(
+    db: AppDatabase, unsubscribe_secret: str, webhook_secret: str | None = None, old_unsubscribe_secrets: Iterable[str] | str = ()
+) -> Flask:
     """A minimal app serving only the blueprint (the local demo, tests).
 
     A real Flask app registers the blueprint itself instead:
 
         from retention_pipeline.flask import create_blueprint
         from retention_pipeline.resources import AppDatabase
-        app.register_blueprint(create_blueprint(AppDatabase(url=DATABASE_URL), UNSUBSCRIBE_SECRET, RESEND_WEBHOOK_SECRET))
+        app.register_blueprint(create_blueprint(AppDatabase(url=DATABASE_URL), UNSUBSCRIBE_SECRET, RESEND_WEBHOOK_SECRET,
+                                                old_unsubscribe_secrets=UNSUBSCRIBE_OLD_SECRETS))
     """
     app = Flask(__name__)
-    app.register_blueprint(create_blueprint(db, unsubscribe_secret, webhook_secret))
+    app.register_blueprint(create_blueprint(db, unsubscribe_secret, webhook_secret, old_unsubscribe_secrets=old_unsubscribe_secrets))
     return app

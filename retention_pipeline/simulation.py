@@ -156,7 +156,8 @@ def run_simulation(
     for day in (first + timedelta(days=n) for n in range(WARMUP_DAYS)):
         _insert_events(db, population.events_for(day))
     run_config = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
-        "campaign": "sim", "adaptive_allocation": config.adaptive_allocation}}}}}}
+        "campaign": "sim", "adaptive_allocation": config.adaptive_allocation,
+        "postal_address": "Simulation only, 1 Example Street, Springfield"}}}}}}
     with FakeResend(rate=0) as provider:
         sender = ResendSender(api_key="re_sim", api_url=provider.url, requests_per_second=1000, backoff_base_seconds=0.01)
         clock.set_now(_morning_after(FIRST_DAY - timedelta(days=1)))

@@ -30,6 +30,7 @@ from psycopg2 import sql
 
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.testing.resend_server import FakeResend, _Reply
+from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PATH = Path(os.environ.get("RELIABILITY_SUMMARY", PROJECT_ROOT / "test-artifacts" / "reliability.json"))
@@ -296,7 +297,7 @@ def run_send(instance, db_url: str, api_url: str, as_of: date = AS_OF, **options
     from retention_pipeline.runner import run_job
 
     return run_job(instance, "daily_retention_job", as_of.isoformat(), resources=send_resources(db_url, api_url, **options),
-                   assets=["reengagement_emails"], quiet=True)
+                   assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
 
 
 def child_send_run(db_url: str, api_url: str, now_iso: str, start=None, results=None, break_mode: str = "") -> None:

@@ -18,6 +18,20 @@ from retention_pipeline.resources import AppDatabase
 
 UTC = timezone.utc
 
+# A live sender (Resend, SMTP) refuses to send without the sender's postal address in the campaign config.
+LIVE_IDENTITY = {"sender_name": "Acme Test Inc.", "postal_address": "1 Test Street, Testville, TS 00001"}
+
+
+def live_campaign(run_config: dict | None = None) -> dict:
+    """`run_config` with the sender identity a live send needs added to the campaign's config."""
+    run_config = dict(run_config or {})
+    ops = dict(run_config.get("ops", {}))
+    graph = dict(ops.get("reengagement_emails", {}))
+    graph_ops = dict(graph.get("ops", {}))
+    plan = dict(graph_ops.get("plan_reengagement_sends", {}))
+    plan["config"] = LIVE_IDENTITY | dict(plan.get("config", {}))
+    return run_config | {"ops": ops | {"reengagement_emails": graph | {"ops": graph_ops | {"plan_reengagement_sends": plan}}}}
+
 
 def utc(year: int, month: int, day: int, hour: int = 12, minute: int = 0, second: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)

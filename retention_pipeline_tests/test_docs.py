@@ -9,6 +9,7 @@ from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.outcomes.assets import OutcomeConfig, PerformanceConfig
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.senders import ResendSender
+from retention_pipeline.outreach.smtp import SmtpSender
 from retention_pipeline.resources import AppDatabase, SourceTables
 from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
 
@@ -16,7 +17,8 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 @pytest.mark.parametrize("config_class", [SnapshotConfig, SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep,
-                                          OutcomeConfig, PerformanceConfig, AppDatabase, SourceTables, StripeResource, ResendSender])
+                                          OutcomeConfig, PerformanceConfig, AppDatabase, SourceTables, StripeResource, ResendSender,
+                                          SmtpSender])
 def test_every_config_field_is_documented(config_class):
     missing = [name for name, field in config_class.model_fields.items()
                if f"`{name}`" not in README or not field.description]

@@ -19,7 +19,7 @@ from retention_pipeline.outreach.tokens import verify_unsubscribe_token
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.testing.resend_server import FakeResend
-from retention_pipeline_tests.scenario import Scenario, at, materialization_metadata
+from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)  # the partition day; the run happens the next morning
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
@@ -81,6 +81,8 @@ def sender(fake_resend):
 
 
 def run_day(instance, sender, first: date, last: date | None = None, assets=None, run_config=None):
+    if sender is not None and (assets is None or "reengagement_emails" in assets):
+        run_config = live_campaign(run_config)
     return run_job(instance, "daily_retention_job", first.isoformat(), (last or first).isoformat(),
                    resources={"email_sender": sender} if sender else None, assets=assets, run_config=run_config, quiet=True)
 
@@ -112,7 +114,9 @@ def test_every_eligible_user_gets_exactly_one_email_and_a_rerun_sends_nothing(ap
     first = fake_resend.accepted[0].email
     assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     token = first["headers"]["List-Unsubscribe"].split("token=")[1].rstrip(">")
-    assert verify_unsubscribe_token(SECRET, token, today=AS_OF).email == first["to"][0] if isinstance(first["to"], list) else first["to"]
+    ref = verify_unsubscribe_token(SECRET, token, today=AS_OF).send_ref
+    to = first["to"][0] if isinstance(first["to"], list) else first["to"]
+    assert db.scalar("SELECT email FROM {rs}.email_sends WHERE unsubscribe_ref = :r", {"r": ref}) == to
 
     accepted_before = len(fake_resend.accepted)
     assert run_day(instance, sender, AS_OF, assets=["reengagement_emails"]).success
@@ -190,10 +194,11 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
             from dagster import DagsterInstance
             from retention_pipeline.outreach.senders import ResendSender
             from retention_pipeline.runner import run_job
+            from retention_pipeline_tests.scenario import live_campaign
             sender = ResendSender(api_key={API_KEY!r}, api_url={slow.url!r}, requests_per_second=50, timeout_seconds=60)
             with DagsterInstance.ephemeral() as instance:
                 run_job(instance, "daily_retention_job", {AS_OF.isoformat()!r}, resources={{"email_sender": sender}},
-                        assets=["reengagement_emails"], quiet=True)
+                        assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
         """)], env=os.environ | {"RETENTION_NOW": MORNING_AFTER.isoformat()})
         deadline = time.monotonic() + 60
         while not slow.accepted and time.monotonic() < deadline:

@@ -32,10 +32,10 @@ from retention_pipeline.runner import run_job
 from retention_pipeline.testing.resend_server import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, UNSUBSCRIBE_SECRET, record, send_resources
-from retention_pipeline_tests.scenario import Scenario, at, check_metadata, materialization_metadata
+from retention_pipeline_tests.scenario import Scenario, at, check_metadata, live_campaign, materialization_metadata
 
 NOON = at(AS_OF)
-NO_HOLDOUT = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}}
+NO_HOLDOUT = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}})
 
 ORDINARY = range(1, 41)
 INVALID_EMAILS = {
@@ -240,7 +240,8 @@ def test_unusual_property_names_and_non_object_properties_do_not_break_rendering
 def test_every_sent_email_carries_a_valid_unsubscribe_token_for_its_own_address(bad_world):
     for address, email in bad_world["accepted"].items():
         token = email["headers"]["List-Unsubscribe"].split("token=")[1].rstrip(">")
-        assert verify_unsubscribe_token(UNSUBSCRIBE_SECRET, token, today=AS_OF).email == address
+        ref = verify_unsubscribe_token(UNSUBSCRIBE_SECRET, token, today=AS_OF).send_ref
+        assert bad_world["db"].scalar("SELECT email FROM {rs}.email_sends WHERE unsubscribe_ref = :r", {"r": ref}) == address
 
 
 # -- invalid configuration -------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_invalid_dormancy_thresholds_fail_clearly_before_writing(bad_world, inst
 def test_invalid_campaign_config_fails_clearly_before_writing_or_sending(bad_world, instance, config, field):
     db = bad_world["db"]
     before = db.fetch_all("SELECT * FROM {rs}.email_sends ORDER BY id")
-    run_config = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config}}}}}
+    run_config = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config}}}}})
     with FakeResend(rate=0) as server, clock.frozen_at(MORNING_AFTER), pytest.raises(Exception) as failure:
         run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources=send_resources(db.url, server.url),
                 assets=["reengagement_emails"], run_config=run_config, quiet=True)

@@ -26,13 +26,14 @@ from retention_pipeline.billing.assets import stripe_subscriptions
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.flask import create_app
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.outreach.tokens import make_unsubscribe_token, sign_svix
+from retention_pipeline.outreach.tokens import make_unsubscribe_token, new_send_ref, sign_svix
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, record
+from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.stripe_server import FakeStripe
 
 RESEND_SECRET = "re_RELIABILITY_resend_secret_5b1e9c"
@@ -123,7 +124,7 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
         # 1. The whole daily job, the key wired as production wires it (EnvVar), and it succeeds.
         sender = ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=good.url, requests_per_second=50)
         result = run_job(instance, "daily_retention_job", AS_OF.isoformat(),
-                         resources={"app_db": world, "email_sender": sender}, run_config=None)
+                         resources={"app_db": world, "email_sender": sender}, run_config=live_campaign())
         assert result.success and len(good.accepted) > 0
         # 2. A key the provider refuses (403), given as a literal: the run fails.
         # 3. A provider that echoes the key back in its 401 error message.
@@ -134,7 +135,7 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
             literal = ResendSender(api_key=RESEND_SECRET, api_url=server.url, requests_per_second=50)
             try:
                 run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"app_db": world, "email_sender": literal},
-                        assets=["reengagement_emails"])
+                        assets=["reengagement_emails"], run_config=live_campaign())
                 raise AssertionError("the run with a refused key succeeded")
             except Exception as exc:  # noqa: BLE001 (what the operator sees)
                 errors.append("".join(traceback.format_exception(exc)))
@@ -190,14 +191,18 @@ def _receipts(db) -> list:
 
 
 def test_unsubscribe_refuses_tokens_from_the_future_or_signed_with_another_key(client, app_db):
-    future = make_unsubscribe_token(UNSUBSCRIBE_SECRET, "a@example.com", "winback", NOW.date() + timedelta(days=1))
-    other_key = make_unsubscribe_token(WEBHOOK_SECRET, "a@example.com", "winback", NOW.date())  # key confusion
+    ref = new_send_ref()
+    app_db.execute("INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, "
+                   "email, created_at, unsubscribe_ref) VALUES ('winback', 1, 1, :d, :d, 'recap', 'sent', 'a@example.com', :t, :r)",
+                   {"d": NOW.date(), "t": NOW, "r": ref})
+    future = make_unsubscribe_token(UNSUBSCRIBE_SECRET, ref, NOW.date() + timedelta(days=1))
+    other_key = make_unsubscribe_token(WEBHOOK_SECRET, ref, NOW.date())  # key confusion
     for token in (future, other_key, "x" * 5000):
         assert client.post(UNSUBSCRIBE, query_string={"token": token}).status_code == 400
         assert client.post(UNSUBSCRIBE, data={"token": token}).status_code == 400
     assert _suppressions(app_db) == []
     # A replayed genuine link has no effect beyond the first: the address stays unsubscribed once.
-    good = make_unsubscribe_token(UNSUBSCRIBE_SECRET, "a@example.com", "winback", NOW.date())
+    good = make_unsubscribe_token(UNSUBSCRIBE_SECRET, ref, NOW.date())
     for _ in range(3):
         assert client.post(UNSUBSCRIBE, query_string={"token": good}).status_code == 200
     assert _suppressions(app_db) == [("a@example.com", "unsubscribed")]

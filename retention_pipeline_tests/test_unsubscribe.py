@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import itertools
+import hmac
 import json
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -15,16 +18,18 @@ from retention_pipeline.outreach.tokens import (
     InvalidSignature,
     InvalidToken,
     UnsubscribeClaim,
-    list_unsubscribe_headers,
+    UnsubscribeKeys,
+    key_id,
     make_unsubscribe_token,
+    new_send_ref,
     sign_svix,
-    unsubscribe_url,
     verify_svix_signature,
     verify_unsubscribe_token,
 )
 from retention_pipeline.schema import install_schema
 
 SECRET = "unsubscribe-secret-for-tests"
+OLD_SECRET = "retired-unsubscribe-secret"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-tests-0123456789").decode()
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"some-other-key-entirely-98765432").decode()
 ISSUED = date(2025, 3, 10)
@@ -32,36 +37,53 @@ NOW = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
 UNSUBSCRIBE = "/retention/unsubscribe"
 WEBHOOK = "/retention/webhooks/resend"
 ONE_CLICK = {"data": "List-Unsubscribe=One-Click", "content_type": "application/x-www-form-urlencoded"}
+REF = "AAECAwQFBgcICQoLDA0ODw"  # 16 bytes, as new_send_ref() makes them
 
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def legacy_token(secret: str, email: str, campaign: str, issued_on: date) -> str:
+    """A version 1 token exactly as the pipeline issued them before (the address readable inside),
+    built here from its specification: the package only verifies them now."""
+    payload = {"c": campaign, "d": issued_on.isoformat(), "e": email.strip().lower()}
+    payload_b64 = _b64url(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+    signature = hmac.new(secret.encode(), b"retention-unsubscribe.v1." + payload_b64.encode(), hashlib.sha256).digest()
+    return f"v1.{payload_b64}.{_b64url(signature)}"
+
+
 def _replace_payload(token: str, **changes) -> str:
-    """The token with its payload re-encoded with `changes`, keeping the original signature."""
+    """The v1 token with its payload re-encoded with `changes`, keeping the original signature."""
     version, payload_b64, signature = token.split(".")
     payload = json.loads(base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4)))
     payload.update(changes)
     return ".".join([version, _b64url(json.dumps(payload, separators=(",", ":")).encode()), signature])
 
 
+def _each_character_changed(token: str):
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+    for position, original in enumerate(token):
+        replacement = alphabet[(alphabet.index(original) + 1) % len(alphabet)]
+        yield token[:position] + replacement + token[position + 1 :]
+
+
 # --- token functions ------------------------------------------------------------------------------
 
 
-def test_token_round_trip_is_url_safe_versioned_and_lower_cases_the_email():
-    token = make_unsubscribe_token(SECRET, "  Jane.Doe+News@Example.COM ", "winback", ISSUED)
-    assert token.startswith("v1.")
-    assert re.fullmatch(r"[A-Za-z0-9_.-]+", token)
-    claim = verify_unsubscribe_token(SECRET, token, today=ISSUED)
-    assert claim == UnsubscribeClaim(email="jane.doe+news@example.com", campaign="winback", issued_on=ISSUED)
-    # Deterministic, and bound to every field.
-    assert token == make_unsubscribe_token(SECRET, "jane.doe+news@example.com", "winback", ISSUED)
-    assert token != make_unsubscribe_token(SECRET, "jane.doe+news@example.com", "winback-2", ISSUED)
+def test_token_is_opaque_url_safe_versioned_and_names_its_key():
+    ref = new_send_ref()
+    token = make_unsubscribe_token(SECRET, ref, ISSUED)
+    version, kid, named_ref, issued, _ = token.split(".")
+    assert (version, kid, named_ref, issued) == ("v2", key_id(SECRET), ref, "20250310")
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", token) and len(token) < 100
+    assert verify_unsubscribe_token(SECRET, token, today=ISSUED) == UnsubscribeClaim(issued_on=ISSUED, send_ref=ref)
+    # References are random, so two sends never share a token; the kid reveals nothing of the key.
+    assert new_send_ref() != ref and SECRET not in token and key_id(SECRET) != key_id(OLD_SECRET)
 
 
-def test_token_age_limits():
-    token = make_unsubscribe_token(SECRET, "a@example.com", "winback", ISSUED)
+def test_token_age_limits_expired_refused():
+    token = make_unsubscribe_token(SECRET, REF, ISSUED)
     assert verify_unsubscribe_token(SECRET, token, ISSUED + timedelta(days=365)).issued_on == ISSUED
     with pytest.raises(InvalidToken, match="expired"):
         verify_unsubscribe_token(SECRET, token, ISSUED + timedelta(days=366))
@@ -71,28 +93,54 @@ def test_token_age_limits():
         verify_unsubscribe_token(SECRET, token, ISSUED - timedelta(days=1))
 
 
-def test_forged_and_altered_tokens_are_rejected():
-    token = make_unsubscribe_token(SECRET, "victim@example.com", "winback", ISSUED)
+def test_token_rotation_old_key_still_verifies_unknown_key_id_refused():
+    old = make_unsubscribe_token(OLD_SECRET, REF, ISSUED)
+    rotated = UnsubscribeKeys(SECRET, f" {OLD_SECRET} , another-retired-key")
+    assert verify_unsubscribe_token(rotated, old, ISSUED).send_ref == REF
+    assert verify_unsubscribe_token(rotated, make_unsubscribe_token(SECRET, REF, ISSUED), ISSUED).send_ref == REF
+    with pytest.raises(InvalidToken, match="unknown key id"):
+        verify_unsubscribe_token(SECRET, old, ISSUED)  # the old key retired from the ring altogether
+    with pytest.raises(InvalidToken, match="unknown key id"):
+        verify_unsubscribe_token(rotated, make_unsubscribe_token("attacker-secret", REF, ISSUED), ISSUED)
+    # A token claiming a known kid but signed with another key is a forgery, not a rotation.
+    _, _, ref, issued, signature = make_unsubscribe_token("attacker-secret", REF, ISSUED).split(".")
     with pytest.raises(InvalidToken, match="signature"):
+        verify_unsubscribe_token(rotated, ".".join(["v2", key_id(SECRET), ref, issued, signature]), ISSUED)
+    # Legacy v1 tokens, from either key, still verify for their lifetime.
+    for secret in (SECRET, OLD_SECRET):
+        claim = verify_unsubscribe_token(rotated, legacy_token(secret, "Jane@Example.com", "winback", ISSUED), ISSUED)
+        assert claim == UnsubscribeClaim(issued_on=ISSUED, email="jane@example.com", campaign="winback")
+    with pytest.raises(InvalidToken, match="expired"):
+        verify_unsubscribe_token(rotated, legacy_token(OLD_SECRET, "a@example.com", "winback", ISSUED), ISSUED + timedelta(days=366))
+
+
+def test_token_tampering_refused():
+    token = make_unsubscribe_token(SECRET, REF, ISSUED)
+    with pytest.raises(InvalidToken):
         verify_unsubscribe_token("wrong-secret", token, ISSUED)
-    forged = make_unsubscribe_token("attacker-secret", "victim@example.com", "winback", ISSUED)
-    with pytest.raises(InvalidToken, match="signature"):
-        verify_unsubscribe_token(SECRET, forged, ISSUED)
+    version, kid, ref, issued, signature = token.split(".")
+    for changed in (new_send_ref(), ref):
+        for day in ("20250309", issued):
+            if (changed, day) != (ref, issued):
+                with pytest.raises(InvalidToken, match="signature"):
+                    verify_unsubscribe_token(SECRET, ".".join([version, kid, changed, day, signature]), ISSUED)
+    # No single character of a token can change, not even the spare bits of the last base64 digit.
+    for altered in _each_character_changed(token):
+        with pytest.raises(InvalidToken):
+            verify_unsubscribe_token(SECRET, altered, ISSUED)
+    legacy = legacy_token(SECRET, "victim@example.com", "winback", ISSUED)
     for changes in ({"e": "someone.else@example.com"}, {"c": "other"}, {"d": "2030-01-01"}):
         with pytest.raises(InvalidToken, match="signature"):
-            verify_unsubscribe_token(SECRET, _replace_payload(token, **changes), ISSUED)
-    # No single character of a token can change, not even the spare bits of the last base64 digit.
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
-    for position, original in enumerate(token):
-        replacement = alphabet[(alphabet.index(original) + 1) % len(alphabet)]
-        altered = token[:position] + replacement + token[position + 1 :]
+            verify_unsubscribe_token(SECRET, _replace_payload(legacy, **changes), ISSUED)
+    for altered in _each_character_changed(legacy):
         with pytest.raises(InvalidToken):
             verify_unsubscribe_token(SECRET, altered, ISSUED)
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "garbage", "v1.abc", "v1..", "v2.eyJ9.AAAA", "v1.eyJ9.AAAA.extra", "v1.e=J9.AAAA", "v1.é.AAAA", "v1." + "A" * 5000],
+    ["", "garbage", "v1.abc", "v1..", "v2.eyJ9.AAAA", "v1.eyJ9.AAAA.extra", "v1.e=J9.AAAA", "v1.é.AAAA", "v1." + "A" * 5000,
+     "v2....", "v2.kid.AAAA.20250310.AAAA", f"v2.{key_id(SECRET)}.{REF}.2025031.AAAA", "v3.a.b.c.d"],
 )
 def test_malformed_tokens_are_rejected(bad):
     with pytest.raises(InvalidToken):
@@ -100,31 +148,27 @@ def test_malformed_tokens_are_rejected(bad):
 
 
 def test_invalid_token_is_a_value_error_and_never_mentions_the_secret():
-    token = make_unsubscribe_token(SECRET, "a@example.com", "winback", ISSUED)
+    token = make_unsubscribe_token(SECRET, REF, ISSUED)
     for bad, today in ((token + "x", ISSUED), (token, ISSUED + timedelta(days=999)), ("nope", ISSUED)):
         with pytest.raises(ValueError) as info:
             verify_unsubscribe_token(SECRET, bad, today)
         assert isinstance(info.value, InvalidToken)
         assert SECRET not in str(info.value) and len(str(info.value)) < 40
+    assert SECRET not in repr(UnsubscribeKeys(SECRET, OLD_SECRET)) and OLD_SECRET not in repr(UnsubscribeKeys(SECRET, OLD_SECRET))
 
 
 def test_token_arguments_are_validated():
     with pytest.raises(ValueError):
-        make_unsubscribe_token(SECRET, "not-an-address", "winback", ISSUED)
+        make_unsubscribe_token(SECRET, "jane@example.com", ISSUED)  # a reference, never an address
     with pytest.raises(ValueError):
-        make_unsubscribe_token(SECRET, "a@example.com", "", ISSUED)
+        make_unsubscribe_token(SECRET, "", ISSUED)
     with pytest.raises(ValueError):
-        make_unsubscribe_token("", "a@example.com", "winback", ISSUED)
+        make_unsubscribe_token("", REF, ISSUED)
+    with pytest.raises(ValueError):
+        UnsubscribeKeys("", OLD_SECRET)
 
 
-def test_unsubscribe_link_helpers():
-    token = make_unsubscribe_token(SECRET, "a@example.com", "winback", ISSUED)
-    url = unsubscribe_url("https://app.example.com/retention/unsubscribe", token)
-    assert url == f"https://app.example.com/retention/unsubscribe?token={token}"
-    assert list_unsubscribe_headers(url) == {
-        "List-Unsubscribe": f"<{url}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+def test_mask_email():
     assert mask_email("jane.doe@example.com") == "j***@example.com"
     assert mask_email("jo@example.com") == "***@example.com"
 
@@ -189,6 +233,20 @@ def client(app_db):
     return app.test_client(use_cookies=False)
 
 
+_users = itertools.count(1)
+
+
+def _sent(db, email: str, campaign: str = "winback", secret: str = SECRET, issued_on: date | None = None) -> str:
+    """A ledger row as the pipeline writes it for a sent email, and the token of its unsubscribe link."""
+    ref = new_send_ref()
+    db.execute(
+        "INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email, "
+        "created_at, unsubscribe_ref) VALUES (:c, 1, :u, :d, :d, 'recap', 'sent', :e, :t, :r)",
+        {"c": campaign, "u": next(_users), "d": ISSUED, "e": email, "t": NOW, "r": ref},
+    )
+    return make_unsubscribe_token(secret, ref, issued_on or clock.today())
+
+
 def _suppressions(db) -> list[tuple]:
     return [tuple(r) for r in db.fetch_all("SELECT email, reason, source, detail, created_at FROM {rs}.email_suppressions ORDER BY email")]
 
@@ -198,7 +256,8 @@ def _receipts(db) -> list[tuple]:
 
 
 def test_round_trip_confirm_then_one_click_then_idempotent(client, app_db):
-    token = make_unsubscribe_token(SECRET, "Jane.Doe@Example.com", "winback", clock.today())
+    token = _sent(app_db, "Jane.Doe@Example.com")
+    assert "jane" not in token.lower()
 
     page = client.get(UNSUBSCRIBE, query_string={"token": token})
     assert page.status_code == 200
@@ -219,7 +278,7 @@ def test_round_trip_confirm_then_one_click_then_idempotent(client, app_db):
 
 
 def test_the_confirmation_button_unsubscribes(client, app_db):
-    token = make_unsubscribe_token(SECRET, "button@example.com", "nudge", clock.today())
+    token = _sent(app_db, "button@example.com", "nudge")
     html = client.get(UNSUBSCRIBE, query_string={"token": token}).get_data(as_text=True)
     action = re.search(r'<form method="post" action="([^"]+)"', html).group(1).replace("&amp;", "&")
     assert action.startswith(UNSUBSCRIBE + "?token=")
@@ -227,31 +286,35 @@ def test_the_confirmation_button_unsubscribes(client, app_db):
     assert response.status_code == 200
     assert _suppressions(app_db) == [("button@example.com", "unsubscribed", "link", "nudge", NOW)]
     # A bare POST (no body at all) works too: the token alone authorises it.
-    other = make_unsubscribe_token(SECRET, "bare@example.com", "nudge", clock.today())
+    other = _sent(app_db, "bare@example.com", "nudge")
     assert client.post(UNSUBSCRIBE, query_string={"token": other}).status_code == 200
     assert [row[0] for row in _suppressions(app_db)] == ["bare@example.com", "button@example.com"]
 
 
-def _bad_tokens() -> dict[str, str]:
-    good = make_unsubscribe_token(SECRET, "victim@example.com", "winback", ISSUED)
-    version, payload, signature = good.split(".")
-    flipped = payload[:5] + ("A" if payload[5] != "A" else "B") + payload[6:]
+def _bad_tokens(db) -> dict[str, str]:
+    good = _sent(db, "victim@example.com", issued_on=ISSUED)
+    version, kid, ref, issued, signature = good.split(".")
+    legacy = legacy_token(SECRET, "victim@example.com", "winback", ISSUED)
     return {
-        "forged": make_unsubscribe_token("not-the-secret", "victim@example.com", "winback", ISSUED),
-        "altered_email": _replace_payload(good, e="someone.else@example.com"),
-        "flipped_payload_byte": ".".join([version, flipped, signature]),
-        "malformed": "v1.this-is-not-a-token",
+        "forged": _sent(db, "victim@example.com", secret="not-the-secret", issued_on=ISSUED),
+        "retired_key_not_configured": _sent(db, "victim@example.com", secret=OLD_SECRET, issued_on=ISSUED),
+        "other_send": ".".join([version, kid, new_send_ref(), issued, signature]),
+        "signed_but_no_such_send": make_unsubscribe_token(SECRET, new_send_ref(), ISSUED),
+        "altered_legacy_email": _replace_payload(legacy, e="someone.else@example.com"),
+        "flipped_signature": ".".join([version, kid, ref, issued, signature[:5] + ("A" if signature[5] != "A" else "B") + signature[6:]]),
+        "malformed": "v2.this-is-not-a-token",
         "empty": "",
     }
 
 
-@pytest.mark.parametrize("kind", ["forged", "altered_email", "flipped_payload_byte", "malformed", "empty", "absent", "expired"])
+@pytest.mark.parametrize("kind", ["forged", "retired_key_not_configured", "other_send", "signed_but_no_such_send",
+                                  "altered_legacy_email", "flipped_signature", "malformed", "empty", "absent", "expired"])
 def test_bad_tokens_get_400_and_write_nothing(client, app_db, kind):
     if kind == "expired":
-        token = make_unsubscribe_token(SECRET, "victim@example.com", "winback", ISSUED)
+        token = _sent(app_db, "victim@example.com", issued_on=ISSUED)
         clock.set_now(NOW + timedelta(days=366))
     else:
-        token = None if kind == "absent" else _bad_tokens()[kind]
+        token = None if kind == "absent" else _bad_tokens(app_db)[kind]
     query = {} if token is None else {"token": token}
     for response in (client.get(UNSUBSCRIBE, query_string=query), client.post(UNSUBSCRIBE, query_string=query, **ONE_CLICK)):
         assert response.status_code == 400
@@ -259,9 +322,32 @@ def test_bad_tokens_get_400_and_write_nothing(client, app_db, kind):
     assert _suppressions(app_db) == []
 
 
+def test_token_rotation_through_the_endpoint(app_db):
+    """After a rotation (new current key, the old one retired), links already in inboxes still work."""
+    install_schema(app_db)
+    clock.set_now(NOW)
+    before_rotation = _sent(app_db, "old-key@example.com", secret=OLD_SECRET)
+    after_rotation = _sent(app_db, "new-key@example.com")
+    legacy = legacy_token(OLD_SECRET, "Legacy@Example.com", "winback", ISSUED)
+    client = create_app(app_db, SECRET, old_unsubscribe_secrets=OLD_SECRET).test_client(use_cookies=False)
+    for token in (before_rotation, after_rotation, legacy):
+        assert client.post(UNSUBSCRIBE, query_string={"token": token}, **ONE_CLICK).status_code == 200
+    assert [row[:4] for row in _suppressions(app_db)] == [
+        ("legacy@example.com", "unsubscribed", "link", "winback"),
+        ("new-key@example.com", "unsubscribed", "link", "winback"),
+        ("old-key@example.com", "unsubscribed", "link", "winback"),
+    ]
+    # Once the old key is dropped from the ring, its tokens are refused: their kid is unknown.
+    app_db.execute("DELETE FROM {rs}.email_suppressions")
+    dropped = create_app(app_db, SECRET).test_client(use_cookies=False)
+    assert dropped.post(UNSUBSCRIBE, query_string={"token": before_rotation}, **ONE_CLICK).status_code == 400
+    assert dropped.post(UNSUBSCRIBE, query_string={"token": legacy}, **ONE_CLICK).status_code == 400
+    assert _suppressions(app_db) == []
+
+
 def test_html_in_the_address_is_escaped(client, app_db):
     email = "<img/src=x/onerror=alert(1)>@<script>alert(1)</script>.example"
-    token = make_unsubscribe_token(SECRET, email, "<b>campaign</b>", clock.today())
+    token = _sent(app_db, email, "<b>campaign</b>")
     for response in (client.get(UNSUBSCRIBE, query_string={"token": token}), client.post(UNSUBSCRIBE, query_string={"token": token})):
         html = response.get_data(as_text=True)
         assert response.status_code == 200
@@ -351,7 +437,7 @@ def test_webhook_malformed_body_with_valid_signature_is_400(client, app_db, body
 
 
 def test_suppression_reasons_only_get_stronger(client, app_db):
-    token = make_unsubscribe_token(SECRET, "user@example.com", "winback", clock.today())
+    token = _sent(app_db, "user@example.com")
     client.post(UNSUBSCRIBE, query_string={"token": token}, **ONE_CLICK)
     _deliver(client, _event("email.bounced", "user@example.com"), "msg_1")
     assert _suppressions(app_db)[0][1:3] == ("bounced", "resend_webhook")

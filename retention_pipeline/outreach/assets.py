@@ -64,6 +64,7 @@ from retention_pipeline.outreach.sql import (
     RECORD_SUCCESS_DEFINITION_SQL,
     SKIP_COUNTS_SQL,
 )
+from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
@@ -92,6 +93,7 @@ def plan_reengagement_sends(
 ) -> dict:
     """Write one ledger row per intended email (pending) or holdout member (holdout) before any send; a dry
     run writes the same rows to its preview table `email_dry_runs` instead."""
+    config = config.with_footer_identity(email_sender.live)
     install_schema(app_db)
     drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
@@ -229,7 +231,8 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
             "subject": None, "payload": None}
     if in_holdout(config.campaign, user["user_id"], config.holdout_share):
         return base | {"status": "holdout", "variant": "holdout"}
-    link = links.link(config.unsubscribe_url, user["email"], config.campaign, as_of)
+    send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
+    link = links.link(config.unsubscribe_url, send_ref, as_of)
     rendered = renderer.render(variant, dict(user), config.model_dump(), link)
     payload = {
         "to": user["email"], "from_address": config.from_address, "subject": rendered.subject,
@@ -237,7 +240,7 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
         "headers": {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
     }
-    return base | {"status": "pending", "subject": rendered.subject, "payload": payload}
+    return base | {"status": "pending", "subject": rendered.subject, "payload": payload, "unsubscribe_ref": send_ref}
 
 
 # One pool for every run's sends: dagster.yaml limits `email_provider` to one send op at a time across runs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Config
+from dagster import Config, Failure
 from pydantic import Field, field_validator, model_validator
 
 from retention_pipeline.outreach.render import TEMPLATE_VARIANTS
@@ -27,6 +27,10 @@ class CampaignStep(Config):
         return variants
 
 
+# Only ever in the outbox, dry runs and paused runs: a live send without a real address fails instead.
+DEMO_POSTAL_ADDRESS = "[Demo address: configure a real postal address before live sends] 1 Example Street, Springfield"
+
+
 def _default_steps() -> list[CampaignStep]:
     return [
         CampaignStep(step=1, delay_days=0, variants=["recap", "nudge"]),
@@ -42,6 +46,14 @@ class CampaignConfig(Config):
     from_address: str = Field(default="Acme <hello@example.com>", description="From header; a verified Resend domain in production.")
     product_name: str = Field(default="Acme", description="How the emails name the product.")
     app_url: str = Field(default="https://app.example.com", description="Where the call-to-action button points.")
+    sender_name: str = Field(
+        default="", description="Who sends, as the footer names it (e.g. the company's legal name); empty = product_name."
+    )
+    postal_address: str = Field(
+        default="",
+        description="The sender's physical postal address, shown in every footer (CAN-SPAM). Required for live sends; "
+        "empty is allowed only for the outbox, dry runs and paused runs, which show a clearly-marked demo address.",
+    )
     unsubscribe_url: str = Field(
         default="http://127.0.0.1:5000/retention/unsubscribe",
         description="Public URL of the Flask blueprint's unsubscribe endpoint; the signed token is appended.",
@@ -108,6 +120,18 @@ class CampaignConfig(Config):
         if numbers != list(range(1, len(numbers) + 1)):
             raise ValueError(f"steps must be numbered 1..n in order, got {numbers}")
         return self
+
+    def with_footer_identity(self, live_sender: bool) -> "CampaignConfig":
+        """This config with a postal address for the footer, or a Failure before anything is rendered or sent."""
+        if self.postal_address.strip():
+            return self
+        if live_sender and not (self.dry_run or self.paused):
+            raise Failure(
+                description="Campaign config postal_address is empty: commercial email must carry the sender's postal "
+                "address (CAN-SPAM). Set postal_address (and sender_name) in the campaign config before a live send.",
+                allow_retries=False,
+            )
+        return self.model_copy(update={"postal_address": DEMO_POSTAL_ADDRESS})
 
     # Declared last, so it wraps every check above (steps included): invalid config fails the plan op at
     # once with every bad field named, instead of being retried like a database error, before anything is

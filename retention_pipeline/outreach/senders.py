@@ -127,6 +127,11 @@ class EmailSender(ConfigurableResource):
     def name(self) -> str:
         raise NotImplementedError
 
+    @property
+    def live(self) -> bool:
+        """Whether emails reach real inboxes (then the campaign must carry a real postal address)."""
+        return True
+
     def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
         raise NotImplementedError
 
@@ -431,6 +436,10 @@ class OutboxSender(EmailSender):
     @property
     def name(self) -> str:
         return "outbox"
+
+    @property
+    def live(self) -> bool:
+        return False
 
     def send_batch(self, emails: list[OutgoingEmail], idempotency_key: str) -> BatchOutcome:
         self._check_batch(emails, idempotency_key)

@@ -67,6 +67,10 @@ SELECT campaign, step, user_id, as_of_date, episode_start, variant,
        mrr_cents, subject, payload, created_at
 FROM dry
 ON CONFLICT DO NOTHING;
+-- The opaque reference an unsubscribe link names (tokens v2): the endpoint finds the address by it.
+ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_ref text;
+CREATE UNIQUE INDEX IF NOT EXISTS email_sends_unsubscribe_ref ON {rs}.email_sends (unsubscribe_ref)
+    WHERE unsubscribe_ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
     email       text PRIMARY KEY,          -- lower-cased
     reason      text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
