@@ -52,7 +52,7 @@ ASSETS = (
 )
 GROUPS = ("activity", "billing", "segments", "outreach", "outcomes")
 SCHEDULES = ("billing_snapshot_schedule", "daily_morning_schedule", "weekly_segments_schedule")
-SNAPSHOT_CHECKS = ("events_vs_trailing_median", "not_empty", "orphan_events")
+SNAPSHOT_CHECKS = ("events_vs_trailing_median", "not_empty", "orphan_events", "trigger_health")
 LOCATION = "retention_pipeline"
 REPOSITORY = "__repository__"
 BACKFILL_DAYS = 14
