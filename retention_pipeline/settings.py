@@ -9,8 +9,10 @@ SettingsError into that line and exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 from datetime import date, datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -175,6 +177,75 @@ def _unsubscribe_secret_from_env() -> None:
         )
 
 
+def _old_unsubscribe_secrets_from_env() -> None:
+    """Each retired key once was RETENTION_UNSUBSCRIBE_SECRET; an empty entry is usually a variable that expanded to nothing."""
+    value = _env("RETENTION_UNSUBSCRIBE_OLD_SECRETS")
+    if value is None:
+        return
+    for position, secret in enumerate(value.split(","), start=1):
+        if not secret.strip():
+            problem = "is empty (a stray comma, or a variable in the list that is unset)"
+        elif len(secret.strip()) < MIN_SECRET_LENGTH:
+            problem = f"is shorter than {MIN_SECRET_LENGTH} characters, so it cannot be a retired RETENTION_UNSUBSCRIBE_SECRET"
+        else:
+            continue
+        raise SettingsError(
+            f"RETENTION_UNSUBSCRIBE_OLD_SECRETS: entry {position} {problem}; list the retired keys comma-separated, "
+            "or unset it."
+        )
+
+
+def _thresholds_file_from_env() -> None:
+    """Loading the Config classes checks the whole file (RETENTION_CONFIG) as the definitions will; ThresholdsFileError
+    is a SettingsError."""
+    import retention_pipeline.activity.config  # noqa: F401
+    import retention_pipeline.segments.config  # noqa: F401
+
+
+def _smtp_from_env() -> None:
+    """The SMTP sender's settings (outreach.smtp.smtp_sender_from_env); a password is never shown."""
+    host = _env("SMTP_HOST")
+    if host is not None and not _is_host(host):
+        raise SettingsError(
+            f"SMTP_HOST={host!r} is not a host name; set only the relay's name, e.g. email-smtp.eu-west-1.amazonaws.com "
+            "(the port goes in SMTP_PORT), or unset it."
+        )
+    port = _env("SMTP_PORT")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise SettingsError(f"SMTP_PORT={port!r} is not a port 1-65535; use 587 (starttls) or 465 (ssl), or unset it for 587.")
+    security = _env("SMTP_SECURITY")
+    if security is not None and security not in ("starttls", "ssl", "none"):
+        raise SettingsError(
+            f"SMTP_SECURITY={security!r} is not starttls, ssl or none; use starttls for port 587, ssl for 465, "
+            "or unset it for starttls."
+        )
+    if bool(_env("SMTP_USERNAME")) != bool(_env("SMTP_PASSWORD")):
+        given, missing = ("SMTP_USERNAME", "SMTP_PASSWORD") if _env("SMTP_USERNAME") else ("SMTP_PASSWORD", "SMTP_USERNAME")
+        raise SettingsError(f"{given} is set but {missing} is not; set both for a relay that needs a login, or neither.")
+    ca_file = _env("SMTP_TLS_CA_FILE")
+    if ca_file is not None:
+        _check_ca_file(ca_file)
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?", value) is not None
+
+
+def _check_ca_file(path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise SettingsError(f"SMTP_TLS_CA_FILE={path!r} is not a readable file; point it at the relay's CA bundle (PEM), "
+                            "or unset it for the system CAs.")
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        raise SettingsError(f"SMTP_TLS_CA_FILE={path!r} holds no PEM certificate ({exc.reason}); point it at the relay's "
+                            "CA bundle, or unset it for the system CAs.") from exc
+
+
 def _flag_from_env(name: str) -> None:
     value = _env(name)
     if value is not None and value not in ("0", "1"):
@@ -203,3 +274,6 @@ def check_environment() -> None:
     _secret_from_env("RESEND_API_KEY", ("re_",), "a Resend API key")
     _http_url_from_env("RESEND_API_URL", "the Resend API")
     _unsubscribe_secret_from_env()
+    _old_unsubscribe_secrets_from_env()
+    _smtp_from_env()
+    _thresholds_file_from_env()

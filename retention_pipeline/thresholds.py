@@ -15,13 +15,20 @@ import yaml
 from dagster import Config, Failure, MetadataValue
 from pydantic import ValidationError
 
+from retention_pipeline.errors import SettingsError
 from retention_pipeline.settings import PROJECT_ROOT
 
 SECTIONS = ("daily_activity_snapshots", "weekly_engagement_segments", "dormant_users")
 
 
-class ThresholdsFileError(ValueError):
-    """The thresholds file cannot be used; the message is one line that names the file and the key."""
+class ThresholdsFileError(SettingsError):
+    """The thresholds file cannot be used; the message is one line that names the file, the key and RETENTION_CONFIG.
+
+    A SettingsError, so the console script shows it as that line with exit code 2 wherever it is raised."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"RETENTION_CONFIG: {problem}; fix the thresholds file, or point RETENTION_CONFIG at a valid one "
+                         "(unset = retention.yaml).")
 
 
 def thresholds_path() -> Path:

@@ -40,8 +40,26 @@ BAD_SETTINGS = {
     "RESEND_API_URL": ({"RESEND_API_URL": "api.resend.com"}, "http(s) URL"),
     "RETENTION_UNSUBSCRIBE_SECRET": ({"RETENTION_UNSUBSCRIBE_SECRET": "hunter2"}, "16 characters"),
     "RETENTION_DEBUG": ({"RETENTION_DEBUG": "yes"}, "0 or 1"),
+    "RETENTION_CONFIG": ({"RETENTION_CONFIG": str(PROJECT_ROOT / "no-such-retention.yaml")}, "no-such-retention.yaml: cannot read"),
+    "RETENTION_UNSUBSCRIBE_OLD_SECRETS": ({"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,hunter2"},
+                                          "entry 2 is shorter than 16 characters"),
+    "SMTP_HOST": ({"SMTP_HOST": "smtp.example.com:587"}, "not a host name"),
+    "SMTP_PORT": ({"SMTP_PORT": "70000"}, "1-65535"),
+    "SMTP_SECURITY": ({"SMTP_SECURITY": "tls"}, "starttls, ssl or none"),
+    "SMTP_USERNAME": ({"SMTP_USERNAME": "AKIAEXAMPLESMTPUSER"}, "SMTP_PASSWORD is not"),
+    "SMTP_PASSWORD": ({"SMTP_PASSWORD": "smtp-password-0123"}, "SMTP_USERNAME is not"),
+    "SMTP_TLS_CA_FILE": ({"SMTP_TLS_CA_FILE": str(PROJECT_ROOT / "no-such-ca.pem")}, "readable file"),
 }
-SECRETS = ("STRIPE_API_KEY", "RESEND_API_KEY", "RETENTION_UNSUBSCRIBE_SECRET")
+SECRETS = ("STRIPE_API_KEY", "RESEND_API_KEY", "RETENTION_UNSUBSCRIBE_SECRET", "RETENTION_UNSUBSCRIBE_OLD_SECRETS",
+           "SMTP_USERNAME", "SMTP_PASSWORD")
+
+# Other real misconfigurations of the same variables, beyond the one case each above.
+MORE_BAD_SETTINGS = [
+    ({"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,"}, "RETENTION_UNSUBSCRIBE_OLD_SECRETS", "entry 2 is empty"),
+    ({"SMTP_HOST": " smtp.example.com"}, "SMTP_HOST", "not a host name"),
+    ({"SMTP_PORT": "smtp"}, "SMTP_PORT", "1-65535"),
+    ({"SMTP_TLS_CA_FILE": str(PROJECT_ROOT / "README.md")}, "SMTP_TLS_CA_FILE", "no PEM certificate"),
+]
 
 BAD_ARGUMENTS = [
     (["dev", "--port", "99999"], "--port"),
@@ -103,7 +121,42 @@ def test_a_bad_setting_is_one_line_naming_it(variable, state_dir):
     overrides, reason = BAD_SETTINGS[variable]
     line = assert_one_line(run_cli(["trigger", "install"], overrides, state_dir), variable, reason)
     if variable in SECRETS:
-        assert overrides[variable] not in line, "a secret was echoed"
+        assert not any(secret in line for secret in overrides[variable].split(",")), "a secret was echoed"
+
+
+@pytest.mark.parametrize(("overrides", "variable", "reason"), MORE_BAD_SETTINGS, ids=[str(o) for o, _, _ in MORE_BAD_SETTINGS])
+def test_another_bad_value_is_one_line_naming_it(overrides, variable, reason, state_dir):
+    line = assert_one_line(run_cli(["trigger", "install"], overrides, state_dir), variable, reason)
+    assert "retired-key-0123456789" not in line, "a secret was echoed"
+
+
+def thresholds_file_with_an_unknown_key(folder) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "retention.yaml"
+    path.write_text((PROJECT_ROOT / "retention.yaml").read_text().replace("dormant_users:\n", "dormant_users:\n  dormant_afterdays: 7\n"))
+    return str(path)
+
+
+def test_a_thresholds_file_with_an_unknown_key_is_one_line_before_anything_starts(state_dir):
+    path = thresholds_file_with_an_unknown_key(state_dir)
+    line = assert_one_line(run_cli(["trigger", "install"], {"RETENTION_CONFIG": path}, state_dir),
+                           "RETENTION_CONFIG", f"{path}: unknown key(s) ['dormant_afterdays'] in dormant_users")
+    assert line.endswith("fix the thresholds file, or point RETENTION_CONFIG at a valid one (unset = retention.yaml).")
+
+
+def test_a_thresholds_file_error_while_loading_the_definitions_is_one_line(state_dir):
+    """As in `demo`, which imports the definitions in-process: here even without the up-front check."""
+    path = thresholds_file_with_an_unknown_key(state_dir)
+    script = ("import retention_pipeline.cli as cli\n"
+              "cli.check_environment = lambda: None\n"
+              "@cli.main.command('load')\n"
+              "def load():\n"
+              "    import retention_pipeline.definitions\n"
+              "from retention_pipeline.entry import main\n"
+              "main(['load'])\n")
+    env = os.environ | {"RETENTION_STATE_DIR": str(state_dir), "RETENTION_CONFIG": path}
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert_one_line(completed, "RETENTION_CONFIG", f"{path}: unknown key(s) ['dormant_afterdays'] in dormant_users")
 
 
 def test_debug_shows_the_traceback(state_dir):
