@@ -31,7 +31,9 @@ def _known_error_message(exc: BaseException) -> str | None:
     from retention_pipeline.embedded import EmbeddedServerError
     from retention_pipeline.launcher import LauncherError
 
-    if isinstance(exc, (LauncherError, EmbeddedServerError, InvalidIdentifierError)):
+    from retention_pipeline.activity.trigger import TriggerLockError
+
+    if isinstance(exc, (LauncherError, EmbeddedServerError, InvalidIdentifierError, TriggerLockError)):
         return _one_line(exc)
     import psycopg2
     import sqlalchemy.exc
