@@ -583,6 +583,11 @@ class _AppInserter:
     def between(self, start: float, end: float) -> list[float]:
         return [seconds for t0, seconds in self.samples if start <= t0 < end]
 
+    def longest_starts_after(self, start: float, end: float) -> float | None:
+        """When the longest insert in [start, end) began, in seconds after `start` (which step it waited for)."""
+        inside = [(seconds, t0) for t0, seconds in self.samples if start <= t0 < end]
+        return round(max(inside)[1] - start, 3) if inside else None
+
 
 def measure_install_wait(scale: Scale) -> dict:
     from retention_pipeline.activity.trigger import install_trigger, uninstall_trigger
@@ -609,12 +614,14 @@ def measure_install_wait(scale: Scale) -> dict:
     out = {"install_seconds": round(finished - started, 3), "users_tracked": tracked,
            "inserts_during_install": len(during),
            "max_insert_wait_seconds": round(max(during), 4) if during else None,
+           "max_insert_started_after_seconds": app.longest_starts_after(started, finished),
            "median_insert_during_install_ms": round(median(during) * 1000, 3) if during else None,
            "max_insert_before_install_seconds": round(max(before), 4) if before else None,
            "median_insert_before_install_ms": round(median(before) * 1000, 3) if before else None,
            "target_seconds": INSTALL_WAIT_TARGET_SECONDS, "load": [load_start, load1()]}
     scale.say(f"    install {out['install_seconds']:.1f} s; {len(during):,} app inserts meanwhile, the longest "
-              f"{out['max_insert_wait_seconds']} s (before the install: {out['max_insert_before_install_seconds']} s)")
+              f"{out['max_insert_wait_seconds']} s, {out['max_insert_started_after_seconds']} s into the install "
+              f"(before the install: {out['max_insert_before_install_seconds']} s)")
     return out
 
 

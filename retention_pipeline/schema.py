@@ -36,12 +36,16 @@ ALTER TABLE {rs}.user_activity SET (fillfactor = 70);
 -- The trigger's errors used to be counted here; the trigger now cannot fail (activity/trigger.py).
 DROP TABLE IF EXISTS {rs}.trigger_health;
 -- The trigger's only write, inside the app's INSERT: append-only, no index, no constraint an app row
--- could violate. Never truncated by vacuum: that takes a lock the app's inserts would wait for.
+-- could violate. A row with a user is one INSERT statement's activity of that user; a row without
+-- one is how many events of the 15 minutes starting at first_at the statement recorded. Never
+-- truncated by vacuum: that takes a lock the app's inserts would wait for.
 CREATE TABLE IF NOT EXISTS {rs}.activity_queue (
-    event_id     bigint,
-    user_id      bigint,
-    occurred_at  timestamptz,
-    event_type   text
+    user_id          bigint,
+    first_at         timestamptz,
+    last_at          timestamptz,
+    last_event_id    bigint,
+    last_event_type  text,
+    events           bigint
 ) WITH (vacuum_truncate = false);
 -- Events the trigger recorded, per 15 minutes of occurred_at (the drain and the install keep it).
 CREATE TABLE IF NOT EXISTS {rs}.trigger_event_counts (

@@ -57,8 +57,8 @@ SELECT (SELECT count(*) FROM {rs}.source_events e
         WHERE u.created_at > :start_ts) AS before_signup,
        (SELECT COALESCE(sum(c.events), 0) FROM {rs}.trigger_event_counts c
         WHERE c.bucket_start >= :start_ts AND c.bucket_start < :end_ts) AS trigger_drained,
-       (SELECT count(*) FROM {rs}.activity_queue q
-        WHERE q.occurred_at >= :start_ts AND q.occurred_at < :end_ts) AS trigger_queued
+       (SELECT COALESCE(sum(q.events), 0) FROM {rs}.activity_queue q
+        WHERE q.user_id IS NULL AND q.first_at >= :start_ts AND q.first_at < :end_ts) AS trigger_queued
 """
 
 
@@ -81,7 +81,7 @@ def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summ
     null_user = counts["null_user"]
     state = trigger_state(db)
     with_user = counts["events"] - null_user
-    recorded = int(counts["trigger_drained"]) + counts["trigger_queued"]
+    recorded = int(counts["trigger_drained"]) + int(counts["trigger_queued"])
     not_recorded = max(with_user - recorded, 0)
     unknown_user = counts["events"] - null_user - counted
     orphan_count = null_user + unknown_user

@@ -1,15 +1,15 @@
 """The statement-level trigger on the app's `events` table, and the drain that keeps `{rs}.user_activity` current.
 
 The trigger runs inside the app's INSERT, so it does the least that can be done there: it appends the
-statement's rows (event id, user id, time, type; NULL user ids skipped) to `{rs}.activity_queue`, an
-append-only table without indexes or constraints. It is `SECURITY DEFINER`, owned by the pipeline's
-role, with a pinned `search_path`, so an app role that may only INSERT into `events` needs no rights on
-the `retention` schema. It has no exception handler (no subtransaction per statement) because nothing
+statement's activity per user (first and last time, last event, count; NULL user ids skipped) and its
+event count per 15 minutes to `{rs}.activity_queue`, an append-only table without indexes or
+constraints. It is `SECURITY DEFINER`, owned by the pipeline's role, with a pinned `search_path`, so an
+app role that may only INSERT into `events` needs no rights on the `retention` schema. It has no exception handler (no subtransaction per statement) because nothing
 in it can fail for a reason the app's own INSERT would not: no unique key, no row lock, no
 constraint, and casts from the contract's column types that cannot fail.
 
 The pipeline drains the queue (`drain_activity_queue`) before it reads `user_activity`: one set-based
-statement folds the queued rows into `user_activity` and into per-15-minute event counts, and deletes
+statement folds the queued rows into `user_activity` and into `{rs}.trigger_event_counts`, and deletes
 them. The counts let the `trigger_health` check prove that every event of a day reached the pipeline.
 """
 
@@ -51,14 +51,46 @@ def _function_sql(db: AppDatabase) -> str:
     s = db.source
     user_id, occurred_at = s.q("events_user_id"), s.q("events_occurred_at")
     event_id, event_type = s.q("events_id"), s.q("events_event_type")
+    bucket = BUCKET.format(t=f"{occurred_at}::timestamptz")
+    # Rows with a user carry activity; rows without one carry how many events of a 15-minute bucket the
+    # statement recorded (first_at = the bucket's start). Two paths, both one INSERT:
+    # - a single-row INSERT (the app's hot path) appends its row and its count as they are;
+    # - a multi-row INSERT appends one row per user (first/last time, count by hash aggregation; the last
+    #   event found by joining back on the last time, the highest id breaking a tie, so only one row per
+    #   user is sorted) and one per bucket: a 1,000,000-row import appends thousands of rows, not millions.
     return f"""
 CREATE OR REPLACE FUNCTION {{rs}}.{FUNCTION_NAME}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    INSERT INTO {{rs}}.activity_queue (event_id, user_id, occurred_at, event_type)
-    SELECT {event_id}::bigint, {user_id}::bigint, {occurred_at}::timestamptz, {event_type}::text
-    FROM new_events
-    WHERE {user_id} IS NOT NULL AND {occurred_at} IS NOT NULL;
+    IF NOT EXISTS (SELECT 1 FROM new_events OFFSET 1) THEN
+        INSERT INTO {{rs}}.activity_queue (user_id, first_at, last_at, last_event_id, last_event_type, events)
+        SELECT {user_id}::bigint, {occurred_at}::timestamptz, {occurred_at}::timestamptz, {event_id}::bigint,
+               {event_type}::text, 1
+        FROM new_events WHERE {user_id} IS NOT NULL AND {occurred_at} IS NOT NULL
+        UNION ALL
+        SELECT NULL, {bucket}, {bucket}, NULL, NULL, 1
+        FROM new_events WHERE {user_id} IS NOT NULL AND {occurred_at} IS NOT NULL;
+    ELSE
+        WITH per_user AS MATERIALIZED (
+            SELECT {user_id}::bigint AS user_id, min({occurred_at}::timestamptz) AS first_at,
+                   max({occurred_at}::timestamptz) AS last_at, count(*) AS events
+            FROM new_events WHERE {user_id} IS NOT NULL AND {occurred_at} IS NOT NULL
+            GROUP BY 1
+        ), last_events AS (
+            SELECT DISTINCT ON (p.user_id) p.user_id, p.first_at, p.last_at, e.{event_id}::bigint AS last_event_id,
+                   e.{event_type}::text AS last_event_type, p.events
+            FROM per_user p
+            JOIN new_events e ON e.{user_id}::bigint = p.user_id AND e.{occurred_at}::timestamptz = p.last_at
+            ORDER BY p.user_id, e.{event_id}::bigint DESC
+        )
+        INSERT INTO {{rs}}.activity_queue (user_id, first_at, last_at, last_event_id, last_event_type, events)
+        SELECT user_id, first_at, last_at, last_event_id, last_event_type, events FROM last_events
+        UNION ALL
+        SELECT NULL, bucket_start, bucket_start, NULL, NULL, count(*)
+        FROM (SELECT {bucket} AS bucket_start FROM new_events
+              WHERE {user_id} IS NOT NULL AND {occurred_at} IS NOT NULL) AS recorded
+        GROUP BY bucket_start;
+    END IF;
     RETURN NULL;
 END
 $fn$;
@@ -69,23 +101,23 @@ REVOKE ALL ON FUNCTION {{rs}}.{FUNCTION_NAME}() FROM PUBLIC;
 # One statement, so one snapshot: the rows it deletes are exactly the rows it folds in. (occurred_at, id)
 # orders events totally, so "the last event" is the same whether folded batch by batch or computed from
 # scratch; an older late-arriving event never moves last_activity_at backwards.
-_DRAIN_SQL = f"""
+_DRAIN_SQL = """
 WITH drained AS (
-    DELETE FROM {{rs}}.activity_queue RETURNING event_id, user_id, occurred_at, event_type
+    DELETE FROM {rs}.activity_queue RETURNING user_id, first_at, last_at, last_event_id, last_event_type, events
 ), counted AS (
-    INSERT INTO {{rs}}.trigger_event_counts AS c (bucket_start, events)
-    SELECT {BUCKET.format(t="occurred_at")}, count(*) FROM drained GROUP BY 1
+    INSERT INTO {rs}.trigger_event_counts AS c (bucket_start, events)
+    SELECT first_at, sum(events) FROM drained WHERE user_id IS NULL GROUP BY 1
     ON CONFLICT (bucket_start) DO UPDATE SET events = c.events + EXCLUDED.events
 ), per_user AS (
-    SELECT user_id, min(occurred_at) AS first_at, max(occurred_at) AS last_at, count(*) AS events
-    FROM drained GROUP BY user_id
+    SELECT user_id, min(first_at) AS first_at, max(last_at) AS last_at, sum(events) AS events
+    FROM drained WHERE user_id IS NOT NULL GROUP BY user_id
 ), last_event AS (
-    SELECT DISTINCT ON (user_id) user_id, event_id, event_type
-    FROM drained ORDER BY user_id, occurred_at DESC, event_id DESC
+    SELECT DISTINCT ON (user_id) user_id, last_event_id, last_event_type
+    FROM drained WHERE user_id IS NOT NULL ORDER BY user_id, last_at DESC, last_event_id DESC
 ), folded AS (
-    INSERT INTO {{rs}}.user_activity AS ua
+    INSERT INTO {rs}.user_activity AS ua
         (user_id, first_activity_at, last_activity_at, last_event_id, last_event_type, event_count)
-    SELECT p.user_id, p.first_at, p.last_at, l.event_id, l.event_type, p.events
+    SELECT p.user_id, p.first_at, p.last_at, l.last_event_id, l.last_event_type, p.events
     FROM per_user p JOIN last_event l USING (user_id)
     ON CONFLICT (user_id) DO UPDATE SET
         first_activity_at = LEAST(ua.first_activity_at, EXCLUDED.first_activity_at),
@@ -98,7 +130,7 @@ WITH drained AS (
         last_activity_at = GREATEST(ua.last_activity_at, EXCLUDED.last_activity_at),
         event_count = ua.event_count + EXCLUDED.event_count
 )
-SELECT count(*) FROM drained
+SELECT COALESCE(sum(events) FILTER (WHERE user_id IS NULL), 0)::bigint FROM drained
 """
 
 # From scratch, in one REPEATABLE READ snapshot: every event visible in it is counted here, and its
@@ -167,7 +199,8 @@ def trigger_installed(db: AppDatabase) -> bool:
 
 
 def drain_activity_queue(db: AppDatabase) -> int:
-    """Fold the queued events into `user_activity` and the event counts, in one transaction; returns them.
+    """Fold the queued activity into `user_activity` and the event counts, in one transaction; returns the
+    number of events it accounted for.
 
     Safe to run concurrently with itself, the app's inserts and an install (they take turns on an
     advisory lock; the app's inserts only append, which nothing here waits for or blocks)."""
