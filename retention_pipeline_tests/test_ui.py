@@ -52,7 +52,7 @@ ASSETS = (
 )
 GROUPS = ("activity", "billing", "segments", "outreach", "outcomes")
 SCHEDULES = ("billing_snapshot_schedule", "daily_morning_schedule", "weekly_segments_schedule")
-SNAPSHOT_CHECKS = ("non_negative_figures", "not_empty", "orphan_events", "unique_user_days")
+SNAPSHOT_CHECKS = ("non_negative_figures", "not_empty", "orphan_events", "trigger_health", "unique_user_days")
 LOCATION = "retention_pipeline"
 REPOSITORY = "__repository__"
 BACKFILL_DAYS = 14
