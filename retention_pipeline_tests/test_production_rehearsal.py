@@ -165,7 +165,7 @@ def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3000)
+@pytest.mark.timeout(4500)  # up to 30 min of waiting out midnight, then the rehearsal
 def test_production_rehearsal(pg_server, monkeypatch):
     started = time.monotonic()
     _wait_past_midnight()
