@@ -88,13 +88,15 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
     deps=["reengagement_outcomes"],
 )
 def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) -> MaterializeResult:
-    """Per campaign, step, variant, segment and window: treated vs holdout return rates, lift with a 95%
-    interval and p-value, and recovered MRR; closed windows only, as of the partition day."""
+    """Per campaign, step, variant, segment and window: treated vs holdout return rates as assigned
+    (failed sends stay treated), lift with a 95% interval and p-value, recovered MRR, and the per-protocol
+    lift (delivered only) as a secondary figure; closed windows only, as of the partition day."""
     install_schema(app_db)
     as_of = partition_days(context)[-1]
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)), {"end_ts": _end_of(as_of)}).mappings().all(),
-                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents"])
+                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "users", "returned", "recovered_mrr_cents",
+                                       "delivered_users", "delivered_returned"])
         rows = performance_rows(counts, as_of)
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
@@ -109,6 +111,8 @@ def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) ->
                 metadata[f"lift_{key}"] = MetadataValue.float(float(r.lift))
             if r.treated_rate is not None and pd.notna(r.treated_rate):
                 metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
+            if r.per_protocol_lift is not None and pd.notna(r.per_protocol_lift):
+                metadata[f"per_protocol_lift_{key}"] = MetadataValue.float(float(r.per_protocol_lift))
         metadata["latest"] = MetadataValue.md(_performance_markdown(table))
     return MaterializeResult(metadata=metadata)
 
@@ -133,24 +137,29 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 if n_t == 0:
                     continue
                 result = lift(r_t, n_t, r_h, n_h)
+                n_pp, r_pp = int(t["delivered_users"].sum()), int(t["delivered_returned"].sum())
+                per_protocol = lift(r_pp, n_pp, r_h, n_h)
                 rows.append({
                     "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
                     "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
                     "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
                     "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
+                    "per_protocol_treated": n_pp, "per_protocol_treated_returned": r_pp, "per_protocol_lift": per_protocol.lift,
                 })
     return rows
 
 
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
-    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p | recovered MRR |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p | recovered MRR "
+             "| per-protocol lift (delivered only) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
+        per_protocol = f"{r.per_protocol_lift:+.1%}" if pd.notna(r.per_protocol_lift) else "n/a"
         lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
-                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | ${r.recovered_mrr_cents / 100:,.2f} |")
+                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | ${r.recovered_mrr_cents / 100:,.2f} | {per_protocol} |")
     return "\n".join(lines)
