@@ -1,8 +1,10 @@
 """Re-engagement emails: a graph-backed asset whose materialization is the send ledger.
 
-plan (eligibility, holdout, rendering, ledger rows written BEFORE sending)
-  -> send (an op with its own retries; reconciles pending rows of crashed runs with the same keys)
-  -> record (the ledger's figures as the asset's metadata).
+plan (eligibility, holdout, rendering, ledger rows written BEFORE sending; a dry run writes its preview
+      to `email_dry_runs` instead)
+  -> send (an op with its own retries; only in a live, unpaused run of a current day: this run's batches and
+     the pending ones a crashed run left, with the same keys)
+  -> record (the ledger's figures and exactly which batches this run sent, and why, as the asset's metadata).
 """
 
 import json
@@ -37,7 +39,10 @@ from retention_pipeline.outreach.sql import (
     ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
     CANDIDATES_SQL,
+    CLEAR_DRY_RUN_SQL,
+    DRY_RUN_SUMMARY_SQL,
     ELIGIBLE_SQL,
+    INSERT_DRY_RUN_SQL,
     INSERT_LEDGER_SQL,
     LEDGER_SUMMARY_SQL,
     MARK_FAILED_SQL,
@@ -62,17 +67,25 @@ LEDGER_CHUNK = 500
 
 send_retry_policy = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL)
 
+THIS_RUNS_PLAN = "this run's plan"
+LEFT_BY_EARLIER_RUN = "left pending by an earlier run"
+
 
 @op(retry_policy=database_retry_policy, ins={"dormant_users": In(Nothing)}, tags={"kind": "postgres"})
 def plan_reengagement_sends(
     context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
     email_sender: EmailSender,
 ) -> dict:
-    """Write one ledger row per intended email (pending), holdout member (holdout) or dry run, before any send."""
+    """Write one ledger row per intended email (pending) or holdout member (holdout) before any send; a dry
+    run writes the same rows to its preview table `email_dry_runs` instead."""
     install_schema(app_db)
     days = partition_days(context)
-    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "days": [d.isoformat() for d in days],
-            "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0}
+    today = clock.today()
+    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "paused": config.paused,
+            "days": [d.isoformat() for d in days],
+            # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
+            "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
+            "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0}
     renderer = EmailRenderer()
     for as_of in days:
         guard = _send_guard(config, as_of)
@@ -117,22 +130,25 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
                 plan["skipped"][reason] += users
         # Rendered emails are the large part: only a chunk of them is in memory at a time.
         eligible = conn.execute(text(ELIGIBLE_SQL), execution_options={"stream_results": True})
+        if config.dry_run:
+            conn.execute(text(app_db.render(CLEAR_DRY_RUN_SQL)), params)
+        insert_sql = app_db.render(INSERT_DRY_RUN_SQL if config.dry_run else INSERT_LEDGER_SQL)
         for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
             rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
-            inserted = conn.execute(text(app_db.render(INSERT_LEDGER_SQL)),
-                                    {"rows": json.dumps(rows, default=_json_value)}).all()
+            inserted = conn.execute(text(insert_sql), {"rows": json.dumps(rows, default=_json_value)}).all()
             # A concurrent run that recorded the same user first wins; ours is simply not inserted.
             if len(inserted) < len(rows):
                 plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
             for row in inserted:
                 plan["recorded"][row.status] += 1
-            pending_ids += [row.id for row in inserted if row.status == "pending"]
+            pending_ids += [row.id for row in inserted if row.status == "pending"]  # none in a dry run
         pending_ids.sort()
         # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
         for start in range(0, len(pending_ids), batch_size):
             ids = pending_ids[start : start + batch_size]
             batch_key = f"{config.campaign}-{as_of.isoformat()}-s{step.step}-{ids[0]}"
             conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
+            plan["batch_keys"].append(batch_key)
 
 
 def _json_value(value):
@@ -177,25 +193,52 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
         "headers": {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
     }
-    status = "dry_run" if config.dry_run else "pending"
-    return base | {"status": status, "subject": rendered.subject, "payload": payload}
+    return base | {"status": "pending", "subject": rendered.subject, "payload": payload}
 
 
-# One pool for every run's sends: concurrent runs share the provider's per-team rate limit.
+# One pool for every run's sends: dagster.yaml limits `email_provider` to one send op at a time across runs,
+# so concurrent runs share the provider's per-team rate limit.
 @op(retry_policy=send_retry_policy, pool="email_provider", tags={"kind": "resend"})
 def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppDatabase, email_sender: EmailSender) -> dict:
-    """Send every pending batch of the campaign, this run's and any a crashed run left, with its own key."""
-    results = Counter()
+    """Send this run's pending batches and those a crashed run left, each with its own key; nothing at all in
+    a paused run, a dry run or a backfill (they leave pending batches for the next current-day run)."""
     batches = app_db.fetch_all(PENDING_BATCHES_SQL, {"campaign": plan["campaign"]})
-    for batch in batches:
+    planned = set(plan["batch_keys"])
+    listed = [{"batch_key": b.batch_key, "emails": b.emails,
+               "why": THIS_RUNS_PLAN if b.batch_key in planned else LEFT_BY_EARLIER_RUN} for b in batches]
+    reason_not_to_send = _reason_not_to_send(plan)
+    if reason_not_to_send:
+        held = [entry | {"result": "held"} for entry in listed]
+        context.log.info(f"nothing sent: {reason_not_to_send}; {len(held)} pending batch(es) held "
+                         f"({sum(b['emails'] for b in held)} emails)")
+        return {"decision": f"nothing sent: {reason_not_to_send}", "counts": {}, "batches": held}
+    results = Counter()
+    for batch, entry in zip(batches, listed, strict=True):
         if clock.now() - batch.created_at > IDEMPOTENCY_HORIZON:
             _finish_batch(app_db, batch.batch_key, "unknown", "pending beyond the provider's idempotency horizon; "
                           "not re-sent to avoid a duplicate: check the provider's log for this batch key", 0)
-            results["unknown"] += batch.emails
-            continue
-        results[_send_batch(context, app_db, email_sender, batch.batch_key)] += batch.emails
+            entry["result"] = "unknown"
+        else:
+            entry["result"] = _send_batch(context, app_db, email_sender, batch.batch_key)
+        results[entry["result"]] += batch.emails
+        context.log.info(f"batch {entry['batch_key']} ({entry['emails']} emails, {entry['why']}): {entry['result']}")
+    if listed:
+        # The next run's first call must not land in the provider's rate window of our last one.
+        email_sender.wait_out_rate_window()
     context.log.info(f"send results: {dict(results)}")
-    return dict(results)
+    return {"decision": "current day's live run: sent this run's and earlier runs' pending batches",
+            "counts": dict(results), "batches": listed}
+
+
+def _reason_not_to_send(plan: dict) -> str | None:
+    if plan["paused"]:
+        return "campaign paused (kill switch); pending batches stay pending until an unpaused run"
+    if plan["dry_run"]:
+        return "dry run; pending batches are left to the next live run"
+    if not plan["current_days"]:
+        return ("backfill: no partition of this run is within max_send_lag_days of today (a backfill never "
+                "sends); pending batches are left to the current day's run")
+    return None
 
 
 def _send_batch(context, app_db: AppDatabase, sender: EmailSender, batch_key: str) -> str:
@@ -238,7 +281,10 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
     ledger = pd.DataFrame(app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaign": plan["campaign"]}),
                           columns=["step", "variant", "status", "emails"])
     by_status = ledger.groupby("status")["emails"].sum().to_dict() if not ledger.empty else {}
+    previews = {row.status: row.emails for row in
+                app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaign": plan["campaign"]})}
     skipped = plan["skipped"]
+    batches = results["batches"]
     context.add_output_metadata({
         "campaign": MetadataValue.text(plan["campaign"]),
         "sender": MetadataValue.text(email_sender.name),
@@ -246,14 +292,23 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "holdout": MetadataValue.int(int(by_status.get("holdout", 0))),
         "failed": MetadataValue.int(int(by_status.get("failed", 0))),
         "pending": MetadataValue.int(int(by_status.get("pending", 0))),
-        "dry_run": MetadataValue.int(int(by_status.get("dry_run", 0))),
+        "dry_run_would_send": MetadataValue.int(int(previews.get("would_send", 0))),
+        "dry_run_would_hold_out": MetadataValue.int(int(previews.get("would_hold_out", 0))),
         "skipped": MetadataValue.int(sum(skipped.values())),
         "skipped_by_reason": MetadataValue.json(skipped),
         "already_recorded": MetadataValue.int(plan["already_recorded"]),
-        "send_results_this_run": MetadataValue.json(results),
+        "send_decision": MetadataValue.text(results["decision"]),
+        "send_results_this_run": MetadataValue.json(results["counts"]),
+        "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),
+        "batches_not_sent": MetadataValue.json([_batch_entry(b) | {"result": b["result"]}
+                                                for b in batches if b["result"] != "sent"]),
         "guards": MetadataValue.json(plan["guards"]),
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
     })
+
+
+def _batch_entry(batch: dict) -> dict:
+    return {"batch_key": batch["batch_key"], "emails": batch["emails"], "why": batch["why"]}
 
 
 @graph_asset(

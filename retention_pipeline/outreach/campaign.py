@@ -51,10 +51,19 @@ class CampaignConfig(Config):
         default=0.1, ge=0.0, le=0.5, description="Share of users never emailed, to measure lift (stable hash of user and campaign)."
     )
     cooldown_days: int = Field(default=14, ge=0, description="No user gets more than one re-engagement email per this many days.")
-    paused: bool = Field(default=False, description="Kill switch: when true nothing is sent or recorded.")
-    dry_run: bool = Field(default=False, description="Render and record (status dry_run) without sending.")
+    paused: bool = Field(
+        default=False,
+        description="Kill switch: when true nothing is planned or sent, not even batches a crashed run left pending "
+        "(they stay pending; the next unpaused run sends them if within the provider's 23 h key horizon).",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Render what the live run would send into retention.email_dry_runs; sends nothing, writes no "
+        "ledger or holdout rows, so a live run of the same day sends exactly what it would have.",
+    )
     max_send_lag_days: int = Field(
-        default=1, ge=0, description="Partitions older than this (against today's clock) send nothing, so backfills are safe."
+        default=1, ge=0, description="A run whose partitions are all older than this (against today's clock) sends "
+        "nothing, not even batches left pending by a crashed run: backfills never send."
     )
     adaptive_allocation: bool = Field(
         default=False, description="Allocate variants by measured returns (Thompson sampling); off = stable hash split."

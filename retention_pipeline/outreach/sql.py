@@ -27,12 +27,12 @@ WITH recent_days AS (
     SELECT t.*
     FROM today t
     -- The follow-up follows the previous step's assignment in both arms alike (a failed or unknown send
-    -- like a delivered one or a holdout row), plus a dry run's own rows so it can preview the next step.
+    -- like a delivered one or a holdout row).
     WHERE :step = 1 OR EXISTS (
         SELECT 1 FROM {rs}.email_sends prev
         WHERE prev.campaign = :campaign AND prev.step = :step - 1 AND prev.user_id = t.user_id
           AND prev.episode_start = t.episode_start
-          AND (prev.status IN {assigned} OR prev.status = 'dry_run')
+          AND prev.status IN {assigned}
           AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
 )
 SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, mrr_cents, skip_reason,
@@ -87,6 +87,29 @@ FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint,
 ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
 RETURNING id, status
+"""
+
+# A dry run replaces its preview of the campaign, step and day; the ledger is not touched.
+CLEAR_DRY_RUN_SQL = "DELETE FROM {rs}.email_dry_runs WHERE campaign = :campaign AND step = :step AND as_of_date = :as_of"
+
+INSERT_DRY_RUN_SQL = """
+INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
+    segment_reason, mrr_cents, subject, payload, created_at)
+SELECT campaign, step, user_id, as_of_date, episode_start, variant,
+       CASE WHEN status = 'holdout' THEN 'would_hold_out' ELSE 'would_send' END, email, segment_reason, mrr_cents,
+       subject, payload, created_at
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
+    as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
+    payload jsonb, created_at timestamptz)
+ORDER BY user_id
+ON CONFLICT DO NOTHING
+RETURNING status
+"""
+
+DRY_RUN_SUMMARY_SQL = """
+SELECT status, count(*) AS emails FROM {rs}.email_dry_runs
+WHERE campaign = :campaign AND as_of_date >= :start_date AND as_of_date < :end_date
+GROUP BY status
 """
 
 ASSIGN_BATCH_SQL = "UPDATE {rs}.email_sends SET batch_key = :batch_key WHERE id = ANY(:ids)"

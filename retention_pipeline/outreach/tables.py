@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS {rs}.email_sends (
     episode_start        date NOT NULL,
     as_of_date           date NOT NULL,
     variant              text NOT NULL,
+    -- 'dry_run' is no longer written (dry runs go to email_dry_runs); it stays allowed so the check is
+    -- the same on old and new installs.
     status               text NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'holdout', 'dry_run', 'unknown')),
     email                text,
     segment_reason       text,
@@ -39,6 +41,44 @@ SELECT id AS send_id, campaign, step, user_id, episode_start, as_of_date, varian
        status <> 'holdout' AS treated, status = 'sent' AS delivered, COALESCE(sent_at, created_at) AS reference_at
 FROM {rs}.email_sends
 WHERE status IN {assigned};
+-- A dry run's preview: what the live run would record (an email or a holdout row), kept apart from the
+-- ledger, so it never takes a ledger key, never counts towards a step or the cooldown, never enters
+-- outcomes. A dry run of the same campaign and day replaces its preview.
+CREATE TABLE IF NOT EXISTS {rs}.email_dry_runs (
+    campaign        text NOT NULL,
+    step            smallint NOT NULL,
+    user_id         bigint NOT NULL,
+    as_of_date      date NOT NULL,
+    episode_start   date NOT NULL,
+    variant         text NOT NULL,
+    status          text NOT NULL CHECK (status IN ('would_send', 'would_hold_out')),
+    email           text,
+    segment_reason  text,
+    mrr_cents       bigint NOT NULL DEFAULT 0,
+    subject         text,
+    payload         jsonb,
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (campaign, as_of_date, step, user_id)
+);
+-- Installs from before the dry-run table kept dry runs in the ledger (status 'dry_run', plus 'holdout'
+-- rows written by the same plan step, recognisable by the same campaign, step, day and created_at).
+-- They move to the preview table once, freeing the ledger keys they held for the live run.
+WITH dry AS (
+    DELETE FROM {rs}.email_sends s
+    WHERE s.status = 'dry_run'
+       OR (s.status = 'holdout' AND EXISTS (
+              SELECT 1 FROM {rs}.email_sends d
+              WHERE d.status = 'dry_run' AND d.campaign = s.campaign AND d.step = s.step
+                AND d.as_of_date = s.as_of_date AND d.created_at = s.created_at))
+    RETURNING *
+)
+INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
+    segment_reason, mrr_cents, subject, payload, created_at)
+SELECT campaign, step, user_id, as_of_date, episode_start, variant,
+       CASE WHEN status = 'dry_run' THEN 'would_send' ELSE 'would_hold_out' END, email, segment_reason,
+       mrr_cents, subject, payload, created_at
+FROM dry
+ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
     email       text PRIMARY KEY,          -- lower-cased
     reason      text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
