@@ -66,8 +66,12 @@ def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, a
     jobs = [(asdict(replace(base, seed=seed, true_uplift=float(u))), symmetric)
             for u in uplifts.split(",") for symmetric in rules for seed in range(1, seeds + 1)]
     started = time.monotonic()
+    runs = []
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        runs = pool.map(_one, jobs, chunksize=4)
+        for run in pool.imap_unordered(_one, jobs):
+            runs.append(run)
+            if len(runs) % 20 == 0:
+                click.echo(f"  {len(runs)}/{len(jobs)} simulations, {time.monotonic() - started:.0f} s", err=True)
     elapsed = time.monotonic() - started
     groups = {}
     for run in runs:

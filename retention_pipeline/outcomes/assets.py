@@ -138,14 +138,15 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                     continue
                 result = lift(r_t, n_t, r_h, n_h)
                 n_pp, r_pp = int(t["delivered_users"].sum()), int(t["delivered_returned"].sum())
-                per_protocol = lift(r_pp, n_pp, r_h, n_h)
+                # Secondary and not randomized (delivery is not random): a point figure, no interval or test.
+                per_protocol_lift = r_pp / n_pp - r_h / n_h if n_pp and n_h else None
                 rows.append({
                     "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
                     "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
                     "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
                     "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
-                    "per_protocol_treated": n_pp, "per_protocol_treated_returned": r_pp, "per_protocol_lift": per_protocol.lift,
+                    "per_protocol_treated": n_pp, "per_protocol_treated_returned": r_pp, "per_protocol_lift": per_protocol_lift,
                 })
     return rows
 
