@@ -73,6 +73,7 @@ def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, a
             if len(runs) % 20 == 0:
                 click.echo(f"  {len(runs)}/{len(jobs)} simulations, {time.monotonic() - started:.0f} s", err=True)
     elapsed = time.monotonic() - started
+    runs.sort(key=lambda r: (r["uplift"], not r["symmetric"], r["seed"]))
     groups = {}
     for run in runs:
         groups.setdefault((run["uplift"], run["symmetric"]), []).append(run)
