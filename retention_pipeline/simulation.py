@@ -283,6 +283,10 @@ class ModelResult:
     truth: Truth
 
 
+# Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
+_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "holdout"), False: ("pending", "sent", "unknown")}
+
+
 def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: int | None = None,
                holdout_per_episode: bool = False) -> ModelResult:
     """The population through a pure-Python model of the pipeline's arm logic, measured with `lift`.
@@ -323,8 +327,7 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
                     previous = rows.get((user_id, 1, start))
                     if step_two_delay is None or previous is None or previous[0] > day - timedelta(days=step_two_delay):
                         continue
-                counted = ("pending", "sent", "failed", "unknown", "holdout") if symmetric else ("pending", "sent", "unknown")
-                if any(status in counted and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
+                if any(status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
                     continue
                 unit = f"{user_id}:{start.isoformat()}" if holdout_per_episode else user_id
                 held_out = in_holdout(CAMPAIGN, unit, campaign.holdout_share)
