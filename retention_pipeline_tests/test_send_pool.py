@@ -169,3 +169,16 @@ def test_pool_removed_from_dagster_yaml_lets_two_runs_exceed_the_provider_limit(
     assert outcomes["rate_limited"] > 0 and overlapping_requests(outcome["requests"]) > 0, outcomes
     # The sender's retries still deliver every email once: the pool is about the limit, not correctness.
     assert {s["campaign"]: s["emails_sent"] for s in outcome["summaries"]} == EXPECTED
+
+
+@pytest.mark.parametrize("path", ["dagster.yaml", "deploy/dagster.k8s.yaml", "deploy/dagster.celery.yaml"])
+def test_pool_limit_ships_in_every_instance_file(path):
+    """Each file passes Dagster's instance schema and limits every pool (so `email_provider`) to one op at a time."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    file = faults.PROJECT_ROOT / path
+    config, _ = dagster_instance_config(str(file.parent), file.name)
+    assert config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    if path.startswith("deploy/"):
+        # Runs that die holding the slot (a killed pod) release it once marked failed.
+        assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0

@@ -22,6 +22,7 @@ from retention_pipeline.outcomes.sql import (
     PERFORMANCE_COUNTS_SQL,
     REPLACE_PERFORMANCE_SQL,
 )
+from retention_pipeline.outcomes.format import lift_text, percent
 from retention_pipeline.outcomes.stats import lift
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
@@ -72,9 +73,13 @@ def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig,
     }
     for row in summary.itertuples():
         if row.treated:
-            metadata[f"return_rate_treated_{row.window_days}d"] = MetadataValue.float(row.treated_returned / row.treated)
+            rate = row.treated_returned / row.treated
+            metadata[f"return_rate_treated_{row.window_days}d"] = MetadataValue.float(rate)
+            metadata[f"return_rate_treated_{row.window_days}d_text"] = MetadataValue.text(percent(rate))
         if row.holdout:
-            metadata[f"return_rate_holdout_{row.window_days}d"] = MetadataValue.float(row.holdout_returned / row.holdout)
+            rate = row.holdout_returned / row.holdout
+            metadata[f"return_rate_holdout_{row.window_days}d"] = MetadataValue.float(rate)
+            metadata[f"return_rate_holdout_{row.window_days}d_text"] = MetadataValue.text(percent(rate))
     return MaterializeResult(metadata=metadata)
 
 
@@ -109,8 +114,10 @@ def campaign_performance(context: AssetExecutionContext, app_db: AppDatabase) ->
             key = f"{r.campaign}_step{r.step}_{r.window_days}d"
             if r.lift is not None and pd.notna(r.lift):
                 metadata[f"lift_{key}"] = MetadataValue.float(float(r.lift))
+                metadata[f"lift_{key}_text"] = MetadataValue.text(lift_text(r.lift, r.lift_ci_low, r.lift_ci_high))
             if r.treated_rate is not None and pd.notna(r.treated_rate):
                 metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
+                metadata[f"return_rate_{key}_text"] = MetadataValue.text(percent(r.treated_rate))
             if r.per_protocol_lift is not None and pd.notna(r.per_protocol_lift):
                 metadata[f"per_protocol_lift_{key}"] = MetadataValue.float(float(r.per_protocol_lift))
         metadata["latest"] = MetadataValue.md(_performance_markdown(table))

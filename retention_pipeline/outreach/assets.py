@@ -226,7 +226,9 @@ def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppData
         # The next run's first call must not land in the provider's rate window of our last one.
         email_sender.wait_out_rate_window()
     context.log.info(f"send results: {dict(results)}")
-    return {"decision": "current day's live run: sent this run's and earlier runs' pending batches",
+    sent = sum(1 for entry in listed if entry["result"] == "sent")
+    return {"decision": f"current day's live run: {sent} of {len(listed)} pending batch(es) sent "
+                        "(this run's plan and any left pending by an earlier run)",
             "counts": dict(results), "batches": listed}
 
 
