@@ -136,3 +136,14 @@ def test_simulate_command_rejects_an_impossible_uplift_in_one_line(monkeypatch):
     result = CliRunner().invoke(cli, ["simulate", "--uplift", "1.5"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: invalid simulation: uplift must be between -1 and 1 (got 1.5)."
+
+
+def test_coverage_benchmark_writes_its_report(tmp_path):
+    """`uv run python -m benchmarks.coverage`, tiny: every run lands in the report, with the coverage column."""
+    from benchmarks.coverage import main as coverage
+
+    result = CliRunner().invoke(coverage, ["--seeds", "2", "--users", "300", "--days", "20", "--workers", "1",
+                                           "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = next(tmp_path.glob("*-coverage.md")).read_text()
+    assert "| +0.00 | every assignment (fixed) | 2 |" in report and "| +0.10 | every assignment (fixed) | 2 |" in report
