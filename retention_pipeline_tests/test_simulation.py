@@ -92,12 +92,13 @@ def test_simulate_recovers_a_known_uplift_as_assigned_for_any_seed(fresh_db, ins
     assert result.ledger_by_status["failed"] > 0 and result.ledger_by_status["unknown"] > 0
     assert row["per_protocol_treated"] < row["treated"], "failed and unknown sends stay in the treated arm"
     assert truth.per_protocol == pytest.approx(truth.intention_to_treat * row["treated"] / row["per_protocol_treated"], rel=0.05)
-    # The fast model has no "declining" rule: its episodes start at 7 days of inactivity, where the pipeline
-    # catches most quitters a few days earlier as declining. So its rows compare with all segments together.
-    model, every_segment = model_lift(config), result.headline(7, segment="all")
-    print(f"pipeline (all segments): treated {every_segment['treated']}, holdout {every_segment['holdout']}, lift "
-          f"{every_segment['lift']:+.4f}; model: treated {model.treated}, holdout {model.holdout}, lift {model.measured.lift:+.4f}")
-    assert model.treated == pytest.approx(every_segment["treated"], rel=0.25)
+    # Printed, not asserted: the fast model has no "declining" rule (its episodes start at 7 days of
+    # inactivity; the pipeline catches most quitters earlier as declining), so its rows are not the same set.
+    model = model_lift(config)
+    print(f"pipeline (inactive): treated {row['treated']}, holdout {row['holdout']}, lift {row['lift']:+.4f}; "
+          f"model: treated {model.treated}, holdout {model.holdout}, lift {model.measured.lift:+.4f}, "
+          f"truth {model.truth.intention_to_treat:+.4f}")
+    assert model.measured.ci_low <= model.truth.intention_to_treat <= model.measured.ci_high
 
 
 QUIT, COOLDOWN = 0.1, 45   # users who come back go quiet again within ~10 days; a long frequency cap
