@@ -171,13 +171,14 @@ def simulate(days: int, users: int, uplift: float, base_return: float, seed: int
                                  "emailed user and must be between 0 and 1.", param_hint="'--uplift'")
     started = time.monotonic()
     try:
+        from retention_pipeline.simulation import SimulationConfig, format_report, run_simulation, simulation_database
+
+        # Checked before anything starts: nonsense (no days, an uplift beyond +-1) is one line, not a report.
+        config = SimulationConfig(days=days, users=users, true_uplift=uplift, base_return_7d=base_return,
+                                  seed=seed, adaptive_allocation=adaptive)
         with environment() as env:
             from dagster import DagsterInstance
 
-            from retention_pipeline.simulation import SimulationConfig, format_report, run_simulation, simulation_database
-
-            config = SimulationConfig(days=days, users=users, true_uplift=uplift, base_return_7d=base_return,
-                                      seed=seed, adaptive_allocation=adaptive)
             _say(f"Simulating {days} days of {users:,} users (true uplift {uplift:+.0%}) ...")
             with simulation_database(env.embedded) as db, DagsterInstance.ephemeral() as instance:
                 result = run_simulation(db, instance, config, say=_say)

@@ -137,6 +137,7 @@ def test_performance_rows_compare_each_variant_and_segment_with_the_holdout():
         ("winback", 1, "holdout", "inactive", 7, False, SEND_DAY, 90, 18, 0),
         ("winback", 1, "holdout", "declining", 7, False, SEND_DAY, 10, 4, 0),
     ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
+    counts["delivered_users"], counts["delivered_returned"] = counts["users"], counts["returned"]  # every email delivered
     rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, SEND_DAY)}
     overall = rows[("all", "all")]
     assert (overall["treated"], overall["treated_returned"], overall["holdout"], overall["holdout_returned"]) == (900, 250, 100, 22)

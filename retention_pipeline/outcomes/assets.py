@@ -110,9 +110,10 @@ def _outcomes_as_of(app_db: AppDatabase, config: OutcomeConfig, as_of) -> dict:
     deps=["reengagement_outcomes"],
 )
 def campaign_performance(context: AssetExecutionContext, config: PerformanceConfig, app_db: AppDatabase) -> MaterializeResult:
-    """Per campaign, step, variant, segment and window: treated vs holdout return rates, lift with a 95%
-    interval and p-value, and recovered MRR; closed windows only, as of the partition day. Per campaign
-    and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
+    """Per campaign, step, variant, segment and window: treated vs holdout return rates as assigned (failed
+    sends stay treated), lift with a 95% interval and p-value, recovered MRR, and the per-protocol lift
+    (delivered only) as a secondary figure; closed windows only, as of the partition day. Per campaign and
+    step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     install_schema(app_db)
     for as_of in partition_days(context):
         context.add_asset_metadata(_performance_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
@@ -125,7 +126,7 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
         counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)),
                                            {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE}).mappings().all(),
                               columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned",
-                                       "recovered_mrr_cents"])
+                                       "recovered_mrr_cents", "delivered_users", "delivered_returned"])
         rows = performance_rows(counts, as_of)
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
@@ -150,6 +151,8 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
             if r.treated_rate is not None and pd.notna(r.treated_rate):
                 metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
                 metadata[f"return_rate_{key}_text"] = MetadataValue.text(percent(r.treated_rate))
+            if r.per_protocol_lift is not None and pd.notna(r.per_protocol_lift):
+                metadata[f"per_protocol_lift_{key}"] = MetadataValue.float(float(r.per_protocol_lift))
         metadata["latest"] = MetadataValue.md(_performance_markdown(table))
     return metadata
 
@@ -176,6 +179,9 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 result = lift(r_t, n_t, r_h, n_h)
                 adjusted = stratified_difference(_by_day(t, h))
                 adjusted_low, adjusted_high = wald_interval(adjusted)
+                n_pp, r_pp = int(t["delivered_users"].sum()), int(t["delivered_returned"].sum())
+                # Secondary and not randomized (delivery is not random): a point figure, no interval or test.
+                per_protocol_lift = r_pp / n_pp - r_h / n_h if n_pp and n_h else None
                 rows.append({
                     "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
                     "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
@@ -183,6 +189,7 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                     "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
                     "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
                     "adjusted_lift": adjusted.value, "adjusted_ci_low": adjusted_low, "adjusted_ci_high": adjusted_high,
+                    "per_protocol_treated": n_pp, "per_protocol_treated_returned": r_pp, "per_protocol_lift": per_protocol_lift,
                 })
     return rows
 
@@ -245,14 +252,16 @@ def _revenue_metadata(revenue: list[dict]) -> dict:
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
     lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
-             "| lift within days (95% CI) | recovered MRR |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+             "| lift within days (95% CI) | recovered MRR | per-protocol lift (delivered only) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
         adjusted = (f"{r.adjusted_lift:+.1%} ({r.adjusted_ci_low:+.1%} .. {r.adjusted_ci_high:+.1%})"
                     if pd.notna(r.adjusted_lift) else "n/a")
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
+        per_protocol = f"{r.per_protocol_lift:+.1%}" if pd.notna(r.per_protocol_lift) else "n/a"
         lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
-                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} |")
+                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} "
+                     f"| {per_protocol} |")
     return "\n".join(lines)

@@ -1,20 +1,21 @@
 """SQL of the outcomes. Everything is as of the end of the partition day, never the wall clock."""
 
-# Each ledger entry (sent email or holdout member) against each attribution window. The window is
+# Each assignment (an email, whatever became of it, or a holdout member) against each attribution window. The window is
 # (reference_at, reference_at + N days]: activity before the send never counts as its success.
 # Events are read per user through the (user_id, occurred_at) index, exact to the second, which the
 # day-grained snapshots cannot be for "returned later the same day". Final rows are never touched
 # again, and an evaluation as of an earlier day never overwrites a later one.
 EVALUATE_OUTCOMES_SQL = """
-INSERT INTO {rs}.reengagement_outcomes AS o (send_id, window_days, campaign, step, variant, treated, segment_reason,
-    user_id, mrr_cents, reference_at, window_end, returned, first_returned_at, events, active_days, final, evaluated_as_of)
-SELECT s.id, w.window_days, s.campaign, s.step, s.variant, s.status = 'sent', s.segment_reason, s.user_id, s.mrr_cents,
-       r.reference_at, r.reference_at + make_interval(days => w.window_days),
+INSERT INTO {rs}.reengagement_outcomes AS o (send_id, window_days, campaign, step, variant, treated, delivered,
+    segment_reason, user_id, mrr_cents, reference_at, window_end, returned, first_returned_at, events, active_days, final,
+    evaluated_as_of)
+SELECT s.send_id, w.window_days, s.campaign, s.step, s.variant, s.treated, s.delivered, s.segment_reason, s.user_id,
+       s.mrr_cents, r.reference_at, r.reference_at + make_interval(days => w.window_days),
        ev.success_at IS NOT NULL, ev.success_at, ev.events, ev.active_days,
        r.reference_at + make_interval(days => w.window_days) <= :end_ts,
        :as_of
-FROM {rs}.email_sends s
-CROSS JOIN LATERAL (SELECT COALESCE(s.sent_at, s.created_at) AS reference_at) r
+FROM {rs}.assignments s
+CROSS JOIN LATERAL (SELECT s.reference_at) r
 CROSS JOIN unnest(CAST(:windows AS integer[])) AS w(window_days)
 -- The campaign's success definition (no row: any event, one is enough). Events and active days count
 -- qualifying events only; the return is the moment the min_events-th of them happened.
@@ -28,10 +29,12 @@ CROSS JOIN LATERAL (
       AND e.occurred_at <= LEAST(r.reference_at + make_interval(days => w.window_days), :end_ts)
       AND (cs.event_types IS NULL OR e.event_type = ANY(cs.event_types))
 ) ev
-WHERE s.status IN ('sent', 'holdout')
+-- As assigned: failed and unknown sends stay treated. A pending row waits until its send is settled,
+-- which fixes its reference time.
+WHERE s.status <> 'pending'
   AND r.reference_at < :end_ts
   AND NOT EXISTS (SELECT 1 FROM {rs}.reengagement_outcomes f
-                  WHERE f.send_id = s.id AND f.window_days = w.window_days AND f.final)
+                  WHERE f.send_id = s.send_id AND f.window_days = w.window_days AND f.final)
 ON CONFLICT (send_id, window_days) DO UPDATE SET
     returned = EXCLUDED.returned, first_returned_at = EXCLUDED.first_returned_at, events = EXCLUDED.events,
     active_days = EXCLUDED.active_days, final = EXCLUDED.final, evaluated_as_of = EXCLUDED.evaluated_as_of
@@ -54,7 +57,10 @@ PERFORMANCE_COUNTS_SQL = """
 SELECT campaign, step, variant, COALESCE(segment_reason, 'unknown') AS segment, window_days, treated,
        (reference_at AT TIME ZONE :tz)::date AS day,
        count(*) AS users, count(*) FILTER (WHERE returned) AS returned,
-       COALESCE(sum(mrr_cents) FILTER (WHERE returned AND treated), 0)::bigint AS recovered_mrr_cents
+       COALESCE(sum(mrr_cents) FILTER (WHERE returned AND treated), 0)::bigint AS recovered_mrr_cents,
+       -- Per protocol (secondary): delivered emails only; rows from before `delivered` existed were all sent.
+       count(*) FILTER (WHERE delivered IS NOT FALSE) AS delivered_users,
+       count(*) FILTER (WHERE delivered IS NOT FALSE AND returned) AS delivered_returned
 FROM {rs}.reengagement_outcomes
 WHERE final AND window_end <= :end_ts
 GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated, (reference_at AT TIME ZONE :tz)::date
@@ -65,10 +71,12 @@ REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_dat
 INSERT_PERFORMANCE_SQL = """
 INSERT INTO {rs}.campaign_performance (as_of_date, campaign, step, variant, segment, window_days, treated,
     treated_returned, holdout, holdout_returned, treated_rate, holdout_rate, lift, lift_ci_low, lift_ci_high,
-    p_value, recovered_mrr_cents, adjusted_lift, adjusted_ci_low, adjusted_ci_high)
+    p_value, recovered_mrr_cents, adjusted_lift, adjusted_ci_low, adjusted_ci_high, per_protocol_treated,
+    per_protocol_treated_returned, per_protocol_lift)
 VALUES (:as_of_date, :campaign, :step, :variant, :segment, :window_days, :treated, :treated_returned, :holdout,
     :holdout_returned, :treated_rate, :holdout_rate, :lift, :lift_ci_low, :lift_ci_high, :p_value, :recovered_mrr_cents,
-    :adjusted_lift, :adjusted_ci_low, :adjusted_ci_high)
+    :adjusted_lift, :adjusted_ci_low, :adjusted_ci_high, :per_protocol_treated, :per_protocol_treated_returned,
+    :per_protocol_lift)
 """
 
 # What the daily allocation of a step looks at: closed windows by send day (the allocation period), so

@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS {rs}.reengagement_outcomes (
     campaign           text NOT NULL,
     step               smallint NOT NULL,
     variant            text NOT NULL,
-    treated            boolean NOT NULL,      -- false: holdout member, never emailed
+    treated            boolean NOT NULL,      -- assigned to the email arm (as assigned); false: holdout member
     segment_reason     text,
     user_id            bigint NOT NULL,
     mrr_cents          bigint NOT NULL,
@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS {rs}.reengagement_outcomes (
     evaluated_as_of    date NOT NULL,
     PRIMARY KEY (send_id, window_days)
 );
+-- Delivered (provider accepted it): the per-protocol subset of the treated. NULL on rows written before
+-- failed sends were analysed, which were all delivered.
+ALTER TABLE {rs}.reengagement_outcomes ADD COLUMN IF NOT EXISTS delivered boolean;
 CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
     as_of_date         date NOT NULL,
     campaign           text NOT NULL,
@@ -41,6 +44,10 @@ CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
     recovered_mrr_cents bigint NOT NULL,      -- MRR of treated paying users who returned
     PRIMARY KEY (as_of_date, campaign, step, variant, segment, window_days)
 );
+-- Secondary, per protocol: treated users whose email was delivered, against the whole holdout.
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_treated integer;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_treated_returned integer;
+ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_lift double precision;
 CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
     as_of_date   date NOT NULL,
     campaign     text NOT NULL,

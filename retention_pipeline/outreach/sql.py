@@ -1,5 +1,7 @@
 """SQL of the send ledger. Eligibility is set-based; rendering and sending happen per small batch."""
 
+from retention_pipeline.outreach.tables import ASSIGNED_STATUSES
+
 # Candidates for one step on one as-of day, with the first reason (if any) not to email them. They stay
 # in PostgreSQL (a temporary table); Python reads the skip counts and streams the eligible ones.
 # The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
@@ -24,11 +26,13 @@ WITH recent_days AS (
 ), due AS (
     SELECT t.*
     FROM today t
+    -- The follow-up follows the previous step's assignment in both arms alike (a failed or unknown send
+    -- like a delivered one or a holdout row).
     WHERE :step = 1 OR EXISTS (
         SELECT 1 FROM {rs}.email_sends prev
         WHERE prev.campaign = :campaign AND prev.step = :step - 1 AND prev.user_id = t.user_id
           AND prev.episode_start = t.episode_start
-          AND prev.status IN ('sent', 'holdout')
+          AND prev.status IN {assigned}
           AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
 )
 SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, mrr_cents, skip_reason,
@@ -56,14 +60,16 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
                     SELECT 1 FROM {rs}.source_events e
                     WHERE e.user_id = d.user_id AND e.occurred_at > d.last_activity_at AND e.occurred_at <= :now)
                THEN 'returned'
-           WHEN EXISTS (SELECT 1 FROM {rs}.email_sends c
-                        WHERE c.user_id = d.user_id AND c.status IN ('pending', 'sent', 'unknown')
-                          AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'cooldown'
+           -- Frequency cap: a holdout row is a virtual send and a failed one still an assignment, so the
+           -- cap holds back both arms alike (counting only real sends skipped every treated user and
+           -- none of the holdout: a biased lift).
+           WHEN EXISTS (SELECT 1 FROM {rs}.assignments c
+                        WHERE c.user_id = d.user_id AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'cooldown'
        END AS skip_reason
 FROM due d
 LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
 ) checked
-"""
+""".replace("{assigned}", ASSIGNED_STATUSES)
 
 SKIP_COUNTS_SQL = "SELECT skip_reason, count(*) AS users FROM plan_candidates WHERE skip_reason IS NOT NULL GROUP BY 1"
 

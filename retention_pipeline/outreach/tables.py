@@ -1,5 +1,10 @@
 """Tables of the outreach domain: the send ledger, suppressions, the local outbox, webhook receipts."""
 
+# Ledger statuses that record an assignment to an arm: every email the plan decided on, whatever became
+# of it (pending, sent, failed, unknown), and every holdout member (a virtual send). Rules that depend on
+# earlier sends and the outcome analysis read exactly these rows, so both arms are treated alike.
+ASSIGNED_STATUSES = "('pending', 'sent', 'failed', 'unknown', 'holdout')"
+
 OUTREACH_TABLES_DDL = """
 CREATE TABLE IF NOT EXISTS {rs}.email_sends (
     id                   bigserial PRIMARY KEY,
@@ -29,6 +34,13 @@ CREATE TABLE IF NOT EXISTS {rs}.email_sends (
 );
 CREATE INDEX IF NOT EXISTS email_sends_pending ON {rs}.email_sends (batch_key) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS email_sends_user ON {rs}.email_sends (user_id, as_of_date);
+-- The experiment as assigned: one row per user, campaign, step and episode; treated = assigned to the
+-- email arm (delivered or not), delivered = the provider accepted it (the per-protocol subset).
+CREATE OR REPLACE VIEW {rs}.assignments AS
+SELECT id AS send_id, campaign, step, user_id, episode_start, as_of_date, variant, status, segment_reason, mrr_cents,
+       status <> 'holdout' AS treated, status = 'sent' AS delivered, COALESCE(sent_at, created_at) AS reference_at
+FROM {rs}.email_sends
+WHERE status IN {assigned};
 -- A dry run's preview: what the live run would record (an email or a holdout row), kept apart from the
 -- ledger, so it never takes a ledger key, never counts towards a step or the cooldown, never enters
 -- outcomes. A dry run of the same campaign and day replaces its preview.
@@ -97,4 +109,4 @@ CREATE TABLE IF NOT EXISTS {rs}.webhook_receipts (
     event_type   text NOT NULL,
     received_at  timestamptz NOT NULL
 );
-"""
+""".replace("{assigned}", ASSIGNED_STATUSES)
