@@ -249,6 +249,15 @@ def _revenue_metadata(revenue: list[dict]) -> dict:
     return metadata
 
 
+def _lift_cell(value, low, high) -> str:
+    # A lift without variance (every day's rates at 0% or 100%) has a value but no interval.
+    if value is None or pd.isna(value):
+        return "n/a"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:+.1%} (no interval)"
+    return f"{value:+.1%} ({low:+.1%} .. {high:+.1%})"
+
+
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
     lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
@@ -256,8 +265,7 @@ def _performance_markdown(table: pd.DataFrame) -> str:
              "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
-        adjusted = (f"{r.adjusted_lift:+.1%} ({r.adjusted_ci_low:+.1%} .. {r.adjusted_ci_high:+.1%})"
-                    if pd.notna(r.adjusted_lift) else "n/a")
+        adjusted = _lift_cell(r.adjusted_lift, r.adjusted_ci_low, r.adjusted_ci_high)
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
         per_protocol = f"{r.per_protocol_lift:+.1%}" if pd.notna(r.per_protocol_lift) else "n/a"
