@@ -126,7 +126,9 @@ def test_threshold_file_as_shipped_is_what_the_schedules_send():
     daily = daily_morning_schedule(build_schedule_context(scheduled_execution_time=TICK))
     weekly = weekly_segments_schedule(build_schedule_context(scheduled_execution_time=datetime(2026, 5, 25, 10, tzinfo=timezone.utc)))
     shipped = yaml.safe_load(PATH.read_text())
-    assert daily.run_config == {"ops": {name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")}}
+    assert daily.run_config == {"ops": {**{name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")},
+                                        "reengagement_emails": {"ops": {"plan_reengagement_sends": {
+                                            "config": shipped["plan_reengagement_sends"]}}}}}
     assert weekly.run_config == {"ops": {"weekly_engagement_segments": {"config": shipped["weekly_engagement_segments"]}}}
 
 
