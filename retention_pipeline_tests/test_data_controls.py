@@ -26,7 +26,7 @@ from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.runner import run_job
 from retention_pipeline.testing.resend_server import FakeResend
 from retention_pipeline.thresholds import FILE_VALUES, PATH, thresholds_version
-from retention_pipeline_tests.scenario import Scenario, at, days_between
+from retention_pipeline_tests.scenario import Scenario, at, days_between, live_campaign
 
 JOB = "daily_retention_job"
 D = date(2026, 5, 20)  # the partition day; its scheduled run ticks the next morning
@@ -344,7 +344,7 @@ def daily_run_with_sender(instance, sender, run_config=None):
     clock.set_now(TICK)
     return materialize(list(defs.assets), resources={**defs.resources, "email_sender": sender}, instance=instance,
                        selection=list(defs.resolve_job_def(JOB).asset_layer.selected_asset_keys),
-                       partition_key=D.isoformat(), run_config=run_config, raise_on_error=False)
+                       partition_key=D.isoformat(), run_config=live_campaign(run_config), raise_on_error=False)
 
 
 def materialized(result) -> set[str]:
