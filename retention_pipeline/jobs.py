@@ -75,7 +75,8 @@ def _latest_complete_partition_request(
     description="Every morning: yesterday's snapshot, dormant users and everything downstream.",
 )
 def daily_morning_schedule(context: ScheduleEvaluationContext):
-    return _latest_complete_partition_request(context, daily_partitions, run_config("daily_activity_snapshots", "dormant_users"))
+    return _latest_complete_partition_request(
+        context, daily_partitions, run_config("daily_activity_snapshots", "dormant_users", "plan_reengagement_sends"))
 
 
 @schedule(

@@ -18,7 +18,10 @@ from pydantic import ValidationError
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.settings import PROJECT_ROOT
 
-SECTIONS = ("daily_activity_snapshots", "weekly_engagement_segments", "dormant_users")
+SECTIONS = ("daily_activity_snapshots", "weekly_engagement_segments", "dormant_users", "plan_reengagement_sends")
+
+# A section named after an op inside a graph asset: its run config nests under that asset.
+_GRAPH_ASSET_OF = {"plan_reengagement_sends": "reengagement_emails"}
 
 
 class ThresholdsFileError(SettingsError):
@@ -80,7 +83,12 @@ def check_section(config_class: type[Config], section: str) -> None:
 
 def run_config(*sections: str) -> dict:
     """The run config that applies the file's sections, as a schedule sends it."""
-    return {"ops": {name: {"config": FILE_VALUES[name]} for name in sections}}
+    ops: dict[str, dict] = {}
+    for name in sections:
+        graph_asset = _GRAPH_ASSET_OF.get(name)
+        nested = ops.setdefault(graph_asset, {"ops": {}})["ops"] if graph_asset else ops
+        nested[name] = {"config": FILE_VALUES[name]}
+    return {"ops": ops}
 
 
 def thresholds_version(values: dict) -> str:
@@ -90,7 +98,11 @@ def thresholds_version(values: dict) -> str:
 
 def thresholds_metadata(config: Config, section: str) -> dict[str, MetadataValue]:
     """What a materialization records: the thresholds used, their version, and what differed from the file."""
-    used = config.model_dump()
+    return used_values_metadata(config.model_dump(), section)
+
+
+def used_values_metadata(used: dict, section: str) -> dict[str, MetadataValue]:
+    """thresholds_metadata of values dumped from a Config, for an op that records what an earlier op used."""
     overrides = {key: {"file": FILE_VALUES[section].get(key), "run": value}
                  for key, value in used.items() if FILE_VALUES[section].get(key) != value}
     return {

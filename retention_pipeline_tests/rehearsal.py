@@ -84,6 +84,7 @@ class StandIns:
 
     socket_dir: Path
     dagster_home: Path
+    config_path: Path
     resend_key: str
     stripe_key: str
     unsubscribe_secret: str
@@ -98,6 +99,7 @@ class StandIns:
             "@db.internal/app": f"@/app?host={self.socket_dir}",
             "@db.internal/dagster": f"@/dagster?host={self.socket_dir}",
             "/srv/retention/dagster_home": str(self.dagster_home),
+            "/srv/retention/retention.yaml": str(self.config_path),
             "re_your_key": self.resend_key,
             "rk_live_your_key": self.stripe_key,
             "the-flask-apps-secret": self.unsubscribe_secret,

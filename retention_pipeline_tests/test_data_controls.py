@@ -21,11 +21,12 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_schedul
 from retention_pipeline import clock
 from retention_pipeline.definitions import defs
 from retention_pipeline.jobs import daily_morning_schedule, weekly_segments_schedule
+from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.runner import run_job
 from retention_pipeline.testing.resend_server import FakeResend
 from retention_pipeline.thresholds import FILE_VALUES, PATH, thresholds_version
-from retention_pipeline_tests.scenario import Scenario, at, days_between
+from retention_pipeline_tests.scenario import Scenario, at, days_between, live_campaign
 
 JOB = "daily_retention_job"
 D = date(2026, 5, 20)  # the partition day; its scheduled run ticks the next morning
@@ -64,9 +65,11 @@ def changed_file(tmp_path: Path, **sections) -> Path:
     return path
 
 
-def in_fresh_process(script: str, config_path: Path, db_url: str | None = None, args: tuple = ()) -> subprocess.CompletedProcess:
+def in_fresh_process(script: str, config_path: Path, db_url: str | None = None, args: tuple = (),
+                     extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `script` in a new Python process that loads the definitions with RETENTION_CONFIG=config_path."""
-    env = {**os.environ, "RETENTION_CONFIG": str(config_path), "RETENTION_UNSUBSCRIBE_SECRET": "test-unsubscribe-secret"}
+    env = {**os.environ, "RETENTION_CONFIG": str(config_path), "RETENTION_UNSUBSCRIBE_SECRET": "test-unsubscribe-secret",
+           **(extra_env or {})}
     if db_url:
         env["RETENTION_DATABASE_URL"] = db_url
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=env, capture_output=True, text=True,
@@ -126,7 +129,9 @@ def test_threshold_file_as_shipped_is_what_the_schedules_send():
     daily = daily_morning_schedule(build_schedule_context(scheduled_execution_time=TICK))
     weekly = weekly_segments_schedule(build_schedule_context(scheduled_execution_time=datetime(2026, 5, 25, 10, tzinfo=timezone.utc)))
     shipped = yaml.safe_load(PATH.read_text())
-    assert daily.run_config == {"ops": {name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")}}
+    assert daily.run_config == {"ops": {**{name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")},
+                                        "reengagement_emails": {"ops": {"plan_reengagement_sends": {
+                                            "config": shipped["plan_reengagement_sends"]}}}}}
     assert weekly.run_config == {"ops": {"weekly_engagement_segments": {"config": shipped["weekly_engagement_segments"]}}}
 
 
@@ -209,6 +214,106 @@ def test_threshold_change_then_backfill_recomputes_history_consistently(app_db_e
     assert s.dormant(ago(2)) == backfilled[ago(2)]
 
 
+# -- campaign settings that persist ------------------------------------------------------------------------
+CAMPAIGN = "plan_reengagement_sends"
+EMAIL_ASSETS = [AssetKey(name) for name in ("daily_activity_snapshots", "dormant_users", "reengagement_emails")]
+
+_CAMPAIGN_FILE_SCRIPT = """
+    import json
+    from datetime import datetime, timezone
+    from dagster import AssetKey, DagsterInstance, build_schedule_context
+    from retention_pipeline.definitions import defs
+    from retention_pipeline.jobs import daily_morning_schedule
+    from retention_pipeline.outreach.campaign import CampaignConfig
+    request = daily_morning_schedule(build_schedule_context(scheduled_execution_time=datetime(2026, 5, 21, 9, tzinfo=timezone.utc)))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("daily_retention_job").execute_in_process(
+            instance=instance, partition_key=request.partition_key, run_config=request.run_config,
+            asset_selection=[AssetKey(name) for name in ("daily_activity_snapshots", "dormant_users", "reengagement_emails")])
+    emails = next(e.step_materialization_data.materialization.metadata for e in result.get_asset_materialization_events()
+                  if e.asset_key == AssetKey("reengagement_emails"))
+    print(json.dumps({"request": request.run_config["ops"]["reengagement_emails"],
+                      "default_postal_address": CampaignConfig().postal_address,
+                      "metadata": {key: emails[key].value for key in ("thresholds", "thresholds_version",
+                                                                      "thresholds_overrides", "campaign", "emails_sent")}}))
+"""
+
+
+def test_campaign_file_change_reaches_the_schedules_run_request_and_the_live_sends(app_db_env, instance, resend_sender, tmp_path):
+    fake, _ = resend_sender
+    s = steady_world(app_db_env, instance)
+    identity = {"campaign": "spring", "sender_name": "Acme File Inc.", "postal_address": "7 File Road, Yamlton, YA 00007",
+                "from_address": "Acme <hello@acme.example>"}
+    path = changed_file(tmp_path, **{CAMPAIGN: identity})
+    # A live sender (Resend) in the reloaded code location: it refuses to send without the file's postal address.
+    env = {"RESEND_API_KEY": API_KEY, "RESEND_API_URL": fake.url, "RETENTION_NOW": TICK.isoformat()}
+    done = in_fresh_process(_CAMPAIGN_FILE_SCRIPT, path, app_db_env.url, extra_env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    sent_config = out["request"]["ops"][CAMPAIGN]["config"]
+    assert {key: sent_config[key] for key in identity} == identity
+    assert out["default_postal_address"] == identity["postal_address"]  # a backfill without run config too
+    metadata = out["metadata"]
+    file_values = {**FILE_VALUES[CAMPAIGN], **identity}
+    assert metadata["thresholds"] == file_values and metadata["thresholds_overrides"] == {}
+    assert metadata["thresholds_version"] == thresholds_version(file_values)
+    assert metadata["campaign"] == "spring" and metadata["emails_sent"] >= 1
+    assert ledger(s).get("sent") == metadata["emails_sent"]
+    assert fake.accepted and all(identity["postal_address"] in a.email["text"] and a.email["from"] == identity["from_address"]
+                                 for a in fake.accepted)
+
+
+def test_campaign_file_launchpad_pause_lasts_one_run(app_db_env, instance):
+    s = steady_world(app_db_env, instance)
+    for user_id in range(1, 13):
+        s.daily_events(user_id, [D + timedelta(days=1)])
+    file_version = thresholds_version(FILE_VALUES[CAMPAIGN])
+    clock.set_now(TICK)
+    paused = {"ops": {"reengagement_emails": {"ops": {CAMPAIGN: {"config": {"paused": True}}}}}}
+    result = defs.resolve_job_def(JOB).execute_in_process(instance=instance, partition_key=D.isoformat(),
+                                                          run_config=paused, asset_selection=EMAIL_ASSETS)
+    assert result.success
+    held = partition_metadata(instance, "reengagement_emails", D.isoformat())
+    assert held["thresholds_overrides"] == {"paused": {"file": False, "run": True}}
+    assert held["thresholds"]["paused"] is True and held["thresholds_version"] != file_version
+    assert held["guards"] == {D.isoformat(): "campaign paused (kill switch)"}
+    assert ledger(s) == {}
+
+    # The next morning's scheduled run uses the file again: not paused, the dormant users are emailed.
+    clock.set_now(TICK + timedelta(days=1))
+    request, result = scheduled_run(instance, TICK + timedelta(days=1), asset_selection=EMAIL_ASSETS)
+    assert result.success
+    assert request.run_config["ops"]["reengagement_emails"]["ops"][CAMPAIGN]["config"]["paused"] is False
+    following = partition_metadata(instance, "reengagement_emails", (D + timedelta(days=1)).isoformat())
+    assert following["thresholds_overrides"] == {} and following["thresholds_version"] == file_version
+    assert following["guards"] == {} and following["emails_sent"] >= 1
+    assert ledger(s).get("sent") == following["emails_sent"]
+    # ...and the paused day still says it was paused by the launchpad.
+    assert partition_metadata(instance, "reengagement_emails", D.isoformat())["thresholds_overrides"] != {}
+
+
+def test_campaign_file_as_shipped_validates_and_is_the_campaign_configs_defaults():
+    shipped = yaml.safe_load(PATH.read_text())[CAMPAIGN]
+    assert set(shipped) == set(CampaignConfig.model_fields)  # every setting is kept in the file
+    assert CampaignConfig(**shipped).model_dump() == CampaignConfig().model_dump() == shipped
+    assert shipped["postal_address"] == "" and shipped["paused"] is False and shipped["dry_run"] is False
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"holdout_share": 0.9}, "plan_reengagement_sends: Invalid CampaignConfig: holdout_share: Input should be less than or equal to 0.5"),
+    ({"paused": "maybe"}, "plan_reengagement_sends: Invalid CampaignConfig: paused"),
+    ({"postal_adress": "1 Main St"}, "unknown key(s) ['postal_adress'] in plan_reengagement_sends"),
+    ({"steps": [{"step": 2, "delay_days": 0, "variants": ["recap"]}]}, "plan_reengagement_sends: Invalid CampaignConfig: thresholds: Value error, steps must be numbered 1..n in order, got [2]"),
+])
+def test_campaign_file_errors_stop_the_definitions_with_one_line(tmp_path, change, message):
+    path = changed_file(tmp_path, **{CAMPAIGN: change})
+    done = in_fresh_process("import retention_pipeline.definitions", path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("retention_pipeline.thresholds.ThresholdsFileError: "), last
+    assert f"{path}: " in last and message in last, last
+
+
 # -- partition mappings follow the config ----------------------------------------------------------------
 def test_threshold_beyond_the_declared_partition_mapping_is_rejected_clearly(app_db_env, instance):
     snapshots = AssetKey("daily_activity_snapshots")
@@ -239,7 +344,7 @@ def daily_run_with_sender(instance, sender, run_config=None):
     clock.set_now(TICK)
     return materialize(list(defs.assets), resources={**defs.resources, "email_sender": sender}, instance=instance,
                        selection=list(defs.resolve_job_def(JOB).asset_layer.selected_asset_keys),
-                       partition_key=D.isoformat(), run_config=run_config, raise_on_error=False)
+                       partition_key=D.isoformat(), run_config=live_campaign(run_config), raise_on_error=False)
 
 
 def materialized(result) -> set[str]:

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._grpc.client import DagsterGrpcClient
@@ -151,8 +153,9 @@ def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
     """Fast, and in every run of the suite: the five blocks are there, every stand-in replaces something, the
     SQL file the README runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
     blocks = rehearsal.production_blocks()
-    stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path, resend_key="re_x", stripe_key="sk_x",
-                         unsubscribe_secret="s", code_server_port=4100, webserver_port=3100)
+    stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path, config_path=tmp_path / "retention.yaml",
+                         resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
+                         webserver_port=3100)
     stand_ins.check_all_used(blocks)
     storage_sql = (PROJECT_ROOT / "deploy" / "dagster-storage.sql").read_text()
     assert f"```sql\n{storage_sql}```" in rehearsal.production_section()
@@ -162,6 +165,32 @@ def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
     assert "dagster code-server start" in services[0] and "dagster-daemon run" in services[1], services
     assert all("--grpc-port 4100" in line for line in services[1:]) and "-p 4100" in services[0]
     assert rehearsal.exported(blocks["environment"], "DAGSTER_PG_URL").startswith("postgresql://dagster:")
+    assert rehearsal.exported(blocks["environment"], "RETENTION_CONFIG") == "/srv/retention/retention.yaml"
+
+
+def test_the_readmes_campaign_file_step_fills_the_footer_identity_of_the_shipped_file(tmp_path):
+    """The once block's commands that write the deployment's retention.yaml, run as written on the shipped
+    file: the copy validates and carries a sender and a postal address, and nothing else differs."""
+    blocks = rehearsal.production_blocks()
+    config_path = tmp_path / "retention.yaml"
+    stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path / "dagster_home", config_path=config_path,
+                         resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
+                         webserver_port=3100)
+    writes = [line for line in rehearsal.command_lines(stand_ins.apply(blocks["once"])) if "$RETENTION_CONFIG" in line]
+    assert len(writes) == 2 and writes[0].startswith("sed "), writes
+    environment = stand_ins.apply(blocks["environment"])
+    for line in writes:
+        subprocess.run(["bash", "-euo", "pipefail", "-c", f"{environment}\n{line}"], cwd=PROJECT_ROOT, check=True)
+    shipped = yaml.safe_load((PROJECT_ROOT / "retention.yaml").read_text())
+    copy = yaml.safe_load(config_path.read_text())
+    campaign = copy["plan_reengagement_sends"]
+    assert campaign["postal_address"].strip() and campaign["sender_name"].strip(), campaign
+    assert copy == {**shipped, "plan_reengagement_sends": {**shipped["plan_reengagement_sends"], **{
+        key: campaign[key] for key in ("sender_name", "postal_address")}}}
+    loaded = subprocess.run([sys.executable, "-c", "from retention_pipeline.outreach.campaign import CampaignConfig; "
+                             "print(CampaignConfig().postal_address)"], env={**os.environ, "RETENTION_CONFIG": str(config_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == campaign["postal_address"], loaded.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -187,7 +216,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
         with FakeResend(api_key=RESEND_KEY, rate=2) as fake, \
                 LocalStripe(state_file=dagster_home.parent / "localstripe.pickle") as stripe_server:
             stand_ins = StandIns(
-                socket_dir=socket_dir, dagster_home=dagster_home, resend_key=RESEND_KEY,
+                socket_dir=socket_dir, dagster_home=dagster_home, config_path=dagster_home.parent / "retention.yaml",
+                resend_key=RESEND_KEY,
                 stripe_key=LOCALSTRIPE_API_KEY, unsubscribe_secret=secrets.token_urlsafe(24),
                 code_server_port=free_port(), webserver_port=free_port(),
                 extra_env={"RESEND_API_URL": fake.url, "STRIPE_API_BASE": stripe_server.api_base},
@@ -260,6 +290,12 @@ def test_production_rehearsal(pg_server, monkeypatch):
             assert sent, f"the morning run sent no email; ledger {Counter(r[2] for r in ledger)}"
             assert not [r for r in ledger if r[2] not in ("sent", "holdout")], ledger
             assert _recipients(fake) == Counter({address: 1 for address in sent}), "emails received differ from the ledger"
+            # The live sends carry the footer identity of the deployment's retention.yaml (RETENTION_CONFIG).
+            identity = yaml.safe_load(stand_ins.config_path.read_text())["plan_reengagement_sends"]
+            assert identity["postal_address"], identity
+            assert all(identity["postal_address"] in a.email["text"] and identity["sender_name"] in a.email["text"]
+                       for a in fake.accepted), fake.accepted[0].email["text"]
+            assert _emails_metadata(instance, run.run_id)["thresholds"]["postal_address"] == identity["postal_address"]
             assert {a.id for a in fake.accepted} == {row[3] for row in sent.values()}
             batches = Counter(r.idempotency_key for r in fake.requests if r.path.startswith("/emails/batch"))
             assert batches and set(batches.values()) == {1}, f"a batch reached the provider twice: {batches}"

@@ -39,7 +39,7 @@ from retention_pipeline_tests.faults import (
     wait_for_no_backends,
     wait_until,
 )
-from retention_pipeline_tests.scenario import materialization_metadata
+from retention_pipeline_tests.scenario import live_campaign, materialization_metadata
 
 ELIGIBLE = 150
 LATER_THAT_MORNING = MORNING_AFTER + timedelta(hours=1)
@@ -77,7 +77,7 @@ def campaign_config(**fields) -> dict:
 def send_run(instance, db: AppDatabase, server: FakeResend, partition=AS_OF, last=None, **campaign):
     result = run_job(instance, "daily_retention_job", partition.isoformat(), last.isoformat() if last else None,
                      resources=send_resources(db.url, server.url), assets=["reengagement_emails"],
-                     run_config=campaign_config(**campaign) if campaign else None, quiet=True)
+                     run_config=live_campaign(campaign_config(**campaign)), quiet=True)
     assert result.success
     return materialization_metadata(result, "reengagement_emails")
 

@@ -41,7 +41,7 @@ from retention_pipeline.outreach.allocation import (
     stable_variant,
     thompson_allocation,
 )
-from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
+from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION, CampaignConfig, CampaignStep
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.render import EmailRenderer
 from retention_pipeline.outreach.senders import EmailSender, OutgoingEmail, SenderConfigurationError
@@ -71,6 +71,7 @@ from retention_pipeline.retry import database_retry_policy
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days, window_params
+from retention_pipeline.thresholds import used_values_metadata
 
 # Resend honours an idempotency key for 24 h. A pending batch older than this is not re-sent with its
 # key (the provider may have forgotten it and would send twice); it is marked `unknown` instead.
@@ -93,12 +94,13 @@ def plan_reengagement_sends(
 ) -> dict:
     """Write one ledger row per intended email (pending) or holdout member (holdout) before any send; a dry
     run writes the same rows to its preview table `email_dry_runs` instead."""
+    settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
     install_schema(app_db)
     drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
     today = clock.today()
-    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "paused": config.paused,
+    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "paused": config.paused, "settings": settings,
             "days": [d.isoformat() for d in days],
             # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
             "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
@@ -355,6 +357,7 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "paused_for_review": MetadataValue.json(plan.get("paused_for_review", {})),
         "winners": MetadataValue.json(plan.get("winners", {})),
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
+        **used_values_metadata(plan["settings"], CAMPAIGN_SECTION),
     })
 
 

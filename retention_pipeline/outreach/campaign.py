@@ -1,4 +1,7 @@
-"""The re-engagement campaign: steps, variants, holdout, frequency cap, guards. All in the launchpad."""
+"""The re-engagement campaign: steps, variants, holdout, frequency cap, guards. Every field shows in the launchpad.
+
+Defaults come from the `plan_reengagement_sends` section of the thresholds file (retention.yaml,
+`retention_pipeline.thresholds`), so a campaign setting made there lasts; one made in the launchpad lasts a run."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from retention_pipeline.outreach.render import TEMPLATE_VARIANTS
 from retention_pipeline.segments.config import _reject_clearly
+from retention_pipeline.thresholds import check_section, file_default
 
 
 class CampaignStep(Config):
@@ -31,86 +35,89 @@ class CampaignStep(Config):
 DEMO_POSTAL_ADDRESS = "[Demo address: configure a real postal address before live sends] 1 Example Street, Springfield"
 
 
+SECTION = "plan_reengagement_sends"
+
+
 def _default_steps() -> list[CampaignStep]:
-    return [
-        CampaignStep(step=1, delay_days=0, variants=["recap", "nudge"]),
-        # 14 days: the default frequency cap would hold back anything sooner.
-        CampaignStep(step=2, delay_days=14, variants=["last_call"]),
-    ]
+    return [CampaignStep(**step) for step in file_default(SECTION, "steps")]
+
+
+def _from_file(key: str):
+    return file_default(SECTION, key)
 
 
 class CampaignConfig(Config):
     """A re-engagement email sequence for dormant users. Defaults are safe for production."""
 
-    campaign: str = Field(default="winback", pattern=r"^[a-z0-9_-]{1,40}$", description="Campaign name (ledger key, Resend tag).")
-    from_address: str = Field(default="Acme <hello@example.com>", description="From header; a verified Resend domain in production.")
-    product_name: str = Field(default="Acme", description="How the emails name the product.")
-    app_url: str = Field(default="https://app.example.com", description="Where the call-to-action button points.")
+    campaign: str = Field(default=_from_file("campaign"), pattern=r"^[a-z0-9_-]{1,40}$", description="Campaign name (ledger key, Resend tag).")
+    from_address: str = Field(default=_from_file("from_address"), description="From header; a verified Resend domain in production.")
+    product_name: str = Field(default=_from_file("product_name"), description="How the emails name the product.")
+    app_url: str = Field(default=_from_file("app_url"), description="Where the call-to-action button points.")
     sender_name: str = Field(
-        default="", description="Who sends, as the footer names it (e.g. the company's legal name); empty = product_name."
+        default=_from_file("sender_name"), description="Who sends, as the footer names it (e.g. the company's legal name); empty = product_name."
     )
     postal_address: str = Field(
-        default="",
+        default=_from_file("postal_address"),
         description="The sender's physical postal address, shown in every footer (CAN-SPAM). Required for live sends; "
         "empty is allowed only for the outbox, dry runs and paused runs, which show a clearly-marked demo address.",
     )
     unsubscribe_url: str = Field(
-        default="http://127.0.0.1:5000/retention/unsubscribe",
+        default=_from_file("unsubscribe_url"),
         description="Public URL of the Flask blueprint's unsubscribe endpoint; the signed token is appended.",
     )
     steps: list[CampaignStep] = Field(default_factory=_default_steps, description="The sequence; it stops as soon as the user returns.")
     holdout_share: float = Field(
-        default=0.1, ge=0.0, le=0.5, description="Share of users never emailed, to measure lift (stable hash of user and campaign)."
+        default=_from_file("holdout_share"), ge=0.0, le=0.5, description="Share of users never emailed, to measure lift (stable hash of user and campaign)."
     )
-    cooldown_days: int = Field(default=14, ge=0, description="No user gets more than one re-engagement email per this many days.")
+    cooldown_days: int = Field(default=_from_file("cooldown_days"), ge=0, description="No user gets more than one re-engagement email per this many days.")
     paused: bool = Field(
-        default=False,
+        default=_from_file("paused"),
         description="Kill switch: when true nothing is planned or sent, not even batches a crashed run left pending "
         "(they stay pending; the next unpaused run sends them if within the provider's 23 h key horizon).",
     )
     dry_run: bool = Field(
-        default=False,
+        default=_from_file("dry_run"),
         description="Render what the live run would send into retention.email_dry_runs; sends nothing, writes no "
         "ledger or holdout rows, so a live run of the same day sends exactly what it would have.",
     )
     max_send_lag_days: int = Field(
-        default=1, ge=0, description="A run whose partitions are all older than this (against today's clock) sends "
+        default=_from_file("max_send_lag_days"), ge=0, description="A run whose partitions are all older than this (against today's clock) sends "
         "nothing, not even batches left pending by a crashed run: backfills never send."
     )
     adaptive_allocation: bool = Field(
-        default=False, description="Allocate variants by measured returns (Thompson sampling); off = stable hash split."
+        default=_from_file("adaptive_allocation"), description="Allocate variants by measured returns (Thompson sampling); off = stable hash split."
     )
     primary_window_days: int = Field(
-        default=7, ge=1, description="With adaptive allocation: the attribution window whose returns drive allocation and pausing."
+        default=_from_file("primary_window_days"), ge=1, description="With adaptive allocation: the attribution window whose returns drive allocation and pausing."
     )
     min_exploration_share: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="With adaptive allocation: every variant keeps at least this share per step."
+        default=_from_file("min_exploration_share"), ge=0.0, le=1.0, description="With adaptive allocation: every variant keeps at least this share per step."
     )
     sequential_alpha: float = Field(
-        default=0.05, gt=0.0, lt=0.5,
+        default=_from_file("sequential_alpha"), gt=0.0, lt=0.5,
         description="With adaptive allocation: error rate of auto-pause and of declaring a winner over the whole campaign, "
         "however many daily looks (always-valid confidence sequence).",
     )
     sequential_effect_scale: float = Field(
-        default=0.05, gt=0.0, le=1.0,
+        default=_from_file("sequential_effect_scale"), gt=0.0, le=1.0,
         description="With adaptive allocation: the lift in return rate (0.05 = 5 points) the always-valid test is tuned to "
         "detect soonest (its normal mixture's standard deviation).",
     )
     min_decision_sample: int = Field(
-        default=100, ge=1,
+        default=_from_file("min_decision_sample"), ge=1,
         description="With adaptive allocation: users with a closed window each arm (and each variant) needs before any "
         "pause or winner decision.",
     )
     success_event_types: list[str] = Field(
-        default_factory=list,
+        default_factory=lambda: list(_from_file("success_event_types")),
         description="What counts as coming back: these event types only (e.g. create_task, complete_task); "
         "empty = any event.",
     )
     success_min_events: int = Field(
-        default=1, ge=1, description="Qualifying events within the attribution window a return needs (1 = the first one)."
+        default=_from_file("success_min_events"), ge=1, description="Qualifying events within the attribution window a return needs (1 = the first one)."
     )
     resume_steps: list[int] = Field(
-        default_factory=list,
+        default_factory=lambda: list(_from_file("resume_steps")),
         description="Steps paused for review that a reviewer resumed: they send again and are not auto-paused again.",
     )
 
@@ -137,3 +144,6 @@ class CampaignConfig(Config):
     # once with every bad field named, instead of being retried like a database error, before anything is
     # written or sent.
     _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+
+
+check_section(CampaignConfig, SECTION)
