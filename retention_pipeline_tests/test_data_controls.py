@@ -490,3 +490,7 @@ def test_per_partition_outcomes_and_performance_compute_every_day_of_a_range(app
     for day in days_between(first, D):
         for asset in ("reengagement_outcomes", "campaign_performance"):
             assert partition_metadata(instance, asset, day.isoformat())["as_of"] == day.isoformat()
+        # The emails' window totals cannot be split by day here: no plotted number, one JSON of the window.
+        emails = partition_metadata(instance, "reengagement_emails", day.isoformat())
+        assert "emails_sent" not in emails and "holdout" not in emails
+        assert emails["window_figures"]["days"] == f"{first.isoformat()} .. {D.isoformat()}"

@@ -336,18 +336,21 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
                 app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaign": plan["campaign"]})}
     skipped = plan["skipped"]
     batches = results["batches"]
+    figures = {
+        "emails_sent": int(by_status.get("sent", 0)),
+        "holdout": int(by_status.get("holdout", 0)),
+        "failed": int(by_status.get("failed", 0)),
+        "pending": int(by_status.get("pending", 0)),
+        "dry_run_would_send": int(previews.get("would_send", 0)),
+        "dry_run_would_hold_out": int(previews.get("would_hold_out", 0)),
+        "skipped": sum(skipped.values()),
+        "already_recorded": plan["already_recorded"],
+    }
     context.add_output_metadata({
         "campaign": MetadataValue.text(plan["campaign"]),
         "sender": MetadataValue.text(email_sender.name),
-        "emails_sent": MetadataValue.int(int(by_status.get("sent", 0))),
-        "holdout": MetadataValue.int(int(by_status.get("holdout", 0))),
-        "failed": MetadataValue.int(int(by_status.get("failed", 0))),
-        "pending": MetadataValue.int(int(by_status.get("pending", 0))),
-        "dry_run_would_send": MetadataValue.int(int(previews.get("would_send", 0))),
-        "dry_run_would_hold_out": MetadataValue.int(int(previews.get("would_hold_out", 0))),
-        "skipped": MetadataValue.int(sum(skipped.values())),
+        **_figures_metadata(figures, plan["days"]),
         "skipped_by_reason": MetadataValue.json(skipped),
-        "already_recorded": MetadataValue.int(plan["already_recorded"]),
         "send_decision": MetadataValue.text(results["decision"]),
         "send_results_this_run": MetadataValue.json(results["counts"]),
         "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),
@@ -359,6 +362,14 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
         **used_values_metadata(plan["settings"], CAMPAIGN_SECTION),
     })
+
+
+def _figures_metadata(figures: dict[str, int], days: list[str]) -> dict[str, MetadataValue]:
+    """A day's figures as numbers the UI plots; a range run's only as one JSON value, because Dagster stamps an
+    op's metadata on every partition of the range and the window's totals would plot as each day's figure."""
+    if len(days) == 1:
+        return {name: MetadataValue.int(value) for name, value in figures.items()}
+    return {"window_figures": MetadataValue.json(figures | {"days": f"{days[0]} .. {days[-1]}"})}
 
 
 def _batch_entry(batch: dict) -> dict:
