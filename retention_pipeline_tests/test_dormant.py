@@ -95,7 +95,8 @@ def test_rules_and_boundaries_on_the_as_of_day(built: Scenario):
     assert r["last_activity_at"] == at(ago(7))
     evaluations = {e.check_name: e.passed for e in built.result.get_asset_check_evaluations()
                    if e.asset_key.path[-1] == "dormant_users"}
-    assert evaluations == {"activity_ingested": True, "dormant_vs_trailing_median": True, "planned_sends_within_ceiling": True}
+    assert evaluations == {"activity_ingested": True, "dormant_vs_trailing_median": True, "planned_sends_within_ceiling": True,
+                           "unmapped_event_types_check": True}
     metadata = materialization_metadata(built.result, "dormant_users")
     assert metadata["as_of"] == D.isoformat()
     assert (metadata["dormant_users"], metadata["dormant_inactive"], metadata["dormant_declining"]) == (8, 5, 3)

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.activity.trigger import drain_activity_queue, install_trigger
 from retention_pipeline.db import InvalidIdentifierError, quote_identifier, validate_identifier
 from retention_pipeline.resources import AppDatabase, SourceTables
 from retention_pipeline.schema import install_schema
@@ -106,6 +106,7 @@ def test_mixed_case_names_work_end_to_end_as_written(pg_conn, pg_server, pg_data
         with pg_conn.cursor() as cur:
             cur.execute("""INSERT INTO "App"."Events" VALUES (2, 7, 'export', '2026-02-03 09:00+00', '{}')""")
         pg_conn.commit()
+        drain_activity_queue(db)  # the trigger queues; the pipeline folds the queue into user_activity
         assert [tuple(r) for r in db.fetch_all("SELECT id, email, name FROM {rs}.source_users")] == [(7, "ada@example.com", "Ada")]
         assert [tuple(r) for r in db.fetch_all("SELECT user_id, last_event_type, event_count FROM {rs}.user_activity")] == [
             (7, "export", 2)

@@ -16,7 +16,7 @@ from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
-from retention_pipeline_tests.scenario import Scenario, at, materialization_metadata
+from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
@@ -87,7 +87,7 @@ def test_symmetric_cooldown_holds_back_holdout_and_treated_users_alike(app_db_en
     previous_episode_rows(db, treated_status)
     before = ledger(db)
     result = run_job(instance, "daily_retention_job", AS_OF.isoformat(), assets=["reengagement_emails"],
-                     resources={"email_sender": sender}, quiet=True)
+                     resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)
     assert result.success
     assert ledger(db) == before, "a user inside the frequency cap got a new row, in either arm"
     assert materialization_metadata(result, "reengagement_emails")["skipped_by_reason"] == {"cooldown": 200}
@@ -102,7 +102,7 @@ def test_symmetric_filtering_once_the_cooldown_is_over(app_db_env, instance, fak
     with db.begin() as conn:  # the previous episode was 20 days ago, beyond the 14-day cap
         conn.execute(sa.text(db.render("UPDATE {rs}.email_sends SET as_of_date = as_of_date - 15")))
     result = run_job(instance, "daily_retention_job", AS_OF.isoformat(), assets=["reengagement_emails"],
-                     resources={"email_sender": sender}, quiet=True)
+                     resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)
     assert result.success
     new = [r for r in ledger(db) if r["as_of_date"] == AS_OF]
     assert sorted(r["user_id"] for r in new) == list(USERS)
@@ -115,7 +115,7 @@ def test_as_assigned_step_two_follows_failed_treated_users_like_holdout_users(ap
     dormant_world(db, instance)
     fake_resend.script(*[REJECTED] * 10)  # every step-1 batch is rejected for good: status failed
     assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), assets=["reengagement_emails"],
-                   resources={"email_sender": sender}, quiet=True).success
+                   resources={"email_sender": sender}, run_config=live_campaign(), quiet=True).success
     step_one = {r["user_id"]: r["status"] for r in ledger(db) if r["step"] == 1}
     assert set(step_one.values()) == {"failed", "holdout"} and len(step_one) == 200
     fake_resend.reset()  # the provider accepts again
@@ -123,7 +123,7 @@ def test_as_assigned_step_two_follows_failed_treated_users_like_holdout_users(ap
     later = AS_OF + timedelta(days=14)
     clock.set_now(MORNING_AFTER + timedelta(days=14))
     assert run_job(instance, "daily_retention_job", (AS_OF + timedelta(days=1)).isoformat(), later.isoformat(),
-                   resources={"email_sender": sender}, quiet=True).success
+                   resources={"email_sender": sender}, run_config=live_campaign(), quiet=True).success
     step_two = {r["user_id"]: r["status"] for r in ledger(db) if r["step"] == 2}
     assert set(step_two) == set(USERS), "step 2 must follow every step-1 assignment, failed sends included"
     assert {u for u, s in step_two.items() if s == "holdout"} == {u for u, s in step_one.items() if s == "holdout"}

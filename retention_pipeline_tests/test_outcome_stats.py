@@ -121,6 +121,7 @@ def test_stratified_variant_lift_in_performance_rows_has_the_right_sign():
         ("winback", 1, "nudge", "inactive", 7, True, day2, 900, 459, 0),
         ("winback", 1, "holdout", "inactive", 7, False, day2, 100, 50, 0),
     ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
+    counts["delivered_users"], counts["delivered_returned"] = counts["users"], counts["returned"]  # every email delivered
     rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, day2)}
     recap = rows[("recap", "all")]
     assert recap["lift"] == pytest.approx(150 / 1000 - 60 / 200) and recap["lift_ci_high"] < 0, "pooled: wrong sign"
