@@ -31,7 +31,7 @@ from retention_pipeline.settings import STATE_DIR
 from retention_pipeline.testing.resend_server import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import API_KEY, MORNING_AFTER, create_database, forkserver, send_resources
-from retention_pipeline_tests.scenario import materialization_metadata
+from retention_pipeline_tests.scenario import live_campaign, materialization_metadata
 
 PROJECT_DAGSTER_YAML = faults.PROJECT_ROOT / "dagster.yaml"
 ELIGIBLE = 250
@@ -78,8 +78,8 @@ def child_run(env: dict, db_url: str, api_url: str, campaign: str, start, result
     with DagsterInstance.get() as instance:
         result = run_job(instance, "daily_retention_job", faults.AS_OF.isoformat(),
                          resources=send_resources(db_url, api_url, requests_per_second=PACE, max_batch_size=BATCH),
-                         run_config={"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {
-                             "config": {"campaign": campaign}}}}}},
+                         run_config=live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {
+                             "config": {"campaign": campaign}}}}}}),
                          assets=["reengagement_emails"], quiet=True)
         metadata = materialization_metadata(result, "reengagement_emails") if result.success else {}
         results.put({"campaign": campaign, "success": result.success, "emails_sent": metadata.get("emails_sent")})

@@ -22,7 +22,7 @@ from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.testing.resend_server import FakeResend
-from retention_pipeline_tests.scenario import Scenario, at, materialization_metadata
+from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 FIRST = date(2026, 4, 1)
 
@@ -140,8 +140,8 @@ def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_c
     assert holdout, "the population must have holdout members"
 
     def plan_config(**extra) -> dict:
-        return {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
-            "adaptive_allocation": True, **extra}}}}}}
+        return live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
+            "adaptive_allocation": True, **extra}}}}}})
 
     with FakeResend(api_key="re_k", rate=100) as provider:
         sender = ResendSender(api_key="re_k", api_url=provider.url, requests_per_second=100, backoff_base_seconds=0.01)
