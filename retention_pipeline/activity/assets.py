@@ -107,7 +107,10 @@ def daily_activity_snapshots(context: AssetExecutionContext, config: SnapshotCon
     install_schema(app_db)
     drained = drain_activity_queue(app_db)
     run_days = partition_days(context)
-    window = _with_trailing_days(context.partition_time_window, config.trailing_days)
+    # The daily run (one partition) also recomputes the days before it, for late events; a range run (a
+    # backfill) recomputes exactly the range it was asked for, so the UI's backfill counts stay true.
+    trailing_days = config.trailing_days if len(run_days) == 1 else 1
+    window = _with_trailing_days(context.partition_time_window, trailing_days)
     params = window_params(window)
     started = time.perf_counter()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:

@@ -14,7 +14,7 @@ class SnapshotConfig(Config):
 
     trailing_days: int = Field(
         default=file_default("daily_activity_snapshots", "trailing_days"), ge=1, le=14,
-        description="Each run recomputes this many days ending on its last partition, so events arriving up to N-1 days late are counted.",
+        description="A one-partition run (the daily run) recomputes this many days ending on its partition, so events arriving up to N-1 days late are counted; a range run (backfill) recomputes exactly its range.",
     )
     min_events_share_of_median: float = Field(
         default=file_default("daily_activity_snapshots", "min_events_share_of_median"), ge=0.0, le=1.0,
