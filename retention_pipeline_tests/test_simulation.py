@@ -6,7 +6,6 @@ import pytest
 from click.testing import CliRunner
 
 from retention_pipeline import demo_data
-from retention_pipeline.cli import main as cli
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
@@ -134,11 +133,16 @@ def test_nonsense_simulation_settings_are_rejected_with_one_clear_line(settings,
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_simulate_command_rejects_an_impossible_uplift_in_one_line(monkeypatch):
+def test_simulate_command_rejects_an_impossible_uplift_in_one_line(monkeypatch, capsys):
+    """Through the console script's entry point: a bad argument is one line and exit code 2."""
+    from retention_pipeline.entry import main as console_script
+
     monkeypatch.delenv("RETENTION_DATABASE_URL", raising=False)
-    result = CliRunner().invoke(cli, ["simulate", "--uplift", "1.5"])
-    assert result.exit_code == 1
-    assert result.output.strip() == "error: invalid simulation: uplift must be between -1 and 1 (got 1.5)."
+    with pytest.raises(SystemExit) as exit_info:
+        console_script(["simulate", "--uplift", "1.5"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--uplift" in lines[0] and "1.5" in lines[0], lines
 
 
 def test_coverage_benchmark_writes_its_report(tmp_path):
