@@ -25,9 +25,9 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import rehearsal
 from retention_pipeline_tests.rehearsal import (
     APP_DATABASE,

@@ -26,7 +26,7 @@ from retention_pipeline.activity.trigger import (
     uninstall_trigger,
 )
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.roles import connect_as, create_app_database, production_cluster, role_url
 from retention_pipeline_tests.scenario import check_metadata, utc

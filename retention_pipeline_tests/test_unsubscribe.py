@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from retention_pipeline import clock
-from retention_pipeline.flask import create_app, create_blueprint, mask_email
+from retention_pipeline.outreach.web import create_app, create_blueprint, mask_email
 from retention_pipeline.outreach.tokens import (
     InvalidSignature,
     InvalidToken,

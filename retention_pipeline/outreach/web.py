@@ -270,7 +270,7 @@ def create_app(
 
     A real Flask app registers the blueprint itself instead:
 
-        from retention_pipeline.flask import create_blueprint
+        from retention_pipeline.outreach.web import create_blueprint
         from retention_pipeline.resources import AppDatabase
         app.register_blueprint(create_blueprint(AppDatabase(url=DATABASE_URL), UNSUBSCRIBE_SECRET, RESEND_WEBHOOK_SECRET,
                                                 old_unsubscribe_secrets=UNSUBSCRIBE_OLD_SECRETS))

@@ -9,7 +9,7 @@ In-process::
 
 As a standalone process (e.g. to kill the client mid-send and count what really went out)::
 
-    python -m retention_pipeline.testing.resend_server --port 0 --log sent.jsonl [--rate 2]
+    python -m retention_pipeline.local.fake_resend --port 0 --log sent.jsonl [--rate 2]
         [--fault-rate 0.2 --seed 1 --faults 429,500,hang,500_after_accept --hang-seconds 2]
 
 It prints `FakeResend listening on http://127.0.0.1:PORT` on stdout once it accepts connections, and
@@ -492,7 +492,7 @@ class FakeResend:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retention_pipeline.testing.resend_server",
+        prog="python -m retention_pipeline.local.fake_resend",
         description="A local server that behaves like Resend's POST /emails/batch.",
     )
     parser.add_argument("--host", default="127.0.0.1")

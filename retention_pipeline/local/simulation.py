@@ -37,20 +37,21 @@ import numpy as np
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
-from retention_pipeline import clock, demo_data
+from retention_pipeline import clock
+from retention_pipeline.local import demo_data
 from retention_pipeline.activity.trigger import install_trigger
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.outcomes.stats import Lift, lift
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.segments.config import DormancyThresholds
 from retention_pipeline.settings import PROJECT_TIMEZONE
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 
 FIRST_DAY = date(2026, 3, 2)
 WARMUP_DAYS = 21
