@@ -4,355 +4,44 @@ Every simulated day: active users produce events (inserted into `events`, so the
 clock is set to the next morning, and the real `daily_retention_job` runs as a Dagster run (snapshot,
 dormant users, emails through a local Resend-like server, outcomes, performance).
 
-Behaviour depends on the user and their history, so a pipeline that filters its arms differently shows
-up as a wrong lift:
-- every user has a lasting propensity to come back (Beta-distributed around `base_return_7d`): it sets
-  both their chance of coming back within 7 days of a decision and their daily chance of coming back
-  on their own, so some users cycle through dormancy episodes quickly and others hardly ever return;
-- engaged users go quiet again (`daily_quit_probability`), which starts a new dormancy episode;
-- a delivered email raises the chance of coming back within 7 days by the uplift, scaled down by the
-  user's last delivered email: its effect on a new one decays with `fatigue_half_life_days`;
-- a share of sends fails or ends unknown (`failed_send_share`, `unknown_send_share`): the ledger row
-  is marked so, and such an email has no effect.
-Each ledger row (email or holdout) gets a fate drawn from that user's state, so the simulator knows the
-true effect of every assignment: the truth the intention-to-treat lift must find is the average effect
-over the email arm's rows (failed sends included, with no effect); per protocol, over delivered ones.
-
-`model_lift` runs the same population through a fast pure-Python model of the pipeline's arm logic
-(dormancy episodes, frequency cap, step 2, the stable holdout hash) and the same `lift` function: the
-benchmark's many seeds use it, and it can re-create the old asymmetric frequency cap to show its bias.
+The population and its truth are in `simulation_population`, the fast model in `simulation_model`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
 from retention_pipeline import clock
-from retention_pipeline.local import demo_data
 from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.local import demo_data
 from retention_pipeline.local.embedded import EmbeddedPostgres
-from retention_pipeline.errors import SettingsError
-from retention_pipeline.outcomes.stats import Lift, lift
-from retention_pipeline.outreach.allocation import in_holdout
-from retention_pipeline.outreach.campaign import CampaignConfig
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.local.simulation_model import ModelResult, model_lift
+from retention_pipeline.local.simulation_population import (
+    CAMPAIGN,
+    FIRST_DAY,
+    MODELLED_WINDOW_DAYS,
+    WARMUP_DAYS,
+    Population,
+    SimulationConfig,
+    SimulationConfigError,
+    SimulationResult,
+)
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.segments.config import DormancyThresholds
 from retention_pipeline.settings import PROJECT_TIMEZONE
-from retention_pipeline.local.fake_resend import FakeResend
 
-FIRST_DAY = date(2026, 3, 2)
-WARMUP_DAYS = 21
-EVENT_TYPES = ("login", "view_dashboard", "create_task", "complete_task", "comment")
-CAMPAIGN = "sim"
-# The window the model defines: a decided return falls on one of the six days after the morning send.
-MODELLED_WINDOW_DAYS = 7
-
-
-class SimulationConfigError(SettingsError):
-    """A simulation setting the model cannot run with; the message names every bad one."""
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    days: int = 60
-    users: int = 3000
-    seed: int = 7
-    daily_activity_probability: float = 0.6   # an engaged user is active on a given day
-    daily_quit_probability: float = 0.03      # an engaged user goes quiet on a given day
-    background_return_probability: float = 0.01  # a quiet user of average propensity nobody decided about comes back on a day
-    base_return_7d: float = 0.20              # mean chance of a quiet user coming back within 7 days of a decision...
-    true_uplift: float = 0.10                 # ...plus this much when emailed (any variant without its own)
-    variant_uplifts: dict[str, float] = field(default_factory=dict)
-    adaptive_allocation: bool = False
-    propensity_concentration: float = 4.0     # Beta(a + b = this) around base_return_7d: smaller, more unequal users
-    fatigue_half_life_days: float = 30.0      # a new email's effect is (1 - 0.5 ** (days since the last delivered / this)); 0: none
-    failed_send_share: float = 0.0            # sends the provider rejects (status failed, no effect)
-    unknown_send_share: float = 0.0           # sends whose fate is unknown (status unknown, no effect)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.days < 1:
-            problems.append(f"days must be at least 1 (got {self.days})")
-        if self.users < 1:
-            problems.append(f"users must be at least 1 (got {self.users})")
-        for name in ("daily_activity_probability", "daily_quit_probability", "background_return_probability",
-                     "base_return_7d", "failed_send_share", "unknown_send_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} is a probability in [0, 1] (got {getattr(self, name)})")
-        if self.failed_send_share + self.unknown_send_share > 1.0:
-            problems.append("failed_send_share + unknown_send_share cannot exceed 1")
-        for name, uplift in {"uplift": self.true_uplift, **{f"uplift of {v}": u for v, u in self.variant_uplifts.items()}}.items():
-            if not -1.0 <= uplift <= 1.0:
-                problems.append(f"{name} must be between -1 and 1 (got {uplift})")
-            elif not 0.0 <= self.base_return_7d + uplift <= 1.0:
-                problems.append(f"base return {self.base_return_7d} plus {name} {uplift:+} is not a probability")
-        if self.propensity_concentration <= 0:
-            problems.append(f"propensity_concentration must be positive (got {self.propensity_concentration})")
-        if self.fatigue_half_life_days < 0:
-            problems.append(f"fatigue_half_life_days cannot be negative (got {self.fatigue_half_life_days})")
-        if problems:
-            raise SimulationConfigError("invalid simulation: " + "; ".join(problems) + ".")
-
-    def uplift_of(self, variant: str) -> float:
-        return self.variant_uplifts.get(variant, self.true_uplift)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One ledger row's fate as the model drew it: the chance without an email now, the email's effect."""
-
-    treated: bool
-    delivered: bool
-    baseline: float | None   # None: the user was still engaged (a declining one), nothing was decided
-    effect: float
-
-
-@dataclass(frozen=True)
-class Truth:
-    """What the measured 7-day lift should find, over exactly the rows the pipeline measured."""
-
-    intention_to_treat: float | None   # mean effect over the email arm, failed and unknown sends included
-    per_protocol: float | None         # mean effect over delivered emails
-    baseline_imbalance: float | None   # mean chance without an email: email arm minus holdout (0 when both arms are alike)
-
-
-@dataclass
-class SimulationResult:
-    config: SimulationConfig
-    last_day: date
-    performance: list[dict]
-    variant_sends_by_week: dict[int, dict[str, int]]
-    emails_sent: int
-    holdout: int
-    truth: Truth = Truth(None, None, None)
-    ledger_by_status: dict[str, int] = field(default_factory=dict)
-
-    def headline(self, window_days: int = MODELLED_WINDOW_DAYS, segment: str = "inactive", variant: str = "all") -> dict | None:
-        """Step 1 among users dormant by inactivity: the population the true uplift is defined on."""
-        return next((row for row in self.performance if row["step"] == 1 and row["variant"] == variant
-                     and row["segment"] == segment and row["window_days"] == window_days), None)
-
-
-_PURPOSES = ("background", "quit", "active", "fate", "when", "delivery")
-
-
-class Population:
-    """Per-user state; every random draw is keyed by (seed, purpose, user, day), so order never matters."""
-
-    def __init__(self, config: SimulationConfig):
-        self.config = config
-        self.propensity = dict(zip(range(1, config.users + 1), _propensities(config), strict=True))
-        self.engaged = {user_id: True for user_id in range(1, config.users + 1)}
-        self.return_on: dict[int, date] = {}   # a decided return day for quiet users
-        self.quiet_until: dict[int, date] = {}  # decided not to return within the window: no background return either
-        self.last_delivered: dict[int, date] = {}
-        self.decisions: dict[tuple[int, date], Decision] = {}
-        self.fated_return: dict[tuple[int, date], bool] = {}   # whether a decided user's fate is to come back in the window
-        self._daily_draws: dict[tuple[str, date], np.ndarray] = {}
-
-    def _draw(self, purpose: str, user_id: int, day: date) -> float:
-        """A uniform draw fixed by (seed, purpose, user, day): whole days are drawn at once for speed."""
-        key = (purpose, day)
-        if key not in self._daily_draws:
-            if len(self._daily_draws) > 64:
-                self._daily_draws.clear()
-            entropy = [self.config.seed, _PURPOSES.index(purpose), day.toordinal()]
-            self._daily_draws[key] = np.random.default_rng(entropy).random(self.config.users + 1)
-        return float(self._daily_draws[key][user_id])
-
-    def active_users(self, day: date) -> list[int]:
-        """Live one day: who comes back, who goes quiet, and who is active (in user order)."""
-        active = []
-        for user_id, engaged in self.engaged.items():
-            returning = not engaged and self.return_on.get(user_id) == day
-            if returning:
-                del self.return_on[user_id]
-            elif not engaged and self._may_come_back_by_itself(user_id, day):
-                returning = self._draw("background", user_id, day) < self._background_hazard(user_id)
-            if returning:
-                self.engaged[user_id] = engaged = True
-            if not engaged:
-                continue
-            if not returning and self._draw("quit", user_id, day) < self.config.daily_quit_probability:
-                self.engaged[user_id] = False
-                continue
-            if returning or self._draw("active", user_id, day) < self.config.daily_activity_probability:
-                active.append(user_id)
-        return active
-
-    def events_for(self, day: date) -> list[tuple]:
-        rows = []
-        for user_id in self.active_users(day):
-            rng = random.Random(f"{self.config.seed}:{user_id}:{day}")
-            for _ in range(rng.randint(1, 4)):
-                moment = datetime.combine(day, time(8), timezone.utc) + timedelta(minutes=rng.randint(0, 12 * 60))
-                rows.append((user_id, rng.choice(EVENT_TYPES), moment))
-        return rows
-
-    def _background_hazard(self, user_id: int) -> float:
-        base = self.config.base_return_7d
-        relative = self.propensity[user_id] / base if base > 0 else 1.0
-        return min(1.0, self.config.background_return_probability * relative)
-
-    def _may_come_back_by_itself(self, user_id: int, day: date) -> bool:
-        return user_id not in self.return_on and day > self.quiet_until.get(user_id, date.min)
-
-    def decide(self, user_id: int, treated: bool, delivered: bool, variant: str, decided_on: date) -> None:
-        """Fate of a user with a ledger row (email or holdout), decided the morning after `decided_on`."""
-        if (user_id, decided_on) in self.decisions:
-            return
-        if self.engaged[user_id]:
-            # A still-active user (declining, not gone): nothing to decide, and the email changes nothing.
-            self.decisions[(user_id, decided_on)] = Decision(treated, delivered, None, 0.0)
-            return
-        baseline = self.propensity[user_id]
-        effect = self.config.uplift_of(variant) * self._freshness(user_id, decided_on) if treated and delivered else 0.0
-        self.decisions[(user_id, decided_on)] = Decision(treated, delivered, baseline, effect)
-        if delivered:
-            self.last_delivered[user_id] = decided_on
-        self.fated_return[(user_id, decided_on)] = comes_back = self._draw("fate", user_id, decided_on) < baseline + effect
-        if comes_back:
-            # The send goes out at 09:00 the morning after `decided_on`; returning on one of the six
-            # days after that keeps every return inside the 7-day window, after the send.
-            self.return_on[user_id] = decided_on + timedelta(days=2 + int(self._draw("when", user_id, decided_on) * 6))
-        else:
-            self.quiet_until[user_id] = decided_on + timedelta(days=MODELLED_WINDOW_DAYS + 1)
-
-    def _freshness(self, user_id: int, day: date) -> float:
-        """How much of its full effect an email has, given the user's last delivered one."""
-        last, half_life = self.last_delivered.get(user_id), self.config.fatigue_half_life_days
-        if last is None or half_life == 0:
-            return 1.0
-        return 1.0 - 0.5 ** ((day - last).days / half_life)
-
-    def delivery(self, user_id: int, day: date) -> str:
-        """What became of an email the pipeline sent: sent, failed or unknown."""
-        draw = self._draw("delivery", user_id, day)
-        if draw < self.config.failed_send_share:
-            return "failed"
-        if draw < self.config.failed_send_share + self.config.unknown_send_share:
-            return "unknown"
-        return "sent"
-
-    def truth(self, rows: list[tuple[int, date]]) -> Truth:
-        """The truth over these (user, as-of day) ledger rows: the ones a measured figure counted."""
-        decided = [self.decisions[row] for row in rows if row in self.decisions]
-        treated = [d for d in decided if d.treated]
-        delivered = [d for d in treated if d.delivered]
-        baselines = {arm: [d.baseline for d in decided if d.treated == arm and d.baseline is not None] for arm in (True, False)}
-        return Truth(
-            float(np.mean([d.effect for d in treated])) if treated else None,
-            float(np.mean([d.effect for d in delivered])) if delivered else None,
-            float(np.mean(baselines[True]) - np.mean(baselines[False])) if baselines[True] and baselines[False] else None,
-        )
-
-
-def _propensities(config: SimulationConfig) -> np.ndarray:
-    """Lasting chances of coming back within 7 days, kept where every uplift still gives a probability."""
-    rng = np.random.default_rng(config.seed)
-    mean = config.base_return_7d
-    if 0.0 < mean < 1.0:
-        draws = rng.beta(mean * config.propensity_concentration, (1 - mean) * config.propensity_concentration, config.users)
-    else:
-        draws = np.full(config.users, mean)
-    uplifts = [config.true_uplift, *config.variant_uplifts.values()]
-    return np.clip(draws, max(0.0, -min(uplifts)), min(1.0, 1.0 - max(uplifts)))
-
-
-@dataclass(frozen=True)
-class ModelResult:
-    """The fast model's step-1, 7-day figures among users dormant by inactivity."""
-
-    treated: int
-    treated_returned: int
-    holdout: int
-    holdout_returned: int
-    measured: Lift
-    truth: Truth
-
-
-# Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
-_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "holdout"), False: ("pending", "sent", "unknown")}
-
-
-def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: int | None = None,
-               holdout_per_episode: bool = False) -> ModelResult:
-    """The population through a pure-Python model of the pipeline's arm logic, measured with `lift`.
-
-    Same population, dormancy (inactive for `dormant_after_days` up to `lost_after_days`), episodes
-    (consecutive dormant days), step 1 once per episode and step 2 `delay_days` later while still
-    dormant, the frequency cap, the stable holdout hash, closed 7-day windows. `symmetric=False`
-    re-creates the old frequency cap, which counted only real sends (pending, sent, unknown): holdout
-    members and failed sends did not hold a user back. `holdout_per_episode` draws the arm afresh for every
-    dormancy episode instead of once per user (the pipeline's stable holdout), to compare the two designs.
-    Only inactivity-dormant users, one variant."""
-    campaign, dormancy = CampaignConfig(campaign=CAMPAIGN), DormancyThresholds()
-    cooldown = campaign.cooldown_days if cooldown_days is None else cooldown_days
-    step_two_delay = campaign.steps[1].delay_days if len(campaign.steps) > 1 else None
-    population = Population(config)
-    last_active: dict[int, date] = {}
-    active_days: dict[int, set[date]] = {}
-    episode: dict[int, date] = {}           # current episode start of users dormant today
-    rows: dict[tuple[int, int, date], tuple[date, str]] = {}   # (user, step, episode) -> (as-of day, status)
-    history: dict[int, list[tuple[date, str]]] = {}            # the user's rows, for the frequency cap
-    first = FIRST_DAY - timedelta(days=WARMUP_DAYS)
-    last_day = FIRST_DAY + timedelta(days=config.days - 1)
-    for day in (first + timedelta(days=n) for n in range((last_day - first).days + 1)):
-        for user_id in population.active_users(day):
-            last_active[user_id] = day
-            active_days.setdefault(user_id, set()).add(day)
-        dormant_today = {u for u, seen in last_active.items()
-                         if dormancy.dormant_after_days <= (day - seen).days <= dormancy.lost_after_days}
-        episode = {u: episode.get(u, day) for u in dormant_today}
-        if day < FIRST_DAY - timedelta(days=1):
-            continue  # the warm-up's backfill sends nothing
-        for user_id in sorted(dormant_today):
-            start = episode[user_id]
-            for step in (1, 2):
-                if (user_id, step, start) in rows:
-                    continue
-                if step == 2:
-                    previous = rows.get((user_id, 1, start))
-                    if step_two_delay is None or previous is None or previous[0] > day - timedelta(days=step_two_delay):
-                        continue
-                if any(status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
-                    continue
-                unit = f"{user_id}:{start.isoformat()}" if holdout_per_episode else user_id
-                held_out = in_holdout(CAMPAIGN, unit, campaign.holdout_share)
-                status = "holdout" if held_out else population.delivery(user_id, day)
-                rows[(user_id, step, start)] = (day, status)
-                history.setdefault(user_id, []).append((day, status))
-                population.decide(user_id, not held_out, status == "sent", "all", day)
-    closed = [(u, when, status) for (u, step, _), (when, status) in rows.items()
-              if step == 1 and when <= last_day - timedelta(days=MODELLED_WINDOW_DAYS + 1)]
-    return _measure(population, closed, active_days)
-
-
-def _measure(population: Population, rows: list[tuple[int, date, str]], active_days: dict[int, set[date]]) -> ModelResult:
-    # A decided user came back in the window when their fate said so; a still-engaged one when active on
-    # one of the six full days after the morning send.
-    returned = {(u, when): population.fated_return.get((u, when),
-                                                       any(when + timedelta(days=k) in active_days.get(u, ()) for k in range(2, 8)))
-                for u, when, _ in rows}
-    treated = [(u, when) for u, when, status in rows if status != "holdout"]
-    holdout = [(u, when) for u, when, status in rows if status == "holdout"]
-    t_ret, h_ret = sum(returned[r] for r in treated), sum(returned[r] for r in holdout)
-    return ModelResult(len(treated), t_ret, len(holdout), h_ret, lift(t_ret, len(treated), h_ret, len(holdout)),
-                       population.truth(treated + holdout))
-
+__all__ = ["ModelResult", "SimulationConfig", "SimulationConfigError", "SimulationResult", "format_report", "model_lift",
+           "run_simulation", "simulation_database"]
 
 SIMULATION_DATABASE = "retention_sim"
 
