@@ -29,7 +29,8 @@ from typing import Any
 from psycopg2 import sql
 
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.local.fake_resend import FakeResend, _Reply
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.fake_resend_api import Reply
 from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +188,7 @@ class GatedResend(FakeResend):
         self._release = threading.Event()
         self._dropping = False
 
-    def _decide(self, method, target, headers, raw, now):
+    def decide(self, method, target, headers, raw, now):
         with self._gate_lock:
             self._arrivals += 1
             number = self._arrivals
@@ -197,8 +198,8 @@ class GatedResend(FakeResend):
                 self.held.add(number)
             self._release.wait(120)
             if self._dropping:
-                return _Reply(hang=True)
-        reply = super()._decide(method, target, headers, raw, now)
+                return Reply(hang=True)
+        reply = super().decide(method, target, headers, raw, now)
         self.decided[number] = time.monotonic()
         if number in self.hold_after:
             with self._gate_lock:
