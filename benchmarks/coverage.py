@@ -27,7 +27,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def _one(args: tuple) -> dict:
     warnings.filterwarnings("ignore")
-    from retention_pipeline.simulation import SimulationConfig, model_lift
+    from retention_pipeline.local.simulation import SimulationConfig, model_lift
 
     config_fields, symmetric, per_episode = args
     result = model_lift(SimulationConfig(**config_fields), symmetric=symmetric, holdout_per_episode=per_episode)
@@ -62,7 +62,7 @@ def summarize(runs: list[dict]) -> dict:
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
 def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, asymmetric: bool, first_seed: int,
          holdout_per_episode: bool, workers: int, results_dir: Path) -> None:
-    from retention_pipeline.simulation import SimulationConfig
+    from retention_pipeline.local.simulation import SimulationConfig
 
     base = SimulationConfig(users=users, days=days, failed_send_share=failed_share)
     rules = [True, False] if asymmetric else [True]

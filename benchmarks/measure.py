@@ -26,7 +26,7 @@ import psycopg2.errors
 from benchmarks.dataset import DatasetSpec, day_start
 from benchmarks.server import pgbench_path
 from benchmarks.timing import TreeRssSampler, load1, median, step_durations
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import PROJECT_ROOT, PROJECT_TIMEZONE
 
 
@@ -119,7 +119,7 @@ class Scale:
     def dagster_run(self, job: str, first: str, last: str | None = None, assets: list[str] | None = None,
                     run_config: dict | None = None) -> dict:
         """A real in-process Dagster run; whole-run time, step times (event log) and SQL time (pg_stat_statements)."""
-        from retention_pipeline.runner import run_job
+        from retention_pipeline.local.runner import run_job
 
         self.sql("SELECT pg_stat_statements_reset()")
         load_start, t0 = load1(), time.perf_counter()
@@ -362,7 +362,7 @@ WHERE d.as_of_date = %(day)s AND d.targeted
 
 def _start_fake_resend(log_path: Path, rate: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "retention_pipeline.testing.resend_server", "--port", "0", "--rate", str(rate),
+        [sys.executable, "-m", "retention_pipeline.local.fake_resend", "--port", "0", "--rate", str(rate),
          "--log", str(log_path)],
         stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT, start_new_session=True,
     )

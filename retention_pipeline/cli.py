@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
 
-from retention_pipeline.launcher import ChildProcesses, environment, install_signal_handlers
+from retention_pipeline.local.launcher import ChildProcesses, environment, install_signal_handlers
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, SettingsError, check_environment
 
 DEMO_HISTORY_DAYS = 90
@@ -74,7 +74,7 @@ def demo(seed: int, n_users: int) -> None:
     try:
         with environment() as env:
             # Imported only now: the definitions read STRIPE_API_BASE, which the environment just set.
-            from retention_pipeline.demo import run_demo
+            from retention_pipeline.local.demo import run_demo
 
             for note in env.notes:
                 _say(note)
@@ -171,7 +171,7 @@ def simulate(days: int, users: int, uplift: float, base_return: float, seed: int
                                  "emailed user and must be between 0 and 1.", param_hint="'--uplift'")
     started = time.monotonic()
     try:
-        from retention_pipeline.simulation import SimulationConfig, format_report, run_simulation, simulation_database
+        from retention_pipeline.local.simulation import SimulationConfig, format_report, run_simulation, simulation_database
 
         # Checked before anything starts: nonsense (no days, an uplift beyond +-1) is one line, not a report.
         config = SimulationConfig(days=days, users=users, true_uplift=uplift, base_return_7d=base_return,
@@ -223,7 +223,7 @@ def trigger() -> None:
 def trigger_install() -> None:
     """Install the trigger (idempotent) and fill user_activity from the events already there."""
     from retention_pipeline.activity.trigger import install_trigger
-    from retention_pipeline.demo import app_database
+    from retention_pipeline.local.demo import app_database
 
     with environment() as env:
         tracked = install_trigger(app_database(env))
@@ -234,7 +234,7 @@ def trigger_install() -> None:
 def trigger_uninstall() -> None:
     """Remove the trigger and its function (the user_activity table is kept)."""
     from retention_pipeline.activity.trigger import uninstall_trigger
-    from retention_pipeline.demo import app_database
+    from retention_pipeline.local.demo import app_database
 
     with environment() as env:
         uninstall_trigger(app_database(env))

@@ -20,7 +20,7 @@ from retention_pipeline.outreach.assets import reengagement_emails
 from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
-from retention_pipeline.outreach.smtp import smtp_sender_from_env
+from retention_pipeline.outreach.senders.smtp import smtp_sender_from_env
 from retention_pipeline.resources import AppDatabase, deployed_app_db
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
 from retention_pipeline.settings import STATE_DIR

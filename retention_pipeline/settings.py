@@ -203,7 +203,7 @@ def _thresholds_file_from_env() -> None:
 
 
 def _smtp_from_env() -> None:
-    """The SMTP sender's settings (outreach.smtp.smtp_sender_from_env); a password is never shown."""
+    """The SMTP sender's settings (outreach.senders.smtp.smtp_sender_from_env); a password is never shown."""
     host = _env("SMTP_HOST")
     if host is not None and not _is_host(host):
         raise SettingsError(

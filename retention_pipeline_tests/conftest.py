@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from retention_pipeline import clock, demo_data
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline import clock
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.settings import STATE_DIR
 

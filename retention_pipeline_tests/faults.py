@@ -29,7 +29,8 @@ from typing import Any
 from psycopg2 import sql
 
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.testing.resend_server import FakeResend, _Reply
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.fake_resend_api import Reply
 from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -88,10 +89,11 @@ def build_dormant_world(server, name: str, n_users: int, instance=None, extra: C
     dormant_users materialized for AS_OF-40 .. AS_OF. Returns the AppDatabase (engine disposed)."""
     from dagster import DagsterInstance
 
-    from retention_pipeline import clock, demo_data
+    from retention_pipeline import clock
+    from retention_pipeline.local import demo_data
     from retention_pipeline.activity.trigger import install_trigger
     from retention_pipeline.resources import AppDatabase
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
     from retention_pipeline.schema import install_schema
 
     create_database(server, name)
@@ -186,7 +188,7 @@ class GatedResend(FakeResend):
         self._release = threading.Event()
         self._dropping = False
 
-    def _decide(self, method, target, headers, raw, now):
+    def decide(self, method, target, headers, raw, now):
         with self._gate_lock:
             self._arrivals += 1
             number = self._arrivals
@@ -196,8 +198,8 @@ class GatedResend(FakeResend):
                 self.held.add(number)
             self._release.wait(120)
             if self._dropping:
-                return _Reply(hang=True)
-        reply = super()._decide(method, target, headers, raw, now)
+                return Reply(hang=True)
+        reply = super().decide(method, target, headers, raw, now)
         self.decided[number] = time.monotonic()
         if number in self.hold_after:
             with self._gate_lock:
@@ -233,7 +235,7 @@ def forkserver():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["retention_pipeline.runner", "retention_pipeline_tests.faults"])
+        _context.set_forkserver_preload(["retention_pipeline.local.runner", "retention_pipeline_tests.faults"])
     return _context
 
 
@@ -294,7 +296,7 @@ def send_resources(db_url: str, api_url: str, api_key: str = API_KEY, rekey: boo
 
 def run_send(instance, db_url: str, api_url: str, as_of: date = AS_OF, **options):
     """One in-process run of the reengagement_emails asset for `as_of`."""
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
 
     return run_job(instance, "daily_retention_job", as_of.isoformat(), resources=send_resources(db_url, api_url, **options),
                    assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
@@ -335,7 +337,7 @@ def child_snapshot_run(db_url: str, first: str, last: str, results=None, break_m
     from dagster import DagsterInstance
 
     from retention_pipeline.resources import AppDatabase
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
 
     with DagsterInstance.ephemeral() as instance:
         result = run_job(instance, "daily_retention_job", first, last, resources={"app_db": AppDatabase(url=db_url)},

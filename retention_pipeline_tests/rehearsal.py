@@ -25,7 +25,7 @@ import psutil
 import psycopg2
 from psycopg2.extras import Json, execute_values
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 from retention_pipeline.settings import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"

@@ -12,7 +12,7 @@ import uuid
 import psutil
 import pytest
 
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.test_embedded import postgres_processes
 from retention_pipeline_tests.ui_support import cli_command

@@ -9,7 +9,7 @@ from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.outcomes.assets import OutcomeConfig, PerformanceConfig
 from retention_pipeline.outreach.campaign import CampaignConfig, CampaignStep
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.outreach.smtp import SmtpSender
+from retention_pipeline.outreach.senders.smtp import SmtpSender
 from retention_pipeline.resources import AppDatabase, SourceTables
 from retention_pipeline.segments.config import DormancyThresholds, SegmentThresholds
 

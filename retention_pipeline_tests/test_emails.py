@@ -16,9 +16,9 @@ from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)  # the partition day; the run happens the next morning
@@ -193,7 +193,7 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
             from datetime import date
             from dagster import DagsterInstance
             from retention_pipeline.outreach.senders import ResendSender
-            from retention_pipeline.runner import run_job
+            from retention_pipeline.local.runner import run_job
             from retention_pipeline_tests.scenario import live_campaign
             sender = ResendSender(api_key={API_KEY!r}, api_url={slow.url!r}, requests_per_second=50, timeout_seconds=60)
             with DagsterInstance.ephemeral() as instance:

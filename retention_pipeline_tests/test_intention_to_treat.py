@@ -13,9 +13,9 @@ from retention_pipeline import clock
 from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
+from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)

@@ -25,9 +25,9 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import rehearsal
 from retention_pipeline_tests.rehearsal import (
     APP_DATABASE,
@@ -41,7 +41,8 @@ from retention_pipeline_tests.rehearsal import (
     Services,
     StandIns,
 )
-from retention_pipeline_tests.ui_support import GraphQL, free_port, wait_for
+from retention_pipeline_tests.faults import wait_until
+from retention_pipeline_tests.ui_support import GraphQL, free_port
 
 SCHEDULE = "daily_morning_schedule"
 JOB = "daily_retention_job"
@@ -100,7 +101,7 @@ def _finished_run(instance: DagsterInstance, run_id: str, services: Services, ti
         run = instance.get_run_by_id(run_id)
         return run if run is not None and run.is_finished else None
 
-    run = wait_for(finished, timeout, 2.0, f"run {run_id} to finish")
+    run = wait_until(finished, timeout, f"run {run_id} to finish", interval=2.0)
     if run.status != DagsterRunStatus.SUCCESS:
         failures = [e.message for e in instance.all_logs(run_id) if e.is_dagster_event and e.dagster_event.is_failure]
         raise AssertionError(f"run {run_id} ended {run.status}: {failures[-5:]}")
@@ -250,12 +251,12 @@ def test_production_rehearsal(pg_server, monkeypatch):
             assert len(lines) == 3 and "code-server" in lines[0], lines
             services_started = time.monotonic()
             services.start("code-server", rehearsal.shell_with_environment(environment, lines[0]))
-            wait_for(lambda: _code_server_ready(stand_ins, services), 240, 2.0, "the code server")
+            wait_until(lambda: _code_server_ready(stand_ins, services), 240, "the code server", interval=2.0)
             services.start("daemon", rehearsal.shell_with_environment(environment, lines[1]))
             services.start("webserver", rehearsal.shell_with_environment(environment, lines[2]))
             graphql = GraphQL(f"http://127.0.0.1:{stand_ins.webserver_port}/graphql")
-            wait_for(lambda: _webserver_answers(stand_ins, services), 240, 2.0, "the webserver")
-            wait_for(lambda: _code_location_loaded(graphql, services), 120, 2.0, "the code location in the webserver")
+            wait_until(lambda: _webserver_answers(stand_ins, services), 240, "the webserver", interval=2.0)
+            wait_until(lambda: _code_location_loaded(graphql, services), 120, "the code location in the webserver", interval=2.0)
             took["services up"] = round(time.monotonic() - services_started, 1)
 
             # The test reads Dagster's storage as the dagster role, like the services.
@@ -264,8 +265,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
             # The first morning's tick; the schedule is then stopped in the webserver, as an operator pauses it,
             # so that the second morning (below) comes only after the first run has finished.
-            first = wait_for(lambda: _tick_with_run(instance, services, after=0), 300, 2.0,
-                             f"a tick of {SCHEDULE} that launches a run")
+            first = wait_until(lambda: _tick_with_run(instance, services, after=0), 300,
+                               f"a tick of {SCHEDULE} that launches a run", interval=2.0)
             _set_schedule(graphql, instance, running=False)
             run = _finished_run(instance, first.run_ids[0], services, 1200)
             took["first tick -> run done"] = round(run_end(instance, run) - first.timestamp, 1)
@@ -314,8 +315,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
             requests_before = len(fake.requests)
             restarted_at = time.time()
             _set_schedule(graphql, instance, running=True)
-            second = wait_for(lambda: _tick_with_run(instance, services, after=restarted_at), 300, 2.0,
-                              f"a tick of {SCHEDULE} after it was started again")
+            second = wait_until(lambda: _tick_with_run(instance, services, after=restarted_at), 300,
+                                f"a tick of {SCHEDULE} after it was started again", interval=2.0)
             stopped_at = _set_schedule(graphql, instance, running=False)
             again = _finished_run(instance, second.run_ids[0], services, 1200)
             assert again.tags.get("dagster/partition") == day.isoformat(), again.tags

@@ -28,8 +28,8 @@ from dagster import DagsterInstance
 from retention_pipeline import clock
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, UNSUBSCRIBE_SECRET, record, send_resources
 from retention_pipeline_tests.scenario import Scenario, at, check_metadata, live_campaign, materialization_metadata

@@ -23,7 +23,7 @@ import pytest
 
 from retention_pipeline import clock
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import (
     API_KEY,

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from retention_pipeline.outreach.allocation import in_holdout
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.settings import STATE_DIR
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import API_KEY, MORNING_AFTER, create_database, forkserver, send_resources
 from retention_pipeline_tests.scenario import live_campaign, materialization_metadata

@@ -19,9 +19,9 @@ from retention_pipeline.outreach.allocation import (
     thompson_allocation,
 )
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 FIRST = date(2026, 4, 1)

@@ -5,10 +5,10 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
+from retention_pipeline.local.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
 
 
 @pytest.fixture

@@ -1,5 +1,14 @@
 """SQL of the outcomes. Everything is as of the end of the partition day, never the wall clock."""
 
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Row
+
+from retention_pipeline.resources import AppDatabase
+from retention_pipeline.settings import PROJECT_TIMEZONE
+
 # Each assignment (an email, whatever became of it, or a holdout member) against each attribution window. The window is
 # (reference_at, reference_at + N days]: activity before the send never counts as its success.
 # Events are read per user through the (user_id, occurred_at) index, exact to the second, which the
@@ -88,6 +97,13 @@ FROM {rs}.reengagement_outcomes
 WHERE campaign = :campaign AND step = :step AND window_days = :window_days AND final AND window_end <= :end_ts
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
+
+
+def step_outcomes_by_day(app_db: AppDatabase, campaign: str, step: int, window_days: int, before: datetime) -> list[Row]:
+    """The outcomes feedback the outreach domain reads: one step's windows closed before `before`, by send day."""
+    return app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {"campaign": campaign, "step": step, "window_days": window_days,
+                                                        "end_ts": before, "tz": PROJECT_TIMEZONE})
+
 
 # Revenue kept, as assigned: every paying user (MRR at assignment > 0) with a ledger row of a real send
 # attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first

@@ -31,7 +31,7 @@ from sqlalchemy import text
 
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import drain_activity_queue
-from retention_pipeline.outcomes.sql import STEP_OUTCOMES_BY_DAY_SQL
+from retention_pipeline.outcomes.sql import step_outcomes_by_day
 from retention_pipeline.outreach.allocation import (
     Allocation,
     DayOutcome,
@@ -202,9 +202,9 @@ def _json_value(value):
 
 def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: CampaignStep, as_of: date) -> Allocation:
     """Allocate the step's variants by the outcomes closed before this day, by send day, and record the decision."""
-    outcomes = [DayOutcome(r.day, r.variant, r.treated, r.users, r.returned) for r in app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {
-        "campaign": config.campaign, "step": step.step, "window_days": config.primary_window_days,
-        "end_ts": datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)), "tz": PROJECT_TIMEZONE})]
+    closed = step_outcomes_by_day(app_db, config.campaign, step.step, config.primary_window_days,
+                                  before=datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)))
+    outcomes = [DayOutcome(r.day, r.variant, r.treated, r.users, r.returned) for r in closed]
     previous = app_db.fetch_all(PREVIOUS_DECISION_SQL, {"campaign": config.campaign, "step": step.step, "as_of": as_of})
     rule = SequentialRule(config.sequential_alpha, config.sequential_effect_scale, config.min_decision_sample)
     allocation = thompson_allocation(config.campaign, step.step, as_of, step.variants, outcomes, config.min_exploration_share,

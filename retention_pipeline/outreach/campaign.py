@@ -9,8 +9,7 @@ from dagster import Config, Failure
 from pydantic import Field, field_validator, model_validator
 
 from retention_pipeline.outreach.render import TEMPLATE_VARIANTS
-from retention_pipeline.segments.config import _reject_clearly
-from retention_pipeline.thresholds import check_section, file_default
+from retention_pipeline.thresholds import check_section, file_default, reject_clearly
 
 
 class CampaignStep(Config):
@@ -143,7 +142,7 @@ class CampaignConfig(Config):
     # Declared last, so it wraps every check above (steps included): invalid config fails the plan op at
     # once with every bad field named, instead of being retried like a database error, before anything is
     # written or sent.
-    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+    _clear_errors = model_validator(mode="wrap")(classmethod(reject_clearly))
 
 
 check_section(CampaignConfig, SECTION)

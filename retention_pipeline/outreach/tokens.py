@@ -274,13 +274,6 @@ def _unix_seconds(value: int | datetime) -> int:
     return int(value)
 
 
-def sign_svix(secret: str, svix_id: str, timestamp: int | datetime, body: bytes) -> dict[str, str]:
-    """Headers of a delivery signed like Svix signs it (for tests and the local demo)."""
-    seconds = str(_unix_seconds(timestamp))
-    signature = base64.b64encode(_svix_signature(_svix_key(secret), svix_id, seconds, body)).decode("ascii")
-    return {SVIX_ID_HEADER: svix_id, SVIX_TIMESTAMP_HEADER: seconds, SVIX_SIGNATURE_HEADER: f"v1,{signature}"}
-
-
 def verify_svix_signature(
     secret: str, headers: Mapping[str, str], body: bytes, now: datetime, tolerance_seconds: int = 300
 ) -> None:

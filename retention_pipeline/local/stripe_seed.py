@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import stripe
 
-from retention_pipeline.demo_data import DemoUser
+from retention_pipeline.local.demo_data import DemoUser
 
 # Per-seat list prices in cents. Yearly is ten months (two free); weekly is a quarter-month rounded up.
 PLAN_AMOUNTS: dict[str, dict[str, int]] = {

@@ -24,11 +24,9 @@ import psutil
 import psycopg2
 from psycopg2 import sql
 
+from retention_pipeline.errors import EmbeddedServerError
+
 log = logging.getLogger(__name__)
-
-
-class EmbeddedServerError(RuntimeError):
-    """The embedded server could not be started or reached; the message says what to do."""
 
 
 @dataclass

@@ -22,18 +22,15 @@ from pathlib import Path
 
 import psutil
 
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.db import check_reachable
-from retention_pipeline.embedded import EmbeddedPostgres, process_alive
+from retention_pipeline.errors import LauncherError
+from retention_pipeline.local.embedded import EmbeddedPostgres, process_alive
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, check_environment
 
 DEMO_APP_DATABASE = "retention_demo"
 DAGSTER_DATABASE = "dagster"
 _PR_SET_PDEATHSIG = 1
-
-
-class LauncherError(RuntimeError):
-    """Set-up cannot go on; the message says what the user should do."""
 
 
 @dataclass

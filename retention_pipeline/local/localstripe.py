@@ -3,7 +3,7 @@
 localstripe's own CLI binds every interface (``::``) and pickles its whole state to the shared file
 ``/tmp/localstripe.pickle`` after every write, which (a) leaks state between runs and users of the
 machine and (b) makes each write cost a pickle of everything stored so far. ``LocalStripe`` instead
-runs a tiny launcher (``python -m retention_pipeline.billing.localstripe_server``) that imports
+runs a tiny launcher (``python -m retention_pipeline.local.localstripe``) that imports
 localstripe's aiohttp app, turns persistence off (state lives in memory only, always from scratch),
 binds 127.0.0.1 on a free port (or a given one) and reports the port on stdout.
 
@@ -86,7 +86,7 @@ class LocalStripe:
         env = {**os.environ, "TMPDIR": str(self._workdir), "PYTHONUNBUFFERED": "1"}
         with open(self._log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "retention_pipeline.billing.localstripe_server", "--port", str(self.requested_port),
+                [sys.executable, "-m", "retention_pipeline.local.localstripe", "--port", str(self.requested_port),
                  *(["--state-file", str(self.state_file)] if self.state_file else [])],
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -13,13 +13,14 @@ from dagster import AssetKey, DagsterInstance
 
 import stripe
 
-from retention_pipeline import clock, demo_data
-from retention_pipeline.billing.demo_seed import seed_demo_stripe
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline import clock
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.activity.trigger import install_trigger
-from retention_pipeline.launcher import Environment, LauncherError
+from retention_pipeline.local.launcher import Environment, LauncherError
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import complete_week_keys, day_key, run_job
+from retention_pipeline.local.runner import complete_week_keys, day_key, run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE, STATE_DIR
 

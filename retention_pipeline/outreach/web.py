@@ -14,7 +14,7 @@ from email.utils import parseaddr
 
 import jinja2
 import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from retention_pipeline import clock
 from retention_pipeline.outreach.tokens import (
@@ -261,20 +261,3 @@ def create_blueprint(
             return jsonify(status="processed", suppressed=len(addresses)), 200
 
     return bp
-
-
-def create_app(
-    db: AppDatabase, unsubscribe_secret: str, webhook_secret: str | None = None, old_unsubscribe_secrets: Iterable[str] | str = ()
-) -> Flask:
-    """A minimal app serving only the blueprint (the local demo, tests).
-
-    A real Flask app registers the blueprint itself instead:
-
-        from retention_pipeline.flask import create_blueprint
-        from retention_pipeline.resources import AppDatabase
-        app.register_blueprint(create_blueprint(AppDatabase(url=DATABASE_URL), UNSUBSCRIBE_SECRET, RESEND_WEBHOOK_SECRET,
-                                                old_unsubscribe_secrets=UNSUBSCRIBE_OLD_SECRETS))
-    """
-    app = Flask(__name__)
-    app.register_blueprint(create_blueprint(db, unsubscribe_secret, webhook_secret, old_unsubscribe_secrets=old_unsubscribe_secrets))
-    return app

@@ -28,7 +28,7 @@ from dagster import EnvVar, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
 from retention_pipeline import clock
-from retention_pipeline.outreach.senders import (
+from retention_pipeline.outreach.senders.base import (
     BatchOutcome,
     EmailSender,
     OutgoingEmail,

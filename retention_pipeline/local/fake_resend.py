@@ -9,7 +9,7 @@ In-process::
 
 As a standalone process (e.g. to kill the client mid-send and count what really went out)::
 
-    python -m retention_pipeline.testing.resend_server --port 0 --log sent.jsonl [--rate 2]
+    python -m retention_pipeline.local.fake_resend --port 0 --log sent.jsonl [--rate 2]
         [--fault-rate 0.2 --seed 1 --faults 429,500,hang,500_after_accept --hang-seconds 2]
 
 It prints `FakeResend listening on http://127.0.0.1:PORT` on stdout once it accepts connections, and
@@ -49,191 +49,31 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-BATCH_PATH = "/emails/batch"
-MAX_BATCH_SIZE = 100
-MAX_RECIPIENTS = 50
-FAULT_KINDS = ("429", "500", "hang", "500_after_accept")
-DEFAULT_FAULT_KINDS = ("429", "500", "hang")
+from retention_pipeline.local.fake_resend_api import (
+    BATCH_PATH,
+    DEFAULT_FAULT_KINDS,
+    FAULT_KINDS,
+    AcceptedEmail,
+    Reply,
+    RequestRecord,
+    ScriptedResponse,
+    error_reply,
+    validate_batch,
+)
+from retention_pipeline.local.fake_resend_http import FakeResendHandler, FakeResendServer
 
-_ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
-_NAMED_ADDRESS = re.compile(r"^[^<>]*<([^<>]+)>$")
-_TAG = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-
-
-@dataclass(frozen=True)
-class ScriptedResponse:
-    """One answer queued with `FakeResend.script()`. `accept=True` first accepts the batch as usual."""
-
-    status: int
-    body: Any = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    accept: bool = False
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    method: str
-    path: str
-    headers: dict[str, str]          # as received, the Authorization value replaced by "Bearer [redacted]"
-    idempotency_key: str | None
-    email_count: int | None          # None when the body was not a JSON array
-    status: int | None               # None for a hang (no answer was sent)
-    time: float                      # time.monotonic() at arrival (comparable with the test's clock in-process)
-    outcome: str                     # accepted, replayed, rate_limited, fault_429, fault_500, hang,
-    #                                  accepted_then_500, scripted, unauthorized, forbidden, invalid,
-    #                                  conflict, not_found, method_not_allowed
-
-
-@dataclass(frozen=True)
-class AcceptedEmail:
-    id: str
-    idempotency_key: str | None
-    position: int
-    email: dict[str, Any]
-    time: float
-
-
-@dataclass
-class _Reply:
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: bool = False
-
-
-def _error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, {"statusCode": status, "name": name, "message": message}, dict(headers or {}))
-
-
-def _address_ok(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    value = value.strip()
-    named = _NAMED_ADDRESS.match(value)
-    return bool(_ADDRESS.match(named.group(1).strip() if named else value))
-
-
-def _tag_ok(value: Any) -> bool:
-    return isinstance(value, str) and bool(_TAG.match(value))
-
-
-def _validate(emails: list[Any]) -> _Reply | None:
-    if not emails:
-        return _error(422, "validation_error", "The batch must contain at least one email.")
-    if len(emails) > MAX_BATCH_SIZE:
-        return _error(422, "validation_error", f"Too many emails in the batch: {len(emails)}. The maximum is {MAX_BATCH_SIZE}.")
-    for index, item in enumerate(emails):
-        where = f"emails[{index}]"
-        if not isinstance(item, dict):
-            return _error(422, "validation_error", f"{where}: each email must be an object.")
-        for required in ("from", "to", "subject"):
-            if item.get(required) in (None, "", []):
-                return _error(422, "missing_required_field", f"{where}: Missing `{required}` field.")
-        if not item.get("html") and not item.get("text"):
-            return _error(422, "missing_required_field", f"{where}: Missing `html` or `text` field.")
-        recipients = item["to"] if isinstance(item["to"], list) else [item["to"]]
-        if len(recipients) > MAX_RECIPIENTS:
-            return _error(422, "validation_error", f"{where}: Too many recipients in `to` (max {MAX_RECIPIENTS}).")
-        for name in ("from", "to"):
-            values = item[name] if isinstance(item[name], list) else [item[name]]
-            if not all(_address_ok(v) for v in values):
-                return _error(
-                    422, "validation_error",
-                    f"{where}: Invalid `{name}` field. The email address needs to follow the "
-                    "`email@example.com` or `Name <email@example.com>` format.",
-                )
-        if not isinstance(item["subject"], str):
-            return _error(422, "validation_error", f"{where}: `subject` must be a string.")
-        headers = item.get("headers")
-        if headers is not None and not (
-            isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-        ):
-            return _error(422, "validation_error", f"{where}: `headers` must be an object of strings.")
-        tags = item.get("tags")
-        if tags is not None:
-            if not isinstance(tags, list) or not all(
-                isinstance(t, dict) and _tag_ok(t.get("name")) and ("value" not in t or _tag_ok(t["value"]))
-                for t in tags
-            ):
-                return _error(
-                    422, "validation_error",
-                    f"{where}: Tags should only contain ASCII letters, numbers, underscores, or dashes.",
-                )
-    return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    fake: "FakeResend"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "FakeResend/1.0"
-    server: _Server
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        fake = self.server.fake
-        delay = fake._take_arrival_delay()
-        if delay > 0:  # a slow hop on the way in: the limiter sees the request this much later
-            fake._stopping.wait(delay)
-        arrived = time.monotonic()
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
-        reply = fake._decide(method, self.path, dict(self.headers.items()), raw, arrived)
-        if reply.hang:
-            # Say nothing for longer than the client waits, then drop the connection.
-            fake._stopping.wait(fake.hang_seconds)
-            self.close_connection = True
-            return
-        if fake.latency_seconds > 0:  # time the real API takes to answer (decided and recorded already)
-            fake._stopping.wait(fake.latency_seconds)
-        data = json.dumps(reply.body).encode()
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        if self.server.fake.verbose:
-            sys.stderr.write(f"FakeResend {self.address_string()} {format % args}\n")
+__all__ = ["AcceptedEmail", "FakeResend", "RequestRecord", "ScriptedResponse", "main"]
 
 
 class FakeResend:
@@ -271,8 +111,8 @@ class FakeResend:
         self.log_path = Path(log_path) if log_path else None
         self.verbose = verbose
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self.stopping = threading.Event()
+        self._server: FakeResendServer | None = None
         self._thread: threading.Thread | None = None
         self._init_state()
 
@@ -289,8 +129,8 @@ class FakeResend:
     def start(self) -> "FakeResend":
         if self._server is not None:
             return self
-        self._stopping.clear()
-        server = _Server((self.host, self.port), _Handler)
+        self.stopping.clear()
+        server = FakeResendServer((self.host, self.port), FakeResendHandler)
         server.fake = self
         self._server = server
         self.port = server.server_address[1]
@@ -303,7 +143,7 @@ class FakeResend:
     def stop(self) -> None:
         if self._server is None:
             return
-        self._stopping.set()  # wakes hanging handlers
+        self.stopping.set()  # wakes hanging handlers
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -339,7 +179,7 @@ class FakeResend:
         with self._lock:
             self._arrival_delays.extend(float(s) for s in seconds)
 
-    def _take_arrival_delay(self) -> float:
+    def take_arrival_delay(self) -> float:
         with self._lock:
             return self._arrival_delays.popleft() if self._arrival_delays else 0.0
 
@@ -357,7 +197,7 @@ class FakeResend:
             self._init_state()
 
     # -- the API -----------------------------------------------------------------------------
-    def _decide(self, method: str, target: str, headers: dict[str, str], raw: bytes, now: float) -> _Reply:
+    def decide(self, method: str, target: str, headers: dict[str, str], raw: bytes, now: float) -> Reply:
         with self._lock:
             lower = {k.lower(): v for k, v in headers.items()}
             key = lower.get("idempotency-key")
@@ -375,17 +215,17 @@ class FakeResend:
             )
             return reply
 
-    def _answer(self, method, path, headers, raw, emails, key, now) -> tuple[_Reply, str]:
+    def _answer(self, method, path, headers, raw, emails, key, now) -> tuple[Reply, str]:
         if path != BATCH_PATH:
-            return _error(404, "not_found", "The requested endpoint does not exist."), "not_found"
+            return error_reply(404, "not_found", "The requested endpoint does not exist."), "not_found"
         if method != "POST":
-            return _error(405, "method_not_allowed", "Method is not allowed for the requested path."), "method_not_allowed"
+            return error_reply(405, "method_not_allowed", "Method is not allowed for the requested path."), "method_not_allowed"
         authorization = headers.get("authorization", "")
         token = authorization[len("Bearer "):].strip() if authorization.startswith("Bearer ") else ""
         if not token:
-            return _error(401, "missing_api_key", "Missing API key in the authorization header."), "unauthorized"
+            return error_reply(401, "missing_api_key", "Missing API key in the authorization header."), "unauthorized"
         if self.api_key is not None and token != self.api_key:
-            return _error(403, "invalid_api_key", "API key is invalid"), "forbidden"
+            return error_reply(403, "invalid_api_key", "API key is invalid"), "forbidden"
 
         if self._script:
             scripted = self._script.popleft()
@@ -415,56 +255,56 @@ class FakeResend:
             "ratelimit-policy": f"{self.rate};w=1",
         }
 
-    def _rate_limited(self, now: float) -> _Reply:
+    def _rate_limited(self, now: float) -> Reply:
         headers = self._ratelimit_headers(now)
         headers["retry-after"] = str(max(self.retry_after, int(headers.get("ratelimit-reset", "1"))))
         limit = f" You can only make {self.rate} requests per second." if self.rate > 0 else ""
-        return _error(
+        return error_reply(
             429, "rate_limit_exceeded",
             f"Too many requests.{limit} See rate limit response headers for more information.",
             headers,
         )
 
-    def _fault(self, kind: str | ScriptedResponse, emails, raw, key, now) -> tuple[_Reply, str]:
+    def _fault(self, kind: str | ScriptedResponse, emails, raw, key, now) -> tuple[Reply, str]:
         if isinstance(kind, ScriptedResponse):
             if kind.accept:
                 self._accept(emails, raw, key, now)
             body = kind.body if kind.body is not None else {
                 "statusCode": kind.status, "name": "scripted", "message": f"Scripted {kind.status} response."}
-            return _Reply(kind.status, body, dict(kind.headers)), "scripted"
+            return Reply(kind.status, body, dict(kind.headers)), "scripted"
         if kind == "429":
             return self._rate_limited(now), "fault_429"
         if kind == "500":
-            return _error(500, "application_error", "An unexpected error occurred."), "fault_500"
+            return error_reply(500, "application_error", "An unexpected error occurred."), "fault_500"
         if kind == "hang":
-            return _Reply(hang=True), "hang"
+            return Reply(hang=True), "hang"
         if kind == "500_after_accept":
             reply, outcome = self._accept(emails, raw, key, now)
             if reply.status != 200:
                 return reply, outcome
-            return _error(500, "application_error", "An unexpected error occurred."), "accepted_then_500"
+            return error_reply(500, "application_error", "An unexpected error occurred."), "accepted_then_500"
         raise ValueError(kind)
 
-    def _accept(self, emails, raw, key, now) -> tuple[_Reply, str]:
+    def _accept(self, emails, raw, key, now) -> tuple[Reply, str]:
         headers = self._ratelimit_headers(now)
         if key is not None and not 1 <= len(key) <= 256:
-            return _error(400, "invalid_idempotency_key", "The idempotency key must be 1 to 256 characters.", headers), "invalid"
+            return error_reply(400, "invalid_idempotency_key", "The idempotency key must be 1 to 256 characters.", headers), "invalid"
         if not isinstance(emails, list):
             if raw and emails is None:
-                return _error(400, "validation_error", "Invalid JSON body.", headers), "invalid"
-            return _error(422, "validation_error", "The batch must be a JSON array of emails.", headers), "invalid"
+                return error_reply(400, "validation_error", "Invalid JSON body.", headers), "invalid"
+            return error_reply(422, "validation_error", "The batch must be a JSON array of emails.", headers), "invalid"
         fingerprint = hashlib.sha256(json.dumps(emails, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         if key is not None and key in self._idempotency:
             stored_fingerprint, stored_body = self._idempotency[key]
             if stored_fingerprint != fingerprint:
-                return _error(
+                return error_reply(
                     409, "invalid_idempotent_request",
                     "Same idempotency key used with a different request payload. "
                     "Change your idempotency key or payload.",
                     headers,
                 ), "conflict"
-            return _Reply(200, stored_body, headers), "replayed"
-        invalid = _validate(emails)
+            return Reply(200, stored_body, headers), "replayed"
+        invalid = validate_batch(emails)
         if invalid is not None:
             invalid.headers.update(headers)
             return invalid, "invalid"
@@ -476,7 +316,7 @@ class FakeResend:
         body = {"data": [{"id": i} for i in ids]}
         if key is not None:
             self._idempotency[key] = (fingerprint, body)
-        return _Reply(200, body, headers), "accepted"
+        return Reply(200, body, headers), "accepted"
 
     def _append_log(self, accepted: list[AcceptedEmail]) -> None:
         lines = "".join(
@@ -492,7 +332,7 @@ class FakeResend:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retention_pipeline.testing.resend_server",
+        prog="python -m retention_pipeline.local.fake_resend",
         description="A local server that behaves like Resend's POST /emails/batch.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -526,3 +366,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
