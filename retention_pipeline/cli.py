@@ -20,6 +20,7 @@ Environment variables (all optional; the README's table says more):
   STRIPE_API_KEY, STRIPE_API_BASE   Stripe; unset = a local Stripe stand-in
   RESEND_API_KEY, RESEND_API_URL    Resend; unset = emails go to the outbox
   RETENTION_UNSUBSCRIBE_SECRET  key of the unsubscribe links (at least 16 characters)
+  RETENTION_CAMPAIGNS_DIR       folder of campaign directories (default campaigns/ of the repository)
   RETENTION_DEBUG               1 = show the traceback of an error
 """
 

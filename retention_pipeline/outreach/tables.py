@@ -90,6 +90,16 @@ CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
     detail      text,
     created_at  timestamptz NOT NULL
 );
+-- Topic-level unsubscribes ("tips", "billing"): a person who left a topic gets no more emails of the campaigns
+-- with that topic, other topics go on. Transactional campaigns ignore it; email_suppressions (global
+-- unsubscribe, bounces, complaints) stops every campaign.
+CREATE TABLE IF NOT EXISTS {rs}.email_topic_suppressions (
+    email       text NOT NULL,             -- lower-cased
+    topic       text NOT NULL,
+    source      text NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (email, topic)
+);
 CREATE TABLE IF NOT EXISTS {rs}.email_outbox (
     idempotency_key  text NOT NULL,
     position         smallint NOT NULL,
