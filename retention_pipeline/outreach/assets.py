@@ -335,7 +335,8 @@ def _ledger_row(config: CampaignConfig, campaign: Campaign, step: Step, as_of: d
     send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
     link = links.link(config.unsubscribe_url, send_ref, as_of)
     payload = render_email(config, campaign, step, variant, user, link)
-    return base | {"status": "pending", "subject": payload["subject"], "payload": payload, "unsubscribe_ref": send_ref}
+    return base | {"status": "pending", "subject": payload["subject"], "payload": payload, "unsubscribe_ref": send_ref,
+                   "unsubscribe_topic": None if campaign.transactional else campaign.topic}
 
 
 # One pool for every run's sends: dagster.yaml limits `email_provider` to one send op at a time across runs,

@@ -84,12 +84,12 @@ ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY
 # A chunk of ledger rows per statement (one round trip, not one per email), passed as a JSON array.
 INSERT_LEDGER_SQL = """
 INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref)
+    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic)
 SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref
+       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz, unsubscribe_ref text)
+    payload jsonb, created_at timestamptz, unsubscribe_ref text, unsubscribe_topic text)
 ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
 RETURNING id, status

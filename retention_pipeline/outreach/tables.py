@@ -83,6 +83,9 @@ ON CONFLICT DO NOTHING;
 ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_ref text;
 CREATE UNIQUE INDEX IF NOT EXISTS email_sends_unsubscribe_ref ON {rs}.email_sends (unsubscribe_ref)
     WHERE unsubscribe_ref IS NOT NULL;
+-- The topic the email's unsubscribe link leaves by default (one-click): its campaign's topic; NULL = all email
+-- (transactional campaigns, which topic unsubscribes do not stop, and runs without campaign files).
+ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_topic text;
 CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
     email       text PRIMARY KEY,          -- lower-cased
     reason      text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
