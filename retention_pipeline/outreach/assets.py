@@ -198,14 +198,16 @@ def _step_label(plan: dict, campaign: Campaign, step: Step) -> str:
     return str(step.step) if len(plan["campaigns"]) == 1 else f"{campaign.name} step {step.step}"
 
 
-def candidate_params(config: CampaignConfig, campaign: Campaign, step: Step, as_of: date) -> tuple[str, dict]:
-    """CANDIDATES_SQL with the campaign's audience, and its parameters for one step on one as-of day."""
+def candidate_params(config: CampaignConfig, campaign: Campaign, step: Step, as_of: date,
+                     render_recorded: bool = False) -> tuple[str, dict]:
+    """CANDIDATES_SQL with the campaign's audience, and its parameters for one step on one as-of day (`render_recorded`:
+    also what it takes to render users the ledger already holds, for `preview`)."""
     condition, audience_params = audience_sql(campaign.audience)
     as_of_end = datetime.combine(as_of + timedelta(days=1), time.min, ZoneInfo(PROJECT_TIMEZONE))
     return CANDIDATES_SQL.replace("{audience}", condition), audience_params | {
         "as_of": as_of, "as_of_end": as_of_end, "campaign": campaign.name, "step": step.step, "delay_days": step.delay_days,
         "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now(),
-        "topic": campaign.topic, "transactional": campaign.transactional}
+        "topic": campaign.topic, "transactional": campaign.transactional, "render_recorded": render_recorded}
 
 
 def _plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, plan: dict,

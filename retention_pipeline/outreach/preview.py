@@ -22,7 +22,11 @@ from retention_pipeline.schema import install_schema
 ADDRESS = re.compile(r'^[^@\s<>",;]+@[^@\s<>",;]+\.[^@\s<>",;]+$')
 
 _CANDIDATE_SQL = "SELECT * FROM plan_candidates WHERE user_id = :user_id"
-_ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY user_id"
+# Users the step emails that day: still to plan first, then those the ledger already holds.
+_RENDERABLE_SQL = """
+SELECT * FROM plan_candidates WHERE skip_reason IS NULL OR skip_reason = 'already_recorded'
+ORDER BY skip_reason IS NOT NULL, user_id
+"""
 _DORMANT_DAY_SQL = "SELECT EXISTS (SELECT 1 FROM {rs}.dormant_users WHERE as_of_date = :as_of)"
 
 
@@ -69,13 +73,14 @@ def identity(config: CampaignConfig, live_sender: bool) -> CampaignConfig:
 
 def preview(db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links,
             user_id: int | None = None) -> Preview:
-    """Render what the planner would send this user (or, without one, the first user it would email) for this
-    step on this day, with the planner's candidate query, assignment and renderer."""
+    """Render what the planner sends this user (or, without one, the first user it emails) for this step on this
+    day, with the planner's candidate query, assignment and renderer. A user the ledger already holds for the step
+    is rendered as well (with the templates as they are now), so a day already run can be previewed."""
     install_schema(db)
     if not db.scalar(_DORMANT_DAY_SQL, {"as_of": as_of}):
         raise PreviewError(f"no dormant users computed for {as_of}: run the daily job for that day first "
                            "(e.g. `retention-pipeline demo`), or pass --date with a computed day")
-    sql, params = candidate_params(config, campaign, step, as_of)
+    sql, params = candidate_params(config, campaign, step, as_of, render_recorded=True)
     with db.begin() as conn:  # a temporary table only, dropped at the end of this transaction
         conn.execute(text(db.render(sql)), params)
         if user_id is not None:
@@ -83,14 +88,14 @@ def preview(db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: S
             if row is None:
                 raise PreviewError(f"user {user_id} is not a candidate of {campaign.name} step {step.step} on {as_of} "
                                    "(not dormant that day, outside the campaign's audience, or the previous step is not due)")
-            if row["skip_reason"]:
+            if row["skip_reason"] not in (None, "already_recorded"):
                 raise PreviewError(f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: "
                                    f"{row['skip_reason']}")
         else:
-            rows = conn.execute(text(_ELIGIBLE_SQL)).mappings()
+            rows = conn.execute(text(_RENDERABLE_SQL)).mappings()
             row = next((r for r in rows if assigned_variant(campaign, step, r["user_id"], None) != "holdout"), None)
             if row is None:
-                raise PreviewError(f"nobody would get a {campaign.name} step {step.step} email on {as_of}; "
+                raise PreviewError(f"nobody gets a {campaign.name} step {step.step} email on {as_of}; "
                                    "pass --date with another day, or --step")
         row = dict(row)
     variant = assigned_variant(campaign, step, row["user_id"], None)

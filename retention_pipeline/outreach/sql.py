@@ -40,9 +40,12 @@ WITH recent_days AS (
 SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, mrr_cents, skip_reason,
        -- What an email needs, only for those who get one: at 1,000,000 users most of the 378,000 dormant
        -- ones are skipped (already emailed in this episode).
-       CASE WHEN skip_reason IS NULL THEN email END AS email, CASE WHEN skip_reason IS NULL THEN name END AS name,
-       CASE WHEN skip_reason IS NULL THEN last_actions END AS last_actions,
-       CASE WHEN skip_reason IS NULL THEN plan_name END AS plan_name, subscription_status, cancel_at_period_end
+       -- (`preview` renders users the ledger already holds too: :render_recorded.)
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN email END AS email,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN name END AS name,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN last_actions END AS last_actions,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN plan_name END AS plan_name,
+       subscription_status, cancel_at_period_end
 FROM (
 SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS segment_reason,
        d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents, d.subscription_status, d.cancel_at_period_end,
