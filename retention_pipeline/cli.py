@@ -20,7 +20,6 @@ Environment variables (all optional; the README's table says more):
   STRIPE_API_KEY, STRIPE_API_BASE   Stripe; unset = a local Stripe stand-in
   RESEND_API_KEY, RESEND_API_URL    Resend; unset = emails go to the outbox
   RETENTION_UNSUBSCRIBE_SECRET  key of the unsubscribe links (at least 16 characters)
-  RETENTION_CAMPAIGNS_DIR       folder of campaign directories (default campaigns/ of the repository)
   RETENTION_DEBUG               1 = show the traceback of an error
 """
 
@@ -182,7 +181,11 @@ def simulate(days: int, users: int, uplift: float, base_return: float, seed: int
             from dagster import DagsterInstance
 
             _say(f"Simulating {days} days of {users:,} users (true uplift {uplift:+.0%}) ...")
-            with simulation_database(env.embedded) as db, DagsterInstance.ephemeral() as instance:
+            from retention_pipeline.outreach.campaigns import without_campaign_files
+
+            # The simulation models one campaign, the run config's; the campaign files do not take part.
+            with (simulation_database(env.embedded) as db, DagsterInstance.ephemeral() as instance,
+                  without_campaign_files(STATE_DIR)):
                 result = run_simulation(db, instance, config, say=_say)
     except KeyboardInterrupt:
         _fail("interrupted; everything this command started has been stopped.")

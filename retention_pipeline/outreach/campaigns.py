@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -141,6 +144,23 @@ class Campaign:
 def campaigns_dir() -> Path:
     """RETENTION_CAMPAIGNS_DIR, else the repository's campaigns/ (checked by settings.check_environment)."""
     return Path(os.environ.get("RETENTION_CAMPAIGNS_DIR") or PROJECT_ROOT / "campaigns").resolve()
+
+
+@contextmanager
+def without_campaign_files(scratch: Path) -> Iterator[None]:
+    """Plan only the run config's single campaign while inside (the simulation models exactly that one campaign):
+    RETENTION_CAMPAIGNS_DIR points at an empty directory under `scratch` and is restored afterwards."""
+    previous = os.environ.get("RETENTION_CAMPAIGNS_DIR")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="no-campaigns-") as empty:
+        os.environ["RETENTION_CAMPAIGNS_DIR"] = empty
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("RETENTION_CAMPAIGNS_DIR", None)
+            else:
+                os.environ["RETENTION_CAMPAIGNS_DIR"] = previous
 
 
 def campaign_directories(root: Path) -> list[Path]:
