@@ -207,7 +207,8 @@ def candidate_params(config: CampaignConfig, campaign: Campaign, step: Step, as_
     return CANDIDATES_SQL.replace("{audience}", condition), audience_params | {
         "as_of": as_of, "as_of_end": as_of_end, "campaign": campaign.name, "step": step.step, "delay_days": step.delay_days,
         "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now(),
-        "topic": campaign.topic, "transactional": campaign.transactional, "render_recorded": render_recorded}
+        "topic": campaign.topic, "transactional": campaign.transactional, "render_recorded": render_recorded,
+        "dry_run": config.dry_run}
 
 
 def _plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, plan: dict,

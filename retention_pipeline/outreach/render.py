@@ -147,7 +147,7 @@ class EmailRenderer:
             subject=subject, last_actions=[self.phrase(a, html=True) for a in actions], **context
         )
         text = self._plain.get_template(f"{variant}.txt.j2").render(
-            last_actions=[self.phrase(a, html=False) for a in actions], **context
+            subject=subject, last_actions=[self.phrase(a, html=False) for a in actions], **context
         )
         return RenderedEmail(subject=subject, html=html, text=text)
 

@@ -74,6 +74,11 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            -- priority order, each in its own committed transaction, so a later one sees an earlier one's rows.
            WHEN EXISTS (SELECT 1 FROM {rs}.assignments c
                         WHERE c.user_id = d.user_id AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'frequency_cap'
+           -- A dry run writes no ledger: its own preview of the day stands in for the earlier campaigns' and steps'
+           -- rows, so it shows what the live run would send (not this step's previous preview, replaced below).
+           WHEN :dry_run AND EXISTS (SELECT 1 FROM {rs}.email_dry_runs dr
+                                     WHERE dr.user_id = d.user_id AND dr.as_of_date = :as_of
+                                       AND NOT (dr.campaign = :campaign AND dr.step = :step)) THEN 'frequency_cap'
        END AS skip_reason
 FROM due d
 LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
