@@ -281,7 +281,7 @@ def test_the_unsubscribe_page_leaves_the_emails_topic_or_everything(three_campai
     assert client.post(path("payment_recovery"), data="List-Unsubscribe=One-Click",
                        content_type="application/x-www-form-urlencoded").status_code == 200
     with db.engine().connect() as conn:
-        topics = set(conn.execute(sa.text(db.render("SELECT email, topic FROM {rs}.email_topic_suppressions"))).all())
+        topics = {tuple(r) for r in conn.execute(sa.text(db.render("SELECT email, topic FROM {rs}.email_topic_suppressions")))}
         everything = {r.email for r in conn.execute(sa.text(db.render("SELECT email FROM {rs}.email_suppressions")))}
     assert topics == {(refs["winback"][1], "tips")}
     assert everything == {refs["cancel_save"][1], refs["payment_recovery"][1]}
@@ -372,8 +372,8 @@ def test_each_audience_condition_selects_its_users(audience_world, audience, use
     config = CampaignConfig()
     campaign = replace(run_config_campaign(config), audience=Audience(**audience))
     db = audience_world
-    sql, params = candidate_params(config, campaign, campaign.steps[0], DAY)
     clock.set_now(datetime(2026, 3, 19, 9, 0, tzinfo=timezone.utc))
+    sql, params = candidate_params(config, campaign, campaign.steps[0], DAY)
     with db.begin() as conn:
         conn.execute(sa.text(db.render(sql)), params)
         selected = {row.user_id for row in conn.execute(sa.text("SELECT user_id FROM plan_candidates WHERE skip_reason IS NULL"))}
