@@ -71,7 +71,8 @@ def test_the_outbox_holds_all_three_campaigns_and_the_report_shows_them(demo):
     for name in CAMPAIGNS:
         assert re.search(rf"\n  {name} +emails +[1-9]", report), report
     assert "frequency_cap" in report
-    assert "Outcomes of earlier sends" in report and "winback (success = at least one create_task or complete_task event)" in report
+    assert "Outcomes of earlier sends" in report, report
+    assert "winback (success = at least one complete_task or create_task event)" in report
 
 
 def test_nobody_gets_two_emails_on_one_day_or_within_the_cap(demo):
