@@ -17,6 +17,7 @@ from retention_pipeline.jobs import (
 )
 from retention_pipeline.outcomes.assets import campaign_performance, reengagement_outcomes
 from retention_pipeline.outreach.assets import reengagement_emails
+from retention_pipeline.outreach.campaigns import file_campaigns
 from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
@@ -27,6 +28,9 @@ from retention_pipeline.settings import STATE_DIR
 
 # Where the pipeline reads and writes is the deployment's choice, made here and in the environment; a
 # run may change only the statement timeout (deployed_app_db). Other table names: `source=SourceTables(...)`.
+# The campaign files are checked when the code location loads: a bad one stops it with one line per problem.
+CAMPAIGNS = file_campaigns()
+
 app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
 
 

@@ -78,6 +78,10 @@ def main(args: list[str] | None = None) -> None:
     except Exception as exc:
         if _debug():
             traceback.print_exc()
+        problems = getattr(exc, "problems", None)
+        if problems:  # campaign files: one line per problem, all of them
+            sys.stderr.write("".join(f"error: {_one_line(problem)}\n" for problem in problems))
+            sys.exit(2)
         known = _known_error_message(exc)
         if known is not None:
             _exit_with(known, 2)

@@ -90,7 +90,7 @@ def test_symmetric_cooldown_holds_back_holdout_and_treated_users_alike(app_db_en
                      resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)
     assert result.success
     assert ledger(db) == before, "a user inside the frequency cap got a new row, in either arm"
-    assert materialization_metadata(result, "reengagement_emails")["skipped_by_reason"] == {"cooldown": 200}
+    assert materialization_metadata(result, "reengagement_emails")["skipped_by_reason"] == {"frequency_cap": 200}
     assert fake_resend.requests == []
 
 
@@ -99,7 +99,7 @@ def test_symmetric_filtering_once_the_cooldown_is_over(app_db_env, instance, fak
     db = app_db_env
     dormant_world(db, instance)
     previous_episode_rows(db, "failed")
-    with db.begin() as conn:  # the previous episode was 20 days ago, beyond the 14-day cap
+    with db.begin() as conn:  # the previous episode was 20 days ago, beyond the 7-day cap
         conn.execute(sa.text(db.render("UPDATE {rs}.email_sends SET as_of_date = as_of_date - 15")))
     result = run_job(instance, "daily_retention_job", AS_OF.isoformat(), assets=["reengagement_emails"],
                      resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)

@@ -19,6 +19,7 @@ from retention_pipeline.local.stripe_seed import seed_demo_stripe
 from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.local.launcher import Environment, LauncherError
+from retention_pipeline.outreach.campaigns import file_campaigns
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.local.runner import complete_week_keys, day_key, run_job
 from retention_pipeline.schema import install_schema
@@ -79,9 +80,9 @@ DORMANT_HISTORY_DAYS = 35
 # revenue kept a day-30 horizon.
 EARLIER_SEND_DAYS = (31, 21, 14)
 
-# The demo campaign counts real work as success, not any event.
+# The demo campaign counts real work as success, not any event. With campaign files each campaign.yaml says so.
 SUCCESS_EVENT_TYPES = ["create_task", "complete_task"]
-DEMO_RUN_CONFIG = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
+DEMO_RUN_CONFIG = None if file_campaigns() else {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
     "success_event_types": SUCCESS_EVENT_TYPES}}}}}}
 
 
@@ -188,13 +189,14 @@ _REPORT_SQL = {
     "(SELECT count(*) FROM {rs}.source_auth_sessions) AS sessions",
     "segments": "SELECT segment, count(*) AS users FROM {rs}.weekly_segments WHERE week_start = :week GROUP BY segment",
     "dormant": "SELECT reason, count(*) AS users FROM {rs}.dormant_users WHERE as_of_date = :as_of GROUP BY reason",
-    "performance": "SELECT window_days, treated, treated_returned, holdout, holdout_returned, treated_rate, holdout_rate, "
-    "lift, lift_ci_low, lift_ci_high, p_value FROM {rs}.campaign_performance WHERE as_of_date = :as_of AND step = 1 "
-    "AND variant = 'all' AND segment = 'all' ORDER BY window_days",
+    "performance": "SELECT campaign, window_days, treated, treated_returned, holdout, holdout_returned, treated_rate, "
+    "holdout_rate, lift, lift_ci_low, lift_ci_high, p_value FROM {rs}.campaign_performance WHERE as_of_date = :as_of "
+    "AND step = 1 AND variant = 'all' AND segment = 'all' ORDER BY campaign, window_days",
+    "success": "SELECT campaign, event_types FROM {rs}.campaign_success",
     "revenue": "SELECT step, horizon_days, treated, treated_kept, holdout, holdout_kept, awaiting, mrr_at_risk_cents, "
     "incremental_mrr_cents, incremental_mrr_ci_low_cents, incremental_mrr_ci_high_cents FROM {rs}.campaign_revenue "
     "WHERE as_of_date = :as_of AND campaign = 'winback' ORDER BY step, horizon_days",
-    "ledger": "SELECT status, count(*) AS emails FROM {rs}.email_sends WHERE as_of_date = :as_of GROUP BY status",
+    "ledger": "SELECT campaign, status, count(*) AS emails FROM {rs}.email_sends WHERE as_of_date = :as_of GROUP BY campaign, status",
     "mrr": "SELECT subscription_status, count(*) AS users, sum(mrr_cents)::bigint AS mrr_cents FROM {rs}.dormant_users "
     "WHERE as_of_date = :as_of GROUP BY subscription_status ORDER BY sum(mrr_cents) DESC, subscription_status",
 }
@@ -232,14 +234,19 @@ def _report(db: AppDatabase, as_of: date, week: str | None, seeded, timings: dic
 
 def _outcome_lines(db: AppDatabase, as_of: date) -> list[str]:
     rows = db.fetch_all(_REPORT_SQL["performance"], {"as_of": as_of})
-    lines = [f"\nOutcomes of earlier sends (step 1, closed windows as of {as_of}; success = at least one "
-             f"{' or '.join(SUCCESS_EVENT_TYPES)} event):"]
+    success = {r.campaign: r.event_types for r in db.fetch_all(_REPORT_SQL["success"])}
+    lines = [f"\nOutcomes of earlier sends (step 1, closed windows as of {as_of}), per campaign:"]
     if not rows:
         return lines + ["  no attribution window has closed yet"]
-    for r in rows:
-        interval = f"lift {r.lift:+.1%} (95% CI {r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%}, p={r.p_value:.2f})" if r.lift is not None else "no holdout to compare"
-        lines.append(f"  {r.window_days:>2}-day window  emailed {r.treated_returned}/{r.treated} returned ({r.treated_rate:.1%}), "
-                     f"holdout {r.holdout_returned}/{r.holdout} ({r.holdout_rate or 0:.1%}): {interval}")
+    for campaign in dict.fromkeys(r.campaign for r in rows):
+        events = success.get(campaign)
+        lines.append(f"  {campaign} (success = {'at least one ' + ' or '.join(events) + ' event' if events else 'any event'}):")
+        for r in (r for r in rows if r.campaign == campaign):
+            interval = (f"lift {r.lift:+.1%} (95% CI {r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%}, p={r.p_value:.2f})"
+                        if r.lift is not None and r.lift_ci_low is not None else
+                        f"lift {r.lift:+.1%} (no interval)" if r.lift is not None else "no holdout to compare")
+            lines.append(f"    {r.window_days:>2}-day window  emailed {r.treated_returned}/{r.treated} returned ({r.treated_rate:.1%}), "
+                         f"holdout {r.holdout_returned}/{r.holdout} ({r.holdout_rate or 0:.1%}): {interval}")
     lines.append("  (the demo's users do not react to emails, so no lift is expected here; "
                  "`retention-pipeline simulate` measures a known one)")
     return lines
@@ -262,16 +269,20 @@ def _revenue_lines(db: AppDatabase, as_of: date) -> list[str]:
 
 
 def _email_lines(db: AppDatabase, as_of: date, emails: dict) -> list[str]:
-    ledger = {r.status: r.emails for r in db.fetch_all(_REPORT_SQL["ledger"], {"as_of": as_of})}
-    skipped = emails.get("skipped_by_reason") or {}
+    ledger: dict[str, dict[str, int]] = {}
+    for r in db.fetch_all(_REPORT_SQL["ledger"], {"as_of": as_of}):
+        ledger.setdefault(r.campaign, {})[r.status] = r.emails
+    per_campaign = emails.get("campaigns") or {name: {"skipped_by_reason": emails.get("skipped_by_reason") or {}}
+                                               for name in ledger}
     sender = emails.get("sender", "?")
     where = f"written to the outbox: {STATE_DIR / 'outbox'} (.eml files) and retention.email_outbox" if sender == "outbox" else f"sent through {sender}"
-    lines = [
-        f"\nRe-engagement emails for {as_of} (campaign winback):",
-        f"  emails        {ledger.get('sent', 0):,} {where}",
-        f"  held out      {ledger.get('holdout', 0):,} (10% holdout, never emailed, to measure lift)",
-        f"  skipped       {sum(skipped.values()):,}" + (" (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""),
-    ]
-    if ledger.get("failed"):
-        lines.append(f"  failed        {ledger['failed']:,} (see retention.email_sends.error)")
+    lines = [f"\nRe-engagement emails for {as_of}, per campaign in priority order ({where}; at most one email per "
+             "person within the frequency cap, across campaigns):"]
+    for name, figures in per_campaign.items():
+        counts = ledger.get(name, {})
+        skipped = figures.get("skipped_by_reason") or {}
+        lines.append(f"  {name:<17} emails {counts.get('sent', 0):>4,}  held out {counts.get('holdout', 0):>3,}  skipped "
+                     f"{sum(skipped.values()):,}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
+        if counts.get("failed"):
+            lines.append(f"  {'':<17} failed {counts['failed']:,} (see retention.email_sends.error)")
     return lines

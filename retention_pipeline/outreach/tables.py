@@ -83,12 +83,25 @@ ON CONFLICT DO NOTHING;
 ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_ref text;
 CREATE UNIQUE INDEX IF NOT EXISTS email_sends_unsubscribe_ref ON {rs}.email_sends (unsubscribe_ref)
     WHERE unsubscribe_ref IS NOT NULL;
+-- The topic the email's unsubscribe link leaves by default (one-click): its campaign's topic; NULL = all email
+-- (transactional campaigns, which topic unsubscribes do not stop, and runs without campaign files).
+ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_topic text;
 CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
     email       text PRIMARY KEY,          -- lower-cased
     reason      text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
     source      text NOT NULL,
     detail      text,
     created_at  timestamptz NOT NULL
+);
+-- Topic-level unsubscribes ("tips", "billing"): a person who left a topic gets no more emails of the campaigns
+-- with that topic, other topics go on. Transactional campaigns ignore it; email_suppressions (global
+-- unsubscribe, bounces, complaints) stops every campaign.
+CREATE TABLE IF NOT EXISTS {rs}.email_topic_suppressions (
+    email       text NOT NULL,             -- lower-cased
+    topic       text NOT NULL,
+    source      text NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (email, topic)
 );
 CREATE TABLE IF NOT EXISTS {rs}.email_outbox (
     idempotency_key  text NOT NULL,

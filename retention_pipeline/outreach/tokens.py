@@ -79,6 +79,8 @@ class UnsubscribeClaim:
     send_ref: str | None = None
     email: str | None = None
     campaign: str | None = None
+    # From the send's ledger row: the topic its one-click leaves; None = all email.
+    topic: str | None = None
 
 
 # --- unsubscribe tokens ---------------------------------------------------------------------------

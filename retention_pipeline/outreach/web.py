@@ -1,7 +1,7 @@
 """The Flask side of outreach: unsubscribe links (RFC 8058 one-click) and Resend's bounce/complaint webhooks.
 
-Both write only `{rs}.email_suppressions` (and `{rs}.webhook_receipts`), which the sender consults
-before every send. Nothing here needs a session, cookie or CSRF token: mail clients POST the one-click
+Both write only `{rs}.email_suppressions`, `{rs}.email_topic_suppressions` (an unsubscribe from one topic)
+and `{rs}.webhook_receipts`, which the planner consults before every send. Nothing here needs a session, cookie or CSRF token: mail clients POST the one-click
 unsubscribe directly, and webhooks are authenticated by their Svix signature.
 """
 
@@ -50,7 +50,15 @@ ON CONFLICT (email) DO UPDATE
 """
 
 # A v2 token names a send; its ledger row holds the address (tokens carry no personal data).
-_SEND_SQL = "SELECT email, campaign FROM {rs}.email_sends WHERE unsubscribe_ref = :ref AND email IS NOT NULL"
+_SEND_SQL = ("SELECT email, campaign, unsubscribe_topic FROM {rs}.email_sends "
+             "WHERE unsubscribe_ref = :ref AND email IS NOT NULL")
+
+# Leaving one topic ("tips") keeps the others ("billing"); campaigns of that topic skip the address from then on.
+_LEAVE_TOPIC_SQL = """
+INSERT INTO {rs}.email_topic_suppressions (email, topic, source, created_at)
+VALUES (:email, :topic, :source, :created_at)
+ON CONFLICT (email, topic) DO NOTHING
+"""
 
 _RECEIPT_SQL = """
 INSERT INTO {rs}.webhook_receipts (svix_id, event_type, received_at)
@@ -69,10 +77,19 @@ _PAGE = _templates.from_string(
 <style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;line-height:1.5}
 button{font-size:1rem;padding:.5rem 1.25rem;cursor:pointer}</style></head>
 <body><h1>{{ title }}</h1>
-{% if kind == "confirm" %}
+{% if kind == "confirm" and topic %}
+<p>Stop <strong>{{ topic }}</strong> emails to <strong>{{ email }}</strong>? Other emails keep coming.</p>
+<form method="post" action="{{ action }}"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe from {{ topic }} emails</button></form>
+<p>Or stop every email we send you:</p>
+<form method="post" action="{{ action }}"><input type="hidden" name="scope" value="all">
+<button type="submit">Unsubscribe from all emails</button></form>
+{% elif kind == "confirm" %}
 <p>Stop these emails to <strong>{{ email }}</strong>?</p>
 <form method="post" action="{{ action }}"><input type="hidden" name="List-Unsubscribe" value="One-Click">
 <button type="submit">Unsubscribe</button></form>
+{% elif kind == "done" and topic %}
+<p><strong>{{ email }}</strong> will no longer receive {{ topic }} emails.</p>
 {% elif kind == "done" %}
 <p><strong>{{ email }}</strong> will no longer receive these emails.</p>
 {% else %}
@@ -100,7 +117,7 @@ def mask_email(email: str) -> str:
 
 
 def _page(kind: str, status: int, title: str, **context) -> Response:
-    html = _PAGE.render(kind=kind, title=title, **{"email": "", "action": "", **context})
+    html = _PAGE.render(kind=kind, title=title, **{"email": "", "action": "", "topic": None, **context})
     return Response(html, status=status, mimetype="text/html", headers=_PAGE_HEADERS)
 
 
@@ -195,7 +212,7 @@ def create_blueprint(
             log.info("unsubscribe refused: no send with this reference")
             return None
         return UnsubscribeClaim(issued_on=claim.issued_on, send_ref=claim.send_ref,
-                                email=row[0].email.strip().lower(), campaign=row[0].campaign)
+                                email=row[0].email.strip().lower(), campaign=row[0].campaign, topic=row[0].unsubscribe_topic)
 
     def _invalid_link() -> Response:
         return _page("invalid", 400, "Link invalid or expired")
@@ -208,7 +225,7 @@ def create_blueprint(
             if claim is None:
                 return _invalid_link()
             action = url_for(".unsubscribe", token=token)
-            return _page("confirm", 200, "Unsubscribe", email=mask_email(claim.email), action=action)
+            return _page("confirm", 200, "Unsubscribe", email=mask_email(claim.email), action=action, topic=claim.topic)
 
         # POST: a mail client's one-click (body "List-Unsubscribe=One-Click") or the page's button.
         # The body is not required: what authorises the request is the signed token, nothing else.
@@ -217,10 +234,17 @@ def create_blueprint(
         claim = _claim(token)
         if claim is None:
             return _invalid_link()
+        # One-click (RFC 8058) leaves the list the email came from: its topic, if it has one. The page's second
+        # button (scope=all), and every email without a topic (transactional ones included), stop all email.
+        topic = None if request.form.get("scope") == "all" else claim.topic
         with db.begin() as conn:
-            _suppress(conn, db, claim.email, "unsubscribed", "link", claim.campaign)
-        log.info("unsubscribed via link (campaign %s)", claim.campaign)
-        return _page("done", 200, "You are unsubscribed", email=mask_email(claim.email))
+            if topic:
+                conn.execute(sa.text(db.render(_LEAVE_TOPIC_SQL)),
+                             {"email": claim.email, "topic": topic, "source": f"link:{claim.campaign}", "created_at": clock.now()})
+            else:
+                _suppress(conn, db, claim.email, "unsubscribed", "link", claim.campaign)
+        log.info("unsubscribed via link (campaign %s, topic %s)", claim.campaign, topic or "all")
+        return _page("done", 200, "You are unsubscribed", email=mask_email(claim.email), topic=topic)
 
     if webhook_secret is not None:
 
