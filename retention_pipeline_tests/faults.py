@@ -34,7 +34,7 @@ from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PATH = Path(os.environ.get("RELIABILITY_SUMMARY", PROJECT_ROOT / "test-artifacts" / "reliability.json"))
-REPORT_PATH = PROJECT_ROOT / "docs" / "reliability.md"
+REPORT_PATH = Path(os.environ.get("RELIABILITY_REPORT", PROJECT_ROOT / "docs" / "reliability.md"))
 
 AS_OF = date(2026, 5, 20)  # the partition day of the sends; the run happens the next morning
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
