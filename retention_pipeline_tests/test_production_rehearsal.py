@@ -1,4 +1,4 @@
-"""The production rehearsal: the README's production section, run as written on one PostgreSQL with separate
+"""The production rehearsal: the production section of docs/deployment.md, run as written on one PostgreSQL with separate
 roles, a code server, `dagster-daemon` and `dagster-webserver`; the daemon's morning tick runs the daily job
 against data the app's web role inserted, and the emails reach a local Resend-like server exactly once."""
 
@@ -48,7 +48,7 @@ JOB = "daily_retention_job"
 RESEND_KEY = "re_rehearsal_key"
 LOG_DIR = PROJECT_ROOT / "test-artifacts" / "rehearsal"
 
-# The rehearsal gets only what the README exports (plus the stand-ins): nothing of the caller's settings.
+# The rehearsal gets only what docs/deployment.md exports (plus the stand-ins): nothing of the caller's settings.
 _FOREIGN_PREFIXES = ("RETENTION_", "DAGSTER_", "RESEND_", "STRIPE_")
 
 _STOP_SCHEDULE = """
