@@ -57,7 +57,7 @@ def readme_sample() -> list[str]:
 def shape(line: str) -> str:
     """A report line without what differs from run to run and machine to machine: numbers (with their
     signs, currency and thousands separators), absolute paths, and the column padding numbers cause."""
-    line = re.sub(r"(?<=[\s=])/[^\s)]*", "<path>", line)
+    line = re.sub(r"(?<=[\s=])(/|%2F)[^\s)]*", "<path>", line)  # a socket dir in a URL is percent-encoded
     line = re.sub(r"[-+]?\$?[-+]?\d[\d,.]*", "#", line)
     return " ".join(line.split())
 
