@@ -1,8 +1,8 @@
 """Fault injection for the reliability suite (issue 8): worlds built once and copied per trial, a
 Resend-like server whose requests can be held at chosen points, send runs in killable child processes,
-the exactly-once checker, and the JSON summary the suite writes (rendered into RELIABILITY.md).
+the exactly-once checker, and the JSON summary the suite writes (rendered into docs/reliability.md).
 
-    python -m retention_pipeline_tests.faults render   # test-artifacts/reliability.json -> RELIABILITY.md
+    python -m retention_pipeline_tests.faults render   # test-artifacts/reliability.json -> docs/reliability.md
 
 Child processes are forked from a forkserver that has already imported Dagster and the project
 (importing them takes several seconds on a small machine; forking takes milliseconds), so 20 trials
@@ -35,7 +35,7 @@ from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PATH = Path(os.environ.get("RELIABILITY_SUMMARY", PROJECT_ROOT / "test-artifacts" / "reliability.json"))
-REPORT_PATH = PROJECT_ROOT / "RELIABILITY.md"
+REPORT_PATH = Path(os.environ.get("RELIABILITY_REPORT", PROJECT_ROOT / "docs" / "reliability.md"))
 
 AS_OF = date(2026, 5, 20)  # the partition day of the sends; the run happens the next morning
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
@@ -44,7 +44,7 @@ HOLDOUT_SHARE = 0.1  # the campaign default
 API_KEY = "re_reliability_test_key"
 UNSUBSCRIBE_SECRET = "reliability-unsubscribe-secret"
 
-# Set to run the suite against a deliberately broken pipeline (see RELIABILITY.md); empty = intact.
+# Set to run the suite against a deliberately broken pipeline (see docs/reliability.md); empty = intact.
 BREAK = os.environ.get("RELIABILITY_BREAK", "")
 
 

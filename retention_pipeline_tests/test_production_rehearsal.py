@@ -1,4 +1,4 @@
-"""The production rehearsal: the README's production section, run as written on one PostgreSQL with separate
+"""The production rehearsal: the production section of docs/deployment.md, run as written on one PostgreSQL with separate
 roles, a code server, `dagster-daemon` and `dagster-webserver`; the daemon's morning tick runs the daily job
 against data the app's web role inserted, and the emails reach a local Resend-like server exactly once."""
 
@@ -49,7 +49,7 @@ JOB = "daily_retention_job"
 RESEND_KEY = "re_rehearsal_key"
 LOG_DIR = PROJECT_ROOT / "test-artifacts" / "rehearsal"
 
-# The rehearsal gets only what the README exports (plus the stand-ins): nothing of the caller's settings.
+# The rehearsal gets only what docs/deployment.md exports (plus the stand-ins): nothing of the caller's settings.
 _FOREIGN_PREFIXES = ("RETENTION_", "DAGSTER_", "RESEND_", "STRIPE_")
 
 _STOP_SCHEDULE = """
@@ -109,7 +109,7 @@ def _finished_run(instance: DagsterInstance, run_id: str, services: Services, ti
 
 
 def _run_block(blocks: dict[str, str], name: str, stand_ins: StandIns, env: dict, after=None) -> dict[str, float]:
-    """Each command of a README block in bash, after the environment block's exports, from the project's
+    """Each command of a docs/deployment.md block in bash, after the environment block's exports, from the project's
     root; `after(line)` runs between commands (the app going on with its writes). Returns seconds each."""
     environment = stand_ins.apply(blocks["environment"])
     took = {}
@@ -152,7 +152,7 @@ def _recipients(fake: FakeResend) -> Counter:
 
 def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
     """Fast, and in every run of the suite: the five blocks are there, every stand-in replaces something, the
-    SQL file the README runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
+    SQL file the page runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
     blocks = rehearsal.production_blocks()
     stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path, config_path=tmp_path / "retention.yaml",
                          resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
@@ -227,14 +227,14 @@ def test_production_rehearsal(pg_server, monkeypatch):
             env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)} | stand_ins.extra_env
             took = {}
 
-            # README: the roles; then the app as it was before the pipeline; then the grants.
+            # docs/deployment.md: the roles; then the app as it was before the pipeline; then the grants.
             took |= _run_block(blocks, "roles", stand_ins, env)
             rehearsal.create_existing_app(socket_dir)
             history.load_before_pipeline(socket_dir)
             took |= _run_block(blocks, "grants", stand_ins, env)
             watch.start()  # from here on, only the roles under test touch the app's and Dagster's databases
 
-            # README: once; the app's web process goes on writing as soon as the trigger is in place.
+            # docs/deployment.md: once; the app's web process goes on writing as soon as the trigger is in place.
             written_at = datetime.now(timezone.utc)
 
             def app_writes_after_install(line: str) -> None:
@@ -243,7 +243,7 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
             took |= _run_block(blocks, "once", stand_ins, env, after=app_writes_after_install)
 
-            # README: the services, each its own process group; the code server first, as a deployment
+            # docs/deployment.md: the services, each its own process group; the code server first, as a deployment
             # would wait for its readiness probe.
             environment = stand_ins.apply(blocks["environment"])
             services = Services(env, LOG_DIR)

@@ -3,7 +3,7 @@ a counted, visible skip. One world holds all the bad rows at once beside 40 ordi
 the daily pipeline (snapshots, dormant users, emails through the real SDK to a Resend-like server)
 runs over it once per module, and each test checks one kind.
 
-Covered elsewhere and referenced here (see RELIABILITY.md):
+Covered elsewhere and referenced here (see docs/reliability.md):
 - Stripe customers with no user: test_billing.py::test_snapshot_maps_users_counts_mrr_and_replaces
   (counted as `unmapped_subscriptions` / `unmapped_customers`, kept with user_id NULL, never targeted).
 - A table or column name that is not a plain identifier: test_identifiers.py (rejected with an error

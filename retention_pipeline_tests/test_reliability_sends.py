@@ -6,7 +6,7 @@ asset. What is counted is what the Resend-like server accepted: every eligible u
 the ledger agreeing with the server's ids, nothing left pending.
 
 RELIABILITY_BREAK=no_reconcile | rekey_rerun | no_unique_guard runs the same tests against a
-deliberately broken pipeline (see RELIABILITY.md); they must then fail.
+deliberately broken pipeline (see docs/reliability.md); they must then fail.
 """
 
 from __future__ import annotations
