@@ -41,6 +41,7 @@ BAD_SETTINGS = {
     "RETENTION_UNSUBSCRIBE_SECRET": ({"RETENTION_UNSUBSCRIBE_SECRET": "hunter2"}, "16 characters"),
     "RETENTION_DEBUG": ({"RETENTION_DEBUG": "yes"}, "0 or 1"),
     "RETENTION_CONFIG": ({"RETENTION_CONFIG": str(PROJECT_ROOT / "no-such-retention.yaml")}, "no-such-retention.yaml: cannot read"),
+    "RETENTION_CAMPAIGNS_DIR": ({"RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "no-such-campaigns")}, "is not a directory"),
     "RETENTION_UNSUBSCRIBE_OLD_SECRETS": ({"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,hunter2"},
                                           "entry 2 is shorter than 16 characters"),
     "SMTP_HOST": ({"SMTP_HOST": "smtp.example.com:587"}, "not a host name"),
