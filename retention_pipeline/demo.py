@@ -268,9 +268,11 @@ def _email_lines(db: AppDatabase, as_of: date, emails: dict) -> list[str]:
     lines = [
         f"\nRe-engagement emails for {as_of} (campaign winback):",
         f"  emails        {ledger.get('sent', 0):,} {where}",
-        f"  held out      {ledger.get('holdout', 0):,} (10% holdout, never emailed, to measure lift)",
+        f"  held out      {ledger.get('holdout', 0):,} (10% of assignments, not emailed, to measure lift)",
         f"  skipped       {sum(skipped.values()):,}" + (" (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""),
     ]
     if ledger.get("failed"):
         lines.append(f"  failed        {ledger['failed']:,} (see retention.email_sends.error)")
+    if ledger.get("suppressed"):
+        lines.append(f"  suppressed    {ledger['suppressed']:,} (assigned to the email, address suppressed: never sent)")
     return lines

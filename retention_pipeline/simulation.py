@@ -13,14 +13,20 @@ up as a wrong lift:
 - a delivered email raises the chance of coming back within 7 days by the uplift, scaled down by the
   user's last delivered email: its effect on a new one decays with `fatigue_half_life_days`;
 - a share of sends fails or ends unknown (`failed_send_share`, `unknown_send_share`): the ledger row
-  is marked so, and such an email has no effect.
+  is marked so, and such an email has no effect;
+- a delivered email makes some users unsubscribe (`unsubscribe_share`, likelier for users unlikely to
+  come back): their address is suppressed from then on, so a later assignment of theirs to the email arm
+  is recorded as `suppressed`, never sent, and has no effect.
 Each ledger row (email or holdout) gets a fate drawn from that user's state, so the simulator knows the
 true effect of every assignment: the truth the intention-to-treat lift must find is the average effect
-over the email arm's rows (failed sends included, with no effect); per protocol, over delivered ones.
+over the email arm's rows (failed sends and suppressed addresses included, with no effect); per
+protocol, over delivered ones.
 
 `model_lift` runs the same population through a fast pure-Python model of the pipeline's arm logic
-(dormancy episodes, frequency cap, step 2, the stable holdout hash) and the same `lift` function: the
-benchmark's many seeds use it, and it can re-create the old asymmetric frequency cap to show its bias.
+(dormancy episodes, frequency cap, step 2, the arm drawn per step and episode, suppression recorded
+after the draw) and the same `lift` function: the benchmark's many seeds use it, and it can re-create
+the old design (one arm per user, with the old frequency cap or suppression filtered before the draw)
+to show its bias.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.embedded import EmbeddedPostgres
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.outcomes.stats import Lift, lift
-from retention_pipeline.outreach.allocation import in_holdout
+from retention_pipeline.outreach.allocation import hash_unit, in_holdout
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.resources import AppDatabase
@@ -80,6 +86,7 @@ class SimulationConfig:
     fatigue_half_life_days: float = 30.0      # a new email's effect is (1 - 0.5 ** (days since the last delivered / this)); 0: none
     failed_send_share: float = 0.0            # sends the provider rejects (status failed, no effect)
     unknown_send_share: float = 0.0           # sends whose fate is unknown (status unknown, no effect)
+    unsubscribe_share: float = 0.0            # delivered emails after which the user unsubscribes (on average)
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,7 +95,7 @@ class SimulationConfig:
         if self.users < 1:
             problems.append(f"users must be at least 1 (got {self.users})")
         for name in ("daily_activity_probability", "daily_quit_probability", "background_return_probability",
-                     "base_return_7d", "failed_send_share", "unknown_send_share"):
+                     "base_return_7d", "failed_send_share", "unknown_send_share", "unsubscribe_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} is a probability in [0, 1] (got {getattr(self, name)})")
         if self.failed_send_share + self.unknown_send_share > 1.0:
@@ -145,7 +152,7 @@ class SimulationResult:
                      and row["segment"] == segment and row["window_days"] == window_days), None)
 
 
-_PURPOSES = ("background", "quit", "active", "fate", "when", "delivery")
+_PURPOSES = ("background", "quit", "active", "fate", "when", "delivery", "unsubscribe")
 
 
 class Population:
@@ -246,6 +253,13 @@ class Population:
             return "unknown"
         return "sent"
 
+    def unsubscribes(self, user_id: int, day: date) -> bool:
+        """Whether a delivered email makes the user unsubscribe: `unsubscribe_share` on average, likelier the
+        less likely the user is to come back (so removing them from one arm only would tilt it)."""
+        share, base = self.config.unsubscribe_share, self.config.base_return_7d
+        chance = share * (1 - self.propensity[user_id]) / (1 - base) if base < 1 else share
+        return self._draw("unsubscribe", user_id, day) < chance
+
     def truth(self, rows: list[tuple[int, date]]) -> Truth:
         """The truth over these (user, as-of day) ledger rows: the ones a measured figure counted."""
         decided = [self.decisions[row] for row in rows if row in self.decisions]
@@ -284,19 +298,21 @@ class ModelResult:
 
 
 # Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
-_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "holdout"), False: ("pending", "sent", "unknown")}
+_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "suppressed", "holdout"),
+                         False: ("pending", "sent", "unknown")}
 
 
 def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: int | None = None,
-               holdout_per_episode: bool = False) -> ModelResult:
+               arm_per_user: bool = False, suppress_before_assignment: bool = False) -> ModelResult:
     """The population through a pure-Python model of the pipeline's arm logic, measured with `lift`.
 
     Same population, dormancy (inactive for `dormant_after_days` up to `lost_after_days`), episodes
     (consecutive dormant days), step 1 once per episode and step 2 `delay_days` later while still
-    dormant, the frequency cap, the stable holdout hash, closed 7-day windows. `symmetric=False`
-    re-creates the old frequency cap, which counted only real sends (pending, sent, unknown): holdout
-    members and failed sends did not hold a user back. `holdout_per_episode` draws the arm afresh for every
-    dormancy episode instead of once per user (the pipeline's stable holdout), to compare the two designs.
+    dormant, the frequency cap, the arm drawn by `in_holdout` for each step of each episode, suppression
+    (addresses unsubscribed after a delivered email) recorded after the draw, closed 7-day windows.
+    The old design, to show its bias: `arm_per_user` draws one arm per user for all their episodes;
+    `symmetric=False` re-creates the old frequency cap, which counted only real sends (pending, sent,
+    unknown); `suppress_before_assignment` skips suppressed users before any arm is drawn.
     Only inactivity-dormant users, one variant."""
     campaign, dormancy = CampaignConfig(campaign=CAMPAIGN), DormancyThresholds()
     cooldown = campaign.cooldown_days if cooldown_days is None else cooldown_days
@@ -307,6 +323,7 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
     episode: dict[int, date] = {}           # current episode start of users dormant today
     rows: dict[tuple[int, int, date], tuple[date, str]] = {}   # (user, step, episode) -> (as-of day, status)
     history: dict[int, list[tuple[date, str]]] = {}            # the user's rows, for the frequency cap
+    suppressed: set[int] = set()                               # users who unsubscribed
     first = FIRST_DAY - timedelta(days=WARMUP_DAYS)
     last_day = FIRST_DAY + timedelta(days=config.days - 1)
     for day in (first + timedelta(days=n) for n in range((last_day - first).days + 1)):
@@ -318,6 +335,7 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
         episode = {u: episode.get(u, day) for u in dormant_today}
         if day < FIRST_DAY - timedelta(days=1):
             continue  # the warm-up's backfill sends nothing
+        unsubscribed_today = []
         for user_id in sorted(dormant_today):
             start = episode[user_id]
             for step in (1, 2):
@@ -327,14 +345,20 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
                     previous = rows.get((user_id, 1, start))
                     if step_two_delay is None or previous is None or previous[0] > day - timedelta(days=step_two_delay):
                         continue
+                if suppress_before_assignment and user_id in suppressed:
+                    continue
                 if any(status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
                     continue
-                unit = f"{user_id}:{start.isoformat()}" if holdout_per_episode else user_id
-                held_out = in_holdout(CAMPAIGN, unit, campaign.holdout_share)
-                status = "holdout" if held_out else population.delivery(user_id, day)
+                held_out = (hash_unit("holdout", CAMPAIGN, user_id) < campaign.holdout_share if arm_per_user
+                            else in_holdout(CAMPAIGN, step, user_id, start, campaign.holdout_share))
+                status = ("holdout" if held_out else "suppressed" if user_id in suppressed
+                          else population.delivery(user_id, day))
                 rows[(user_id, step, start)] = (day, status)
                 history.setdefault(user_id, []).append((day, status))
                 population.decide(user_id, not held_out, status == "sent", "all", day)
+                if status == "sent" and population.unsubscribes(user_id, day):
+                    unsubscribed_today.append(user_id)
+        suppressed.update(unsubscribed_today)   # the unsubscribe link is clicked after the morning's send
     closed = [(u, when, status) for (u, step, _), (when, status) in rows.items()
               if step == 1 and when <= last_day - timedelta(days=MODELLED_WINDOW_DAYS + 1)]
     return _measure(population, closed, active_days)
@@ -423,12 +447,19 @@ def run_simulation(
 
 _DECISIONS_SQL = """
 SELECT id, user_id, status, variant FROM {rs}.email_sends
-WHERE as_of_date = :as_of AND campaign = :campaign AND status IN ('sent', 'holdout') ORDER BY user_id, step
+WHERE as_of_date = :as_of AND campaign = :campaign AND status IN ('sent', 'suppressed', 'holdout') ORDER BY user_id, step
 """
 _MARK_DELIVERY_SQL = """
 UPDATE {rs}.email_sends SET status = :status, sent_at = NULL, provider_message_id = NULL,
     error = 'simulated: ' || :status || ' at the provider'
 WHERE id = ANY(:ids)
+"""
+# What the unsubscribe link does (retention_pipeline.flask): the address is suppressed from then on.
+_UNSUBSCRIBE_SQL = """
+INSERT INTO {rs}.email_suppressions (email, reason, source, detail, created_at)
+SELECT lower(email), 'unsubscribed', 'simulation', 'simulated unsubscribe after a delivered email', :at
+FROM {rs}.email_sends WHERE id = ANY(:ids)
+ON CONFLICT (email) DO NOTHING
 """
 # The rows behind the headline figure: step 1, inactive, 7-day windows closed by the last day.
 _MEASURED_ROWS_SQL = """
@@ -443,15 +474,19 @@ FROM {rs}.email_sends WHERE status = 'sent' AND step = 1 GROUP BY 1, 2 ORDER BY 
 
 
 def _settle_sends(db: AppDatabase, population: Population, day: date) -> None:
-    """Mark the day's sends the model says failed or ended unknown, then draw every ledger row's fate."""
+    """Mark the day's sends the model says failed or ended unknown, draw every ledger row's fate, and
+    suppress the addresses of users a delivered email made unsubscribe."""
     rows = db.fetch_all(_DECISIONS_SQL, {"as_of": day, "campaign": CAMPAIGN})
-    fates = {row.id: "holdout" if row.status == "holdout" else population.delivery(row.user_id, day) for row in rows}
+    fates = {row.id: row.status if row.status != "sent" else population.delivery(row.user_id, day) for row in rows}
     for status in ("failed", "unknown"):
         ids = [send_id for send_id, fate in fates.items() if fate == status]
         if ids:
             db.execute(_MARK_DELIVERY_SQL, {"status": status, "ids": ids})
     for row in rows:
         population.decide(row.user_id, row.status != "holdout", fates[row.id] == "sent", row.variant, day)
+    unsubscribed = [row.id for row in rows if fates[row.id] == "sent" and population.unsubscribes(row.user_id, day)]
+    if unsubscribed:
+        db.execute(_UNSUBSCRIBE_SQL, {"ids": unsubscribed, "at": _morning_after(day) + timedelta(hours=2)})
 
 
 def _morning_after(day: date) -> datetime:
@@ -485,9 +520,10 @@ def format_report(result: SimulationResult) -> str:
     failed, unknown = result.ledger_by_status.get("failed", 0), result.ledger_by_status.get("unknown", 0)
     lines = [
         f"Simulated {c.days} days of {c.users:,} users (seed {c.seed}) through the real daily pipeline, up to {result.last_day}.",
-        f"  emails sent {result.emails_sent:,}, failed {failed:,}, unknown {unknown:,}, holdout {result.holdout:,}",
+        f"  emails sent {result.emails_sent:,}, failed {failed:,}, unknown {unknown:,}, "
+        f"suppressed (never sent) {result.ledger_by_status.get('suppressed', 0):,}, holdout {result.holdout:,}",
         "",
-        "Step 1 among users dormant by inactivity, as assigned (failed and unknown sends count as emailed), by window:",
+        "Step 1 among users dormant by inactivity, as assigned (failed, unknown and suppressed sends count as emailed), by window:",
         "  window  treated  holdout  treated rate  holdout rate  measured lift (95% CI)          true lift",
     ]
     for window in (1, 7, 14):

@@ -92,8 +92,9 @@ def plan_reengagement_sends(
     context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
     email_sender: EmailSender,
 ) -> dict:
-    """Write one ledger row per intended email (pending) or holdout member (holdout) before any send; a dry
-    run writes the same rows to its preview table `email_dry_runs` instead."""
+    """Write one ledger row per assignment before any send: an intended email (pending), a holdout member
+    (holdout) or an email to a suppressed address (suppressed, never sent); a dry run writes the same rows
+    to its preview table `email_dry_runs` instead."""
     settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
     install_schema(app_db)
@@ -105,7 +106,7 @@ def plan_reengagement_sends(
             # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
             "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
             "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
-            "paused_for_review": {}, "winners": {}}
+            "paused_for_review": {}, "winners": {}, "suppressed_by_arm": Counter({"email": 0, "holdout": 0})}
     _record_success_definition(app_db, config)
     renderer = EmailRenderer()
     for as_of in days:
@@ -117,6 +118,7 @@ def plan_reengagement_sends(
         for step in config.steps:
             _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan, email_sender.max_batch_size)
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
+    plan["suppressed_by_arm"] = dict(plan["suppressed_by_arm"])
     return plan
 
 
@@ -167,7 +169,7 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
         insert_sql = app_db.render(INSERT_DRY_RUN_SQL if config.dry_run else INSERT_LEDGER_SQL)
         for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
             if holdout_only:
-                chunk = _holdout_members(config, chunk, plan)
+                chunk = _holdout_members(config, step, chunk, plan)
             rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
             inserted = conn.execute(text(insert_sql), {"rows": json.dumps(rows, default=_json_value)}).all()
             # A concurrent run that recorded the same user first wins; ours is simply not inserted.
@@ -175,6 +177,8 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
                 plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
             for row in inserted:
                 plan["recorded"][row.status] += 1
+                if row.suppressed:
+                    plan["suppressed_by_arm"]["holdout" if row.status == "holdout" else "email"] += 1
             pending_ids += [row.id for row in inserted if row.status == "pending"]  # none in a dry run
         pending_ids.sort()
         # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
@@ -185,10 +189,10 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             plan["batch_keys"].append(batch_key)
 
 
-def _holdout_members(config: CampaignConfig, chunk, plan: dict) -> list:
+def _holdout_members(config: CampaignConfig, step: CampaignStep, chunk, plan: dict) -> list:
     """While a step is paused for review, only its holdout members are recorded: the comparison group keeps
     accruing, and the others are skipped (counted) so they can be emailed once the step is resumed."""
-    kept = [candidate for candidate in chunk if in_holdout(config.campaign, candidate["user_id"], config.holdout_share)]
+    kept = [c for c in chunk if in_holdout(config.campaign, step.step, c["user_id"], c["episode_start"], config.holdout_share)]
     if len(kept) < len(chunk):
         plan["skipped"]["step_paused_for_review"] += len(chunk) - len(kept)
     return kept
@@ -224,15 +228,18 @@ def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: Campai
 
 def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, renderer, links, created_at,
                 shares: dict[str, float] | None) -> dict:
-    variant = (allocated_variant(config.campaign, step.step, user["user_id"], shares) if shares
-               else stable_variant(config.campaign, step.step, user["user_id"], step.variants))
+    """The assignment (arm and variant, drawn for this step of the user's episode) as its ledger row; a
+    suppressed address is recorded in its arm like any other and is never sent."""
+    unit = (config.campaign, step.step, user["user_id"], user["episode_start"])
+    variant = allocated_variant(*unit, shares) if shares else stable_variant(*unit, step.variants)
     base = {"campaign": config.campaign, "step": step.step, "user_id": user["user_id"],
             "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
             "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],
-            "created_at": created_at,
-            "subject": None, "payload": None}
-    if in_holdout(config.campaign, user["user_id"], config.holdout_share):
+            "created_at": created_at, "subject": None, "payload": None, "suppression": user["suppression"]}
+    if in_holdout(*unit, config.holdout_share):
         return base | {"status": "holdout", "variant": "holdout"}
+    if user["suppression"]:
+        return base | {"status": "suppressed"}
     send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
     link = links.link(config.unsubscribe_url, send_ref, as_of)
     rendered = renderer.render(variant, dict(user), config.model_dump(), link)
@@ -341,8 +348,10 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "holdout": int(by_status.get("holdout", 0)),
         "failed": int(by_status.get("failed", 0)),
         "pending": int(by_status.get("pending", 0)),
+        "suppressed": int(by_status.get("suppressed", 0)),
         "dry_run_would_send": int(previews.get("would_send", 0)),
         "dry_run_would_hold_out": int(previews.get("would_hold_out", 0)),
+        "dry_run_would_suppress": int(previews.get("would_suppress", 0)),
         "skipped": sum(skipped.values()),
         "already_recorded": plan["already_recorded"],
     }
@@ -351,6 +360,8 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "sender": MetadataValue.text(email_sender.name),
         **_figures_metadata(figures, plan["days"]),
         "skipped_by_reason": MetadataValue.json(skipped),
+        # Suppressed addresses are assigned, not skipped: this run's suppressed assignments in each arm.
+        "suppressed_by_arm": MetadataValue.json(plan["suppressed_by_arm"]),
         "send_decision": MetadataValue.text(results["decision"]),
         "send_results_this_run": MetadataValue.json(results["counts"]),
         "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),

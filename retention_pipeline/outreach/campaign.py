@@ -67,7 +67,9 @@ class CampaignConfig(Config):
     )
     steps: list[CampaignStep] = Field(default_factory=_default_steps, description="The sequence; it stops as soon as the user returns.")
     holdout_share: float = Field(
-        default=_from_file("holdout_share"), ge=0.0, le=0.5, description="Share of users never emailed, to measure lift (stable hash of user and campaign)."
+        default=_from_file("holdout_share"), ge=0.0, le=0.5,
+        description="Share of assignments held out (not emailed), to measure lift: drawn afresh for each step of each "
+        "dormancy episode (stable hash of campaign, step, user and episode start).",
     )
     cooldown_days: int = Field(default=_from_file("cooldown_days"), ge=0, description="No user gets more than one re-engagement email per this many days.")
     paused: bool = Field(

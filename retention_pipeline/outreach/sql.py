@@ -40,7 +40,12 @@ SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, 
        -- ones are skipped (already emailed in this episode).
        CASE WHEN skip_reason IS NULL THEN email END AS email, CASE WHEN skip_reason IS NULL THEN name END AS name,
        CASE WHEN skip_reason IS NULL THEN last_actions END AS last_actions,
-       CASE WHEN skip_reason IS NULL THEN plan_name END AS plan_name
+       CASE WHEN skip_reason IS NULL THEN plan_name END AS plan_name,
+       -- Suppression is not a skip: earlier emails produce it (unsubscribes, bounces, complaints), and only the
+       -- email arm gets them. The assignment is drawn and recorded first; a suppressed one stays in its arm,
+       -- recorded with the reason (email_sends.suppression) and never sent, in both arms alike.
+       CASE WHEN skip_reason IS NULL THEN (SELECT sup.reason FROM {rs}.email_suppressions sup
+                                           WHERE sup.email = lower(checked.email)) END AS suppression
 FROM (
 SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS segment_reason,
        d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents,
@@ -53,7 +58,6 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            -- unsubscribe token) and would fail the whole batch or plan.
            WHEN d.email IS NULL OR length(d.email) > 254
                 OR d.email !~ '^[^@[:space:][:cntrl:]<>",;]+@[^@[:space:][:cntrl:]<>",;]+\\.[^@[:space:][:cntrl:]<>",;]+$' THEN 'invalid_email'
-           WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
            -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
            -- a replay under a set clock from seeing returns that happened after its "now".
            WHEN ua.last_activity_at > d.last_activity_at AND EXISTS (
@@ -78,15 +82,15 @@ ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY
 # A chunk of ledger rows per statement (one round trip, not one per email), passed as a JSON array.
 INSERT_LEDGER_SQL = """
 INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref)
+    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, suppression)
 SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref
+       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz, unsubscribe_ref text)
+    payload jsonb, created_at timestamptz, unsubscribe_ref text, suppression text)
 ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
-RETURNING id, status
+RETURNING id, status, suppression IS NOT NULL AS suppressed
 """
 
 # A dry run replaces its preview of the campaign, step and day; the ledger is not touched.
@@ -96,7 +100,8 @@ INSERT_DRY_RUN_SQL = """
 INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
     segment_reason, mrr_cents, subject, payload, created_at)
 SELECT campaign, step, user_id, as_of_date, episode_start, variant,
-       CASE WHEN status = 'holdout' THEN 'would_hold_out' ELSE 'would_send' END, email, segment_reason, mrr_cents,
+       CASE status WHEN 'holdout' THEN 'would_hold_out' WHEN 'suppressed' THEN 'would_suppress' ELSE 'would_send' END,
+       email, segment_reason, mrr_cents,
        subject, payload, created_at
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
