@@ -178,7 +178,7 @@ def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, 
             for row in inserted:
                 plan["recorded"][row.status] += 1
                 if row.suppressed:
-                    plan["suppressed_by_arm"]["holdout" if row.status == "holdout" else "email"] += 1
+                    plan["suppressed_by_arm"]["holdout" if row.status in ("holdout", "would_hold_out") else "email"] += 1
             pending_ids += [row.id for row in inserted if row.status == "pending"]  # none in a dry run
         pending_ids.sort()
         # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.

@@ -98,17 +98,17 @@ CLEAR_DRY_RUN_SQL = "DELETE FROM {rs}.email_dry_runs WHERE campaign = :campaign 
 
 INSERT_DRY_RUN_SQL = """
 INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at)
+    segment_reason, mrr_cents, subject, payload, created_at, suppression)
 SELECT campaign, step, user_id, as_of_date, episode_start, variant,
        CASE status WHEN 'holdout' THEN 'would_hold_out' WHEN 'suppressed' THEN 'would_suppress' ELSE 'would_send' END,
        email, segment_reason, mrr_cents,
-       subject, payload, created_at
+       subject, payload, created_at, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz)
+    payload jsonb, created_at timestamptz, suppression text)
 ORDER BY user_id
 ON CONFLICT DO NOTHING
-RETURNING status
+RETURNING status, suppression IS NOT NULL AS suppressed
 """
 
 DRY_RUN_SUMMARY_SQL = """

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS {rs}.email_dry_runs (
     created_at      timestamptz NOT NULL,
     PRIMARY KEY (campaign, as_of_date, step, user_id)
 );
+ALTER TABLE {rs}.email_dry_runs ADD COLUMN IF NOT EXISTS suppression text;
 ALTER TABLE {rs}.email_dry_runs DROP CONSTRAINT IF EXISTS email_dry_runs_status_check;
 ALTER TABLE {rs}.email_dry_runs ADD CONSTRAINT email_dry_runs_status_check
     CHECK (status IN ('would_send', 'would_hold_out', 'would_suppress'));
