@@ -41,6 +41,7 @@ AS_OF = date(2026, 5, 20)  # the partition day of the sends; the run happens the
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
 CAMPAIGN = "winback"
 HOLDOUT_SHARE = 0.1  # the campaign default
+EPISODE_START = AS_OF - timedelta(days=11)  # a dormant world's users enter dormant_users (declining) that day
 API_KEY = "re_reliability_test_key"
 UNSUBSCRIBE_SECRET = "reliability-unsubscribe-secret"
 
@@ -58,7 +59,7 @@ def users_for_eligible(eligible: int) -> int:
     n = count = 0
     while count < eligible:
         n += 1
-        count += not in_holdout(CAMPAIGN, n, HOLDOUT_SHARE)
+        count += not in_holdout(CAMPAIGN, 1, n, EPISODE_START, HOLDOUT_SHARE)
     return n
 
 
@@ -66,7 +67,7 @@ def expected_recipients(n_users: int, excluded: set[int] = frozenset()) -> set[s
     from retention_pipeline.outreach.allocation import in_holdout
 
     return {f"user{u}@example.com" for u in range(1, n_users + 1)
-            if u not in excluded and not in_holdout(CAMPAIGN, u, HOLDOUT_SHARE)}
+            if u not in excluded and not in_holdout(CAMPAIGN, 1, u, EPISODE_START, HOLDOUT_SHARE)}
 
 
 def create_database(server, name: str, template: str | None = None) -> str:

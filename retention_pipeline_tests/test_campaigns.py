@@ -198,7 +198,7 @@ def _send_day(instance, sender, day: date):
 def _assignments(db) -> list[dict]:
     with db.engine().connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT user_id, campaign, step, status, as_of_date, unsubscribe_topic FROM {rs}.email_sends "
+            "SELECT user_id, campaign, step, status, as_of_date, episode_start, unsubscribe_topic, suppression FROM {rs}.email_sends "
             "ORDER BY user_id, as_of_date, campaign"))).mappings()]
 
 
@@ -214,7 +214,9 @@ def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_day
     assert first["campaigns"]["winback"]["skipped_by_reason"] == {"frequency_cap": 40}
     assert first["skipped_by_reason"] == {"frequency_cap": 40}
     for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING), ("winback", NO_SUBSCRIPTION)):
-        holdout = {u for u in users if in_holdout(name, u, 0.1)}
+        # Each campaign's own arm, drawn for the step of the user's episode.
+        holdout = {r["user_id"] for r in rows if r["campaign"] == name
+                   and in_holdout(name, r["step"], r["user_id"], r["episode_start"], 0.1)}
         assert {r["user_id"] for r in rows if r["campaign"] == name and r["status"] == "holdout"} == holdout
         assert first["campaigns"][name]["holdout"] == len(holdout)
         assert first["campaigns"][name]["sent"] == len(users) - len(holdout)
@@ -238,8 +240,9 @@ def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_day
 
 def test_a_topic_unsubscribe_stops_that_topic_only_and_transactional_email_goes_on(three_campaign_world, instance, sender):
     db = three_campaign_world
-    treated = {name: next(u for u in users if not in_holdout(name, u, 0.1))
-               for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING), ("winback", NO_SUBSCRIPTION))}
+    # Any member of each audience: the arm does not matter, suppression is recorded in both.
+    treated = {name: users[0] for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING),
+                                                  ("winback", NO_SUBSCRIPTION))}
     left_billing, left_tips_ending, left_tips = treated["payment_recovery"], treated["cancel_save"], treated["winback"]
     everything = next(u for u in PAST_DUE if u != left_billing)
     with db.begin() as conn:
@@ -251,11 +254,15 @@ def test_a_topic_unsubscribe_stops_that_topic_only_and_transactional_email_goes_
     metadata = _send_day(instance, sender, AS_OF)
     by_user = {r["user_id"]: r for r in _assignments(db)}
     assert by_user[left_billing]["campaign"] == "payment_recovery", "transactional: leaving 'billing' does not stop it"
+    assert by_user[left_billing]["suppression"] is None
     assert by_user[left_tips_ending]["campaign"] == "cancel_save", "leaving 'tips' keeps 'offers'"
-    assert left_tips not in by_user and everything not in by_user
-    # Both who left "tips" are in winback's audience (the one cancel_save took is counted before the cap).
-    assert metadata["campaigns"]["winback"]["skipped_by_reason"]["unsubscribed_from_topic"] == 2
-    assert metadata["campaigns"]["payment_recovery"]["skipped_by_reason"] == {"suppressed": 1}
+    assert by_user[left_tips_ending]["suppression"] is None
+    # Suppression is recorded after the arm is drawn (both arms alike), never sent.
+    assert (by_user[left_tips]["campaign"], by_user[left_tips]["suppression"]) == ("winback", "unsubscribed_from_topic")
+    assert (by_user[everything]["campaign"], by_user[everything]["suppression"]) == ("payment_recovery", "unsubscribed")
+    for user_id in (left_tips, everything):
+        assert by_user[user_id]["status"] in ("suppressed", "holdout"), by_user[user_id]
+    assert sum(metadata["suppressed_by_arm"].values()) == 2
     assert by_user[left_billing]["unsubscribe_topic"] is None and by_user[left_tips_ending]["unsubscribe_topic"] == "offers"
 
 

@@ -46,7 +46,8 @@ PACE = 1.8
 
 N_USERS = faults.users_for_eligible(ELIGIBLE)
 # Holdouts hash campaign and user, so each campaign has its own eligible users.
-EXPECTED = {c: sum(not in_holdout(c, u, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1)) for c in CAMPAIGNS}
+EXPECTED = {c: sum(not in_holdout(c, 1, u, faults.EPISODE_START, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1))
+            for c in CAMPAIGNS}
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,8 @@ def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_c
         s.user(user_id, at(AS_OF - timedelta(days=60)))
         s.events((user_id, at(AS_OF - timedelta(days=d)), "login") for d in range(30, 14, -1))
     _seed_harmful_outcomes(db)
-    holdout = {u for u in range(1, 121) if in_holdout("winback", u, 0.1)}
+    episode_start = AS_OF - timedelta(days=11)  # the users enter dormant_users (declining) that day
+    holdout = {u for u in range(1, 121) if in_holdout("winback", 1, u, episode_start, 0.1)}
     assert holdout, "the population must have holdout members"
 
     def plan_config(**extra) -> dict:

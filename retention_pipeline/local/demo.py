@@ -285,4 +285,6 @@ def _email_lines(db: AppDatabase, as_of: date, emails: dict) -> list[str]:
                      f"{sum(skipped.values()):,}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
         if counts.get("failed"):
             lines.append(f"  {'':<17} failed {counts['failed']:,} (see retention.email_sends.error)")
+        if counts.get("suppressed"):
+            lines.append(f"  {'':<17} suppressed {counts['suppressed']:,} (assigned to the email, address suppressed: never sent)")
     return lines

@@ -113,12 +113,19 @@ def run_simulation(
 
 _DECISIONS_SQL = """
 SELECT id, user_id, status, variant FROM {rs}.email_sends
-WHERE as_of_date = :as_of AND campaign = :campaign AND status IN ('sent', 'holdout') ORDER BY user_id, step
+WHERE as_of_date = :as_of AND campaign = :campaign AND status IN ('sent', 'suppressed', 'holdout') ORDER BY user_id, step
 """
 _MARK_DELIVERY_SQL = """
 UPDATE {rs}.email_sends SET status = :status, sent_at = NULL, provider_message_id = NULL,
     error = 'simulated: ' || :status || ' at the provider'
 WHERE id = ANY(:ids)
+"""
+# What the unsubscribe link does (retention_pipeline.outreach.web): the address is suppressed from then on.
+_UNSUBSCRIBE_SQL = """
+INSERT INTO {rs}.email_suppressions (email, reason, source, detail, created_at)
+SELECT lower(email), 'unsubscribed', 'simulation', 'simulated unsubscribe after a delivered email', :at
+FROM {rs}.email_sends WHERE id = ANY(:ids)
+ON CONFLICT (email) DO NOTHING
 """
 # The rows behind the headline figure: step 1, inactive, 7-day windows closed by the last day.
 _MEASURED_ROWS_SQL = """
@@ -133,15 +140,19 @@ FROM {rs}.email_sends WHERE status = 'sent' AND step = 1 GROUP BY 1, 2 ORDER BY 
 
 
 def _settle_sends(db: AppDatabase, population: Population, day: date) -> None:
-    """Mark the day's sends the model says failed or ended unknown, then draw every ledger row's fate."""
+    """Mark the day's sends the model says failed or ended unknown, draw every ledger row's fate, and
+    suppress the addresses of users a delivered email made unsubscribe."""
     rows = db.fetch_all(_DECISIONS_SQL, {"as_of": day, "campaign": CAMPAIGN})
-    fates = {row.id: "holdout" if row.status == "holdout" else population.delivery(row.user_id, day) for row in rows}
+    fates = {row.id: row.status if row.status != "sent" else population.delivery(row.user_id, day) for row in rows}
     for status in ("failed", "unknown"):
         ids = [send_id for send_id, fate in fates.items() if fate == status]
         if ids:
             db.execute(_MARK_DELIVERY_SQL, {"status": status, "ids": ids})
     for row in rows:
         population.decide(row.user_id, row.status != "holdout", fates[row.id] == "sent", row.variant, day)
+    unsubscribed = [row.id for row in rows if fates[row.id] == "sent" and population.unsubscribes(row.user_id, day)]
+    if unsubscribed:
+        db.execute(_UNSUBSCRIBE_SQL, {"ids": unsubscribed, "at": _morning_after(day) + timedelta(hours=2)})
 
 
 def _morning_after(day: date) -> datetime:
@@ -175,9 +186,10 @@ def format_report(result: SimulationResult) -> str:
     failed, unknown = result.ledger_by_status.get("failed", 0), result.ledger_by_status.get("unknown", 0)
     lines = [
         f"Simulated {c.days} days of {c.users:,} users (seed {c.seed}) through the real daily pipeline, up to {result.last_day}.",
-        f"  emails sent {result.emails_sent:,}, failed {failed:,}, unknown {unknown:,}, holdout {result.holdout:,}",
+        f"  emails sent {result.emails_sent:,}, failed {failed:,}, unknown {unknown:,}, "
+        f"suppressed (never sent) {result.ledger_by_status.get('suppressed', 0):,}, holdout {result.holdout:,}",
         "",
-        "Step 1 among users dormant by inactivity, as assigned (failed and unknown sends count as emailed), by window:",
+        "Step 1 among users dormant by inactivity, as assigned (failed, unknown and suppressed sends count as emailed), by window:",
         "  window  treated  holdout  treated rate  holdout rate  measured lift (95% CI)          true lift",
     ]
     for window in (1, 7, 14):

@@ -1,8 +1,10 @@
 """A fast, pure-Python model of the pipeline's arm logic over the simulator's population.
 
 `model_lift` runs the same population through a fast pure-Python model of the pipeline's arm logic
-(dormancy episodes, frequency cap, step 2, the stable holdout hash) and the same `lift` function: the
-benchmark's many seeds use it, and it can re-create the old asymmetric frequency cap to show its bias.
+(dormancy episodes, frequency cap, step 2, the arm drawn per step and episode, suppression recorded
+after the draw) and the same `lift` function: the benchmark's many seeds use it, and it can re-create
+the old design (one arm per user, with the old frequency cap or suppression filtered before the draw)
+to show its bias.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from retention_pipeline.local.simulation_population import (
     Truth,
 )
 from retention_pipeline.outcomes.stats import Lift, lift
-from retention_pipeline.outreach.allocation import in_holdout
+from retention_pipeline.outreach.allocation import hash_unit, in_holdout
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.segments.config import DormancyThresholds
 
@@ -38,19 +40,21 @@ class ModelResult:
 
 
 # Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
-_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "holdout"), False: ("pending", "sent", "unknown")}
+_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "suppressed", "holdout"),
+                         False: ("pending", "sent", "unknown")}
 
 
 def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: int | None = None,
-               holdout_per_episode: bool = False) -> ModelResult:
+               arm_per_user: bool = False, suppress_before_assignment: bool = False) -> ModelResult:
     """The population through a pure-Python model of the pipeline's arm logic, measured with `lift`.
 
     Same population, dormancy (inactive for `dormant_after_days` up to `lost_after_days`), episodes
     (consecutive dormant days), step 1 once per episode and step 2 `delay_days` later while still
-    dormant, the frequency cap, the stable holdout hash, closed 7-day windows. `symmetric=False`
-    re-creates the old frequency cap, which counted only real sends (pending, sent, unknown): holdout
-    members and failed sends did not hold a user back. `holdout_per_episode` draws the arm afresh for every
-    dormancy episode instead of once per user (the pipeline's stable holdout), to compare the two designs.
+    dormant, the frequency cap, the arm drawn by `in_holdout` for each step of each episode, suppression
+    (addresses unsubscribed after a delivered email) recorded after the draw, closed 7-day windows.
+    The old design, to show its bias: `arm_per_user` draws one arm per user for all their episodes;
+    `symmetric=False` re-creates the old frequency cap, which counted only real sends (pending, sent,
+    unknown); `suppress_before_assignment` skips suppressed users before any arm is drawn.
     Only inactivity-dormant users, one variant."""
     campaign, dormancy = CampaignConfig(campaign=CAMPAIGN), DormancyThresholds()
     cooldown = campaign.cooldown_days if cooldown_days is None else cooldown_days
@@ -61,6 +65,7 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
     episode: dict[int, date] = {}           # current episode start of users dormant today
     rows: dict[tuple[int, int, date], tuple[date, str]] = {}   # (user, step, episode) -> (as-of day, status)
     history: dict[int, list[tuple[date, str]]] = {}            # the user's rows, for the frequency cap
+    suppressed: set[int] = set()                               # users who unsubscribed
     first = FIRST_DAY - timedelta(days=WARMUP_DAYS)
     last_day = FIRST_DAY + timedelta(days=config.days - 1)
     for day in (first + timedelta(days=n) for n in range((last_day - first).days + 1)):
@@ -72,6 +77,7 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
         episode = {u: episode.get(u, day) for u in dormant_today}
         if day < FIRST_DAY - timedelta(days=1):
             continue  # the warm-up's backfill sends nothing
+        unsubscribed_today = []
         for user_id in sorted(dormant_today):
             start = episode[user_id]
             for step in (1, 2):
@@ -81,14 +87,20 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
                     previous = rows.get((user_id, 1, start))
                     if step_two_delay is None or previous is None or previous[0] > day - timedelta(days=step_two_delay):
                         continue
+                if suppress_before_assignment and user_id in suppressed:
+                    continue
                 if any(status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
                     continue
-                unit = f"{user_id}:{start.isoformat()}" if holdout_per_episode else user_id
-                held_out = in_holdout(CAMPAIGN, unit, campaign.holdout_share)
-                status = "holdout" if held_out else population.delivery(user_id, day)
+                held_out = (hash_unit("holdout", CAMPAIGN, user_id) < campaign.holdout_share if arm_per_user
+                            else in_holdout(CAMPAIGN, step, user_id, start, campaign.holdout_share))
+                status = ("holdout" if held_out else "suppressed" if user_id in suppressed
+                          else population.delivery(user_id, day))
                 rows[(user_id, step, start)] = (day, status)
                 history.setdefault(user_id, []).append((day, status))
                 population.decide(user_id, not held_out, status == "sent", "all", day)
+                if status == "sent" and population.unsubscribes(user_id, day):
+                    unsubscribed_today.append(user_id)
+        suppressed.update(unsubscribed_today)   # the unsubscribe link is clicked after the morning's send
     closed = [(u, when, status) for (u, step, _), (when, status) in rows.items()
               if step == 1 and when <= last_day - timedelta(days=MODELLED_WINDOW_DAYS + 1)]
     return _measure(population, closed, active_days)

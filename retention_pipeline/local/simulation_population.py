@@ -9,10 +9,14 @@ up as a wrong lift:
 - a delivered email raises the chance of coming back within 7 days by the uplift, scaled down by the
   user's last delivered email: its effect on a new one decays with `fatigue_half_life_days`;
 - a share of sends fails or ends unknown (`failed_send_share`, `unknown_send_share`): the ledger row
-  is marked so, and such an email has no effect.
+  is marked so, and such an email has no effect;
+- a delivered email makes some users unsubscribe (`unsubscribe_share`, likelier for users unlikely to
+  come back): their address is suppressed from then on, so a later assignment of theirs to the email arm
+  is recorded as `suppressed`, never sent, and has no effect.
 Each ledger row (email or holdout) gets a fate drawn from that user's state, so the simulator knows the
 true effect of every assignment: the truth the intention-to-treat lift must find is the average effect
-over the email arm's rows (failed sends included, with no effect); per protocol, over delivered ones.
+over the email arm's rows (failed sends and suppressed addresses included, with no effect); per
+protocol, over delivered ones.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class SimulationConfig:
     fatigue_half_life_days: float = 30.0      # a new email's effect is (1 - 0.5 ** (days since the last delivered / this)); 0: none
     failed_send_share: float = 0.0            # sends the provider rejects (status failed, no effect)
     unknown_send_share: float = 0.0           # sends whose fate is unknown (status unknown, no effect)
+    unsubscribe_share: float = 0.0            # delivered emails after which the user unsubscribes (on average)
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,7 +66,7 @@ class SimulationConfig:
         if self.users < 1:
             problems.append(f"users must be at least 1 (got {self.users})")
         for name in ("daily_activity_probability", "daily_quit_probability", "background_return_probability",
-                     "base_return_7d", "failed_send_share", "unknown_send_share"):
+                     "base_return_7d", "failed_send_share", "unknown_send_share", "unsubscribe_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} is a probability in [0, 1] (got {getattr(self, name)})")
         if self.failed_send_share + self.unknown_send_share > 1.0:
@@ -118,7 +123,7 @@ class SimulationResult:
                      and row["segment"] == segment and row["window_days"] == window_days), None)
 
 
-_PURPOSES = ("background", "quit", "active", "fate", "when", "delivery")
+_PURPOSES = ("background", "quit", "active", "fate", "when", "delivery", "unsubscribe")
 
 
 class Population:
@@ -218,6 +223,13 @@ class Population:
         if draw < self.config.failed_send_share + self.config.unknown_send_share:
             return "unknown"
         return "sent"
+
+    def unsubscribes(self, user_id: int, day: date) -> bool:
+        """Whether a delivered email makes the user unsubscribe: `unsubscribe_share` on average, likelier the
+        less likely the user is to come back (so removing them from one arm only would tilt it)."""
+        share, base = self.config.unsubscribe_share, self.config.base_return_7d
+        chance = share * (1 - self.propensity[user_id]) / (1 - base) if base < 1 else share
+        return self._draw("unsubscribe", user_id, day) < chance
 
     def truth(self, rows: list[tuple[int, date]]) -> Truth:
         """The truth over these (user, as-of day) ledger rows: the ones a measured figure counted."""

@@ -105,8 +105,8 @@ def step_outcomes_by_day(app_db: AppDatabase, campaign: str, step: int, window_d
                                                         "end_ts": before, "tz": PROJECT_TIMEZONE})
 
 
-# Revenue kept, as assigned: every paying user (MRR at assignment > 0) with a ledger row of a real send
-# attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first
+# Revenue kept, as assigned: every paying user (MRR at assignment > 0) of every settled assignment (a send
+# attempt, a suppressed address, or the holdout), at each horizon that has passed by the as-of day. Kept = in the first
 # subscription snapshot taken on or after the horizon's day, the user has a subscription that still
 # runs, or that ended (or was canceled) only after that day began. No snapshot yet: not counted (awaiting).
 # Snapshots up to the morning after the as-of day count: that is when the day's run reads them.
@@ -114,11 +114,11 @@ REVENUE_KEPT_SQL = """
 WITH snapshots AS (
     SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= CAST(:as_of AS date) + 1
 ), due AS (
-    SELECT s.campaign, s.step, s.user_id, s.status <> 'holdout' AS treated, s.mrr_cents, h.horizon_days,
+    SELECT s.campaign, s.step, s.user_id, s.treated, s.mrr_cents, h.horizon_days,
            s.as_of_date + h.horizon_days AS due_date
-    FROM {rs}.email_sends s
+    FROM {rs}.assignments s
     CROSS JOIN unnest(CAST(:horizons AS integer[])) AS h(horizon_days)
-    WHERE s.status IN ('sent', 'failed', 'unknown', 'holdout') AND s.mrr_cents > 0
+    WHERE s.status <> 'pending' AND s.mrr_cents > 0
       AND s.as_of_date + h.horizon_days <= :as_of
 ), judged AS (
     SELECT d.*, snap.snapshot_date,

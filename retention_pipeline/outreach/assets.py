@@ -102,8 +102,9 @@ def plan_reengagement_sends(
     context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
     email_sender: EmailSender,
 ) -> dict:
-    """Write one ledger row per intended email (pending) or holdout member (holdout) of every campaign, in
-    priority order, before any send; a dry run writes the same rows to its preview table `email_dry_runs`."""
+    """Write one ledger row per assignment of every campaign, in priority order, before any send: an intended
+    email (pending), a holdout member (holdout) or an email to a suppressed address (suppressed, never sent); a
+    dry run writes the same rows to its preview table `email_dry_runs` instead."""
     settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
     campaigns = campaigns_of_run(config, settings)
@@ -120,7 +121,8 @@ def plan_reengagement_sends(
             # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
             "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
             "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
-            "paused_for_review": {}, "winners": {}, "by_campaign": {c.name: _campaign_figures() for c in campaigns}}
+            "paused_for_review": {}, "winners": {}, "by_campaign": {c.name: _campaign_figures() for c in campaigns},
+            "suppressed_by_arm": Counter({"email": 0, "holdout": 0})}
     for campaign in campaigns:
         _record_success_definition(app_db, campaign)
     for as_of in days:
@@ -140,6 +142,7 @@ def plan_reengagement_sends(
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
     for figures in plan["by_campaign"].values():
         figures["skipped"], figures["recorded"] = dict(figures["skipped"]), dict(figures["recorded"])
+    plan["suppressed_by_arm"] = dict(plan["suppressed_by_arm"])
     return plan
 
 
@@ -244,7 +247,7 @@ def _plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, a
         insert_sql = app_db.render(INSERT_DRY_RUN_SQL if config.dry_run else INSERT_LEDGER_SQL)
         for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
             if holdout_only:
-                chunk = _holdout_members(campaign, chunk, plan)
+                chunk = _holdout_members(campaign, step, chunk, plan)
             rows = [_ledger_row(config, campaign, step, as_of, candidate, links, created_at, shares) for candidate in chunk]
             inserted = conn.execute(text(insert_sql), {"rows": json.dumps(rows, default=_json_value)}).all()
             # A concurrent run that recorded the same user first wins; ours is simply not inserted.
@@ -254,6 +257,8 @@ def _plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, a
             for row in inserted:
                 plan["recorded"][row.status] += 1
                 figures["recorded"][row.status] += 1
+                if row.suppressed:
+                    plan["suppressed_by_arm"]["holdout" if row.status in ("holdout", "would_hold_out") else "email"] += 1
             pending_ids += [row.id for row in inserted if row.status == "pending"]  # none in a dry run
         pending_ids.sort()
         # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
@@ -264,10 +269,10 @@ def _plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, a
             plan["batch_keys"].append(batch_key)
 
 
-def _holdout_members(campaign: Campaign, chunk, plan: dict) -> list:
+def _holdout_members(campaign: Campaign, step: Step, chunk, plan: dict) -> list:
     """While a step is paused for review, only its holdout members are recorded: the comparison group keeps
     accruing, and the others are skipped (counted) so they can be emailed once the step is resumed."""
-    kept = [candidate for candidate in chunk if in_holdout(campaign.name, candidate["user_id"], campaign.holdout_share)]
+    kept = [c for c in chunk if in_holdout(campaign.name, step.step, c["user_id"], c["episode_start"], campaign.holdout_share)]
     if len(kept) < len(chunk):
         plan["skipped"]["step_paused_for_review"] += len(chunk) - len(kept)
         plan["by_campaign"][campaign.name]["skipped"]["step_paused_for_review"] += len(chunk) - len(kept)
@@ -302,13 +307,14 @@ def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, campaign: Ca
     return allocation
 
 
-def assigned_variant(campaign: Campaign, step: Step, user_id: int, shares: dict[str, float] | None) -> str:
-    """The arm and variant of one user for one campaign step: 'holdout', or the variant to render. One function for
-    every campaign, so how assignments are drawn changes in one place."""
-    if in_holdout(campaign.name, user_id, campaign.holdout_share):
+def assigned_variant(campaign: Campaign, step: Step, user_id: int, episode_start: date,
+                     shares: dict[str, float] | None) -> str:
+    """The arm and variant of one assignment (a campaign step of one user's dormancy episode): 'holdout', or the
+    variant to render. One function for every campaign, so how assignments are drawn changes in one place."""
+    unit = (campaign.name, step.step, user_id, episode_start)
+    if in_holdout(*unit, campaign.holdout_share):
         return "holdout"
-    return (allocated_variant(campaign.name, step.step, user_id, shares) if shares
-            else stable_variant(campaign.name, step.step, user_id, step.variants))
+    return allocated_variant(*unit, shares) if shares else stable_variant(*unit, step.variants)
 
 
 def render_email(config: CampaignConfig, campaign: Campaign, step: Step, variant: str, user, link: str) -> dict:
@@ -327,14 +333,17 @@ def render_email(config: CampaignConfig, campaign: Campaign, step: Step, variant
 
 def _ledger_row(config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, user, links, created_at,
                 shares: dict[str, float] | None) -> dict:
-    variant = assigned_variant(campaign, step, user["user_id"], shares)
+    """The assignment (arm and variant, drawn for this step of the user's episode) as its ledger row; a
+    suppressed address is recorded in its arm like any other and is never sent."""
+    variant = assigned_variant(campaign, step, user["user_id"], user["episode_start"], shares)
     base = {"campaign": campaign.name, "step": step.step, "user_id": user["user_id"],
             "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
             "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],
-            "created_at": created_at,
-            "subject": None, "payload": None}
+            "created_at": created_at, "subject": None, "payload": None, "suppression": user["suppression"]}
     if variant == "holdout":
         return base | {"status": "holdout"}
+    if user["suppression"]:
+        return base | {"status": "suppressed"}
     send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
     link = links.link(config.unsubscribe_url, send_ref, as_of)
     payload = render_email(config, campaign, step, variant, user, link)
@@ -438,8 +447,10 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "holdout": int(by_status.get("holdout", 0)),
         "failed": int(by_status.get("failed", 0)),
         "pending": int(by_status.get("pending", 0)),
+        "suppressed": int(by_status.get("suppressed", 0)),
         "dry_run_would_send": int(previews.get("would_send", 0)),
         "dry_run_would_hold_out": int(previews.get("would_hold_out", 0)),
+        "dry_run_would_suppress": int(previews.get("would_suppress", 0)),
         "skipped": sum(skipped.values()),
         "already_recorded": plan["already_recorded"],
     }
@@ -449,6 +460,8 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         **_figures_metadata(figures, plan["days"]),
         "skipped_by_reason": MetadataValue.json(skipped),
         "campaigns": MetadataValue.json(_per_campaign(ledger, plan)),
+        # Suppressed addresses are assigned, not skipped: this run's suppressed assignments in each arm.
+        "suppressed_by_arm": MetadataValue.json(plan["suppressed_by_arm"]),
         "send_decision": MetadataValue.text(results["decision"]),
         "send_results_this_run": MetadataValue.json(results["counts"]),
         "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),

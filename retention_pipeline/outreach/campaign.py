@@ -69,7 +69,8 @@ class CampaignConfig(Config):
                                       description="Without campaign files only: the sequence; it stops as soon as the user returns.")
     holdout_share: float = Field(
         default=_from_file("holdout_share"), ge=0.0, le=0.5,
-        description="Without campaign files only: share of users never emailed, to measure lift (stable hash of user and campaign)."
+        description="Without campaign files only: share of assignments held out (not emailed), to measure lift: drawn "
+        "afresh for each step of each dormancy episode (stable hash of campaign, step, user and episode start).",
     )
     cooldown_days: int = Field(
         default=_from_file("cooldown_days"), ge=0,

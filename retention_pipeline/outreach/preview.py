@@ -24,7 +24,7 @@ ADDRESS = re.compile(r'^[^@\s<>",;]+@[^@\s<>",;]+\.[^@\s<>",;]+$')
 _CANDIDATE_SQL = "SELECT * FROM plan_candidates WHERE user_id = :user_id"
 # Users the step emails that day: still to plan first, then those the ledger already holds.
 _RENDERABLE_SQL = """
-SELECT * FROM plan_candidates WHERE skip_reason IS NULL OR skip_reason = 'already_recorded'
+SELECT * FROM plan_candidates WHERE (skip_reason IS NULL OR skip_reason = 'already_recorded') AND suppression IS NULL
 ORDER BY skip_reason IS NOT NULL, user_id
 """
 _DORMANT_DAY_SQL = "SELECT EXISTS (SELECT 1 FROM {rs}.dormant_users WHERE as_of_date = :as_of)"
@@ -91,17 +91,20 @@ def preview(db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: S
             if row["skip_reason"] not in (None, "already_recorded"):
                 raise PreviewError(f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: "
                                    f"{row['skip_reason']}")
+            if row["suppression"]:
+                raise PreviewError(f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: the address "
+                                   f"is suppressed ({row['suppression']}); the assignment is recorded, nothing is sent")
         else:
             rows = conn.execute(text(_RENDERABLE_SQL)).mappings()
-            row = next((r for r in rows if assigned_variant(campaign, step, r["user_id"], None) != "holdout"), None)
+            row = next((r for r in rows if assigned_variant(campaign, step, r["user_id"], r["episode_start"], None) != "holdout"), None)
             if row is None:
                 raise PreviewError(f"nobody gets a {campaign.name} step {step.step} email on {as_of}; "
                                    "pass --date with another day, or --step")
         row = dict(row)
-    variant = assigned_variant(campaign, step, row["user_id"], None)
+    variant = assigned_variant(campaign, step, row["user_id"], row["episode_start"], None)
     holdout = variant == "holdout"
     if holdout:  # shown as its variant would read; the user is held out and gets nothing
-        variant = stable_variant(campaign.name, step.step, row["user_id"], step.variants)
+        variant = stable_variant(campaign.name, step.step, row["user_id"], row["episode_start"], step.variants)
     link = links.link(config.unsubscribe_url, new_send_ref(), as_of)
     return Preview(campaign.name, step.step, variant, row["user_id"], as_of, holdout,
                    render_email(config, campaign, step, variant, row, link))

@@ -45,7 +45,16 @@ SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, 
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN name END AS name,
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN last_actions END AS last_actions,
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN plan_name END AS plan_name,
-       subscription_status, cancel_at_period_end
+       subscription_status, cancel_at_period_end,
+       -- Suppression is not a skip: earlier emails produce it (unsubscribes, bounces, complaints, leaving a
+       -- topic), and only the email arm gets them. The assignment is drawn and recorded first; a suppressed
+       -- one stays in its arm, recorded with the reason (email_sends.suppression) and never sent, in both
+       -- arms alike. A transactional campaign's email ignores topic unsubscribes (not global suppression).
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN COALESCE(
+           (SELECT sup.reason FROM {rs}.email_suppressions sup WHERE sup.email = lower(checked.email)),
+           CASE WHEN NOT :transactional AND EXISTS (SELECT 1 FROM {rs}.email_topic_suppressions ts
+                                                   WHERE ts.email = lower(checked.email) AND ts.topic = :topic)
+                THEN 'unsubscribed_from_topic' END) END AS suppression
 FROM (
 SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS segment_reason,
        d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents, d.subscription_status, d.cancel_at_period_end,
@@ -58,10 +67,6 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            -- unsubscribe token) and would fail the whole batch or plan.
            WHEN d.email IS NULL OR length(d.email) > 254
                 OR d.email !~ '^[^@[:space:][:cntrl:]<>",;]+@[^@[:space:][:cntrl:]<>",;]+\\.[^@[:space:][:cntrl:]<>",;]+$' THEN 'invalid_email'
-           WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
-           -- Left this campaign's topic (e.g. "tips"); a transactional campaign's email goes out regardless.
-           WHEN NOT :transactional AND EXISTS (SELECT 1 FROM {rs}.email_topic_suppressions ts
-                                               WHERE ts.email = lower(d.email) AND ts.topic = :topic) THEN 'unsubscribed_from_topic'
            -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
            -- a replay under a set clock from seeing returns that happened after its "now".
            WHEN ua.last_activity_at > d.last_activity_at AND EXISTS (
@@ -92,15 +97,15 @@ ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY
 # A chunk of ledger rows per statement (one round trip, not one per email), passed as a JSON array.
 INSERT_LEDGER_SQL = """
 INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic)
+    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic, suppression)
 SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic
+       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz, unsubscribe_ref text, unsubscribe_topic text)
+    payload jsonb, created_at timestamptz, unsubscribe_ref text, unsubscribe_topic text, suppression text)
 ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
-RETURNING id, status
+RETURNING id, status, suppression IS NOT NULL AS suppressed
 """
 
 # A dry run replaces its preview of the campaign, step and day; the ledger is not touched.
@@ -108,16 +113,17 @@ CLEAR_DRY_RUN_SQL = "DELETE FROM {rs}.email_dry_runs WHERE campaign = :campaign 
 
 INSERT_DRY_RUN_SQL = """
 INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at)
+    segment_reason, mrr_cents, subject, payload, created_at, suppression)
 SELECT campaign, step, user_id, as_of_date, episode_start, variant,
-       CASE WHEN status = 'holdout' THEN 'would_hold_out' ELSE 'would_send' END, email, segment_reason, mrr_cents,
-       subject, payload, created_at
+       CASE status WHEN 'holdout' THEN 'would_hold_out' WHEN 'suppressed' THEN 'would_suppress' ELSE 'would_send' END,
+       email, segment_reason, mrr_cents,
+       subject, payload, created_at, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz)
+    payload jsonb, created_at timestamptz, suppression text)
 ORDER BY user_id
 ON CONFLICT DO NOTHING
-RETURNING status
+RETURNING status, suppression IS NOT NULL AS suppressed
 """
 
 DRY_RUN_SUMMARY_SQL = """
