@@ -373,7 +373,7 @@ def audience_world(app_db):
 def test_each_audience_condition_selects_its_users(audience_world, audience, users):
     from dataclasses import replace
 
-    from retention_pipeline.outreach.assets import candidate_params, run_config_campaign
+    from retention_pipeline.outreach.planning import candidate_params, run_config_campaign
     from retention_pipeline.outreach.campaign import CampaignConfig
     from retention_pipeline.outreach.campaigns import Audience
 

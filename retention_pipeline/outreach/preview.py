@@ -11,7 +11,7 @@ from dagster import Failure
 from sqlalchemy import text
 
 from retention_pipeline.outreach.allocation import stable_variant
-from retention_pipeline.outreach.assets import assigned_variant, candidate_params, render_email, run_config_campaign
+from retention_pipeline.outreach.planning import assigned_variant, candidate_params, render_email, run_config_campaign
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import Campaign, Step, campaign_directories, campaigns_dir, load_campaigns
 from retention_pipeline.outreach.tokens import new_send_ref
