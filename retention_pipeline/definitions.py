@@ -27,7 +27,9 @@ from retention_pipeline.settings import STATE_DIR
 
 # Where the pipeline reads and writes is the deployment's choice, made here and in the environment; a
 # run may change only the statement timeout (deployed_app_db). Other table names: `source=SourceTables(...)`.
-app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
+# `retention-pipeline db upgrade` reads the schema and source names from `deployment` too.
+deployment = AppDatabase(url=EnvVar("RETENTION_DATABASE_URL"))
+app_db = deployed_app_db(deployment)
 
 
 def email_sender() -> EmailSender:

@@ -68,7 +68,7 @@ from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days, window_params
 from retention_pipeline.thresholds import used_values_metadata
@@ -96,7 +96,7 @@ def plan_reengagement_sends(
     run writes the same rows to its preview table `email_dry_runs` instead."""
     settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
-    install_schema(app_db)
+    require_current_schema(app_db)
     drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
     today = clock.today()

@@ -1,4 +1,5 @@
-"""Tables of the outreach domain: the send ledger, suppressions, the local outbox, webhook receipts."""
+"""Tables of the outreach domain, as they are now: the send ledger, dry-run previews, suppressions, the local
+outbox, webhook receipts (see activity/tables.py for how they are installed)."""
 
 # Ledger statuses that record an assignment to an arm: every email the plan decided on, whatever became
 # of it (pending, sent, failed, unknown), and every holdout member (a virtual send). Rules that depend on
@@ -6,7 +7,7 @@
 ASSIGNED_STATUSES = "('pending', 'sent', 'failed', 'unknown', 'holdout')"
 
 OUTREACH_TABLES_DDL = """
-CREATE TABLE IF NOT EXISTS {rs}.email_sends (
+CREATE TABLE {rs}.email_sends (
     id                   bigserial PRIMARY KEY,
     campaign             text NOT NULL,
     step                 smallint NOT NULL,
@@ -15,7 +16,7 @@ CREATE TABLE IF NOT EXISTS {rs}.email_sends (
     as_of_date           date NOT NULL,
     variant              text NOT NULL,
     -- 'dry_run' is no longer written (dry runs go to email_dry_runs); it stays allowed so the check is
-    -- the same on old and new installs.
+    -- the same on upgraded and fresh installs.
     status               text NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'holdout', 'dry_run', 'unknown')),
     email                text,
     segment_reason       text,
@@ -28,15 +29,16 @@ CREATE TABLE IF NOT EXISTS {rs}.email_sends (
     attempts             integer NOT NULL DEFAULT 0,
     created_at           timestamptz NOT NULL,
     sent_at              timestamptz,
+    unsubscribe_ref      text,                        -- the opaque reference an unsubscribe link names (tokens v2)
     -- The database-level guard of "exactly once": one row per user, campaign, step and dormancy
     -- episode, whatever retries, concurrent runs or re-runs do.
     UNIQUE (campaign, step, user_id, episode_start)
 );
-CREATE INDEX IF NOT EXISTS email_sends_pending ON {rs}.email_sends (batch_key) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS email_sends_user ON {rs}.email_sends (user_id, as_of_date);
+CREATE INDEX email_sends_pending ON {rs}.email_sends (batch_key) WHERE status = 'pending';
+CREATE INDEX email_sends_user ON {rs}.email_sends (user_id, as_of_date);
 -- The experiment as assigned: one row per user, campaign, step and episode; treated = assigned to the
 -- email arm (delivered or not), delivered = the provider accepted it (the per-protocol subset).
-CREATE OR REPLACE VIEW {rs}.assignments AS
+CREATE VIEW {rs}.assignments AS
 SELECT id AS send_id, campaign, step, user_id, episode_start, as_of_date, variant, status, segment_reason, mrr_cents,
        status <> 'holdout' AS treated, status = 'sent' AS delivered, COALESCE(sent_at, created_at) AS reference_at
 FROM {rs}.email_sends
@@ -44,7 +46,7 @@ WHERE status IN {assigned};
 -- A dry run's preview: what the live run would record (an email or a holdout row), kept apart from the
 -- ledger, so it never takes a ledger key, never counts towards a step or the cooldown, never enters
 -- outcomes. A dry run of the same campaign and day replaces its preview.
-CREATE TABLE IF NOT EXISTS {rs}.email_dry_runs (
+CREATE TABLE {rs}.email_dry_runs (
     campaign        text NOT NULL,
     step            smallint NOT NULL,
     user_id         bigint NOT NULL,
@@ -60,37 +62,16 @@ CREATE TABLE IF NOT EXISTS {rs}.email_dry_runs (
     created_at      timestamptz NOT NULL,
     PRIMARY KEY (campaign, as_of_date, step, user_id)
 );
--- Installs from before the dry-run table kept dry runs in the ledger (status 'dry_run', plus 'holdout'
--- rows written by the same plan step, recognisable by the same campaign, step, day and created_at).
--- They move to the preview table once, freeing the ledger keys they held for the live run.
-WITH dry AS (
-    DELETE FROM {rs}.email_sends s
-    WHERE s.status = 'dry_run'
-       OR (s.status = 'holdout' AND EXISTS (
-              SELECT 1 FROM {rs}.email_sends d
-              WHERE d.status = 'dry_run' AND d.campaign = s.campaign AND d.step = s.step
-                AND d.as_of_date = s.as_of_date AND d.created_at = s.created_at))
-    RETURNING *
-)
-INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at)
-SELECT campaign, step, user_id, as_of_date, episode_start, variant,
-       CASE WHEN status = 'dry_run' THEN 'would_send' ELSE 'would_hold_out' END, email, segment_reason,
-       mrr_cents, subject, payload, created_at
-FROM dry
-ON CONFLICT DO NOTHING;
--- The opaque reference an unsubscribe link names (tokens v2): the endpoint finds the address by it.
-ALTER TABLE {rs}.email_sends ADD COLUMN IF NOT EXISTS unsubscribe_ref text;
-CREATE UNIQUE INDEX IF NOT EXISTS email_sends_unsubscribe_ref ON {rs}.email_sends (unsubscribe_ref)
+CREATE UNIQUE INDEX email_sends_unsubscribe_ref ON {rs}.email_sends (unsubscribe_ref)
     WHERE unsubscribe_ref IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {rs}.email_suppressions (
+CREATE TABLE {rs}.email_suppressions (
     email       text PRIMARY KEY,          -- lower-cased
     reason      text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
     source      text NOT NULL,
     detail      text,
     created_at  timestamptz NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {rs}.email_outbox (
+CREATE TABLE {rs}.email_outbox (
     idempotency_key  text NOT NULL,
     position         smallint NOT NULL,
     message_id       text NOT NULL UNIQUE,
@@ -104,7 +85,7 @@ CREATE TABLE IF NOT EXISTS {rs}.email_outbox (
     created_at       timestamptz NOT NULL,
     PRIMARY KEY (idempotency_key, position)
 );
-CREATE TABLE IF NOT EXISTS {rs}.webhook_receipts (
+CREATE TABLE {rs}.webhook_receipts (
     svix_id      text PRIMARY KEY,
     event_type   text NOT NULL,
     received_at  timestamptz NOT NULL
