@@ -17,6 +17,7 @@ workers may start at once.
 from __future__ import annotations
 
 import functools
+from argparse import Namespace
 import hashlib
 from importlib.resources import files
 
@@ -72,7 +73,8 @@ CREATE VIEW {{rs}}.source_auth_sessions AS
 
 def _alembic_config(conn: Connection | None = None, schema: str | None = None) -> Config:
     """Alembic's configuration, built here: the revisions ship inside the package, no alembic.ini."""
-    config = Config()
+    # quiet: the commands print their own one line.
+    config = Config(cmd_opts=Namespace(quiet=True))
     config.set_main_option("script_location", str(files("retention_pipeline") / "migrations"))
     # Revision files are named by their number and message: 0003_campaign_tables.py.
     config.set_main_option("file_template", "%%(rev)s_%%(slug)s")

@@ -138,6 +138,21 @@ def test_fresh_install_from_tables_py_equals_every_revision_applied(app_db: AppD
         pg_server.drop_database(migrated_name)
 
 
+@pytest.mark.parametrize("fixture", ["release_9c71876_schema.sql", "main_1999d15_schema.sql"])
+def test_an_unversioned_install_upgrades_to_the_fresh_schema(fixture, app_db: AppDatabase, pg_server, pg_database):
+    """Releases up to 1999d15 kept no version: `db upgrade` runs every revision over what is there."""
+    load_sql(pg_server, pg_database, FIXTURES / fixture)
+    assert install_schema(app_db) == (None, head_revision())
+    fresh_name = f"{pg_database}_f"
+    fresh = new_app_database(pg_server, fresh_name)
+    try:
+        install_schema(fresh)
+        assert schema_dump(pg_server, pg_database) == schema_dump(pg_server, fresh_name)
+    finally:
+        fresh.engine().dispose()
+        pg_server.drop_database(fresh_name)
+
+
 def test_version_table_lives_in_the_configured_schema(pg_server, pg_database):
     new_app_database(pg_server, pg_database).engine().dispose()
     growth = AppDatabase(url=pg_server.url(pg_database), retention_schema="Growth")
