@@ -100,9 +100,7 @@ def schema_revision(db: AppDatabase) -> tuple[bool, str | None]:
     """(the schema exists, its revision); None for no version table (not installed, or from before migrations)."""
     with db.engine().connect() as conn:
         exists = conn.execute(sa.text("SELECT to_regnamespace(:name) IS NOT NULL"), {"name": db.schema_sql}).scalar_one()
-        if not exists or not _has_version_table(conn, db):
-            return bool(exists), None
-        return True, conn.execute(sa.text(db.render("SELECT version_num FROM {rs}.alembic_version"))).scalar()
+        return exists, _current_revision(conn, db) if exists else None
 
 
 def _has_version_table(conn: Connection, db: AppDatabase) -> bool:
