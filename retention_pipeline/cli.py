@@ -351,6 +351,59 @@ def send_test(campaign_name: str, user_id: int | None, step_number: int, as_of, 
 
 
 @main.group()
+def db() -> None:
+    """Upgrade the project's schema in the app database to this release, or show its revision."""
+
+
+def _deployed_database(env):
+    """The app database as the code location sees it: the URL of this environment, the schema and source
+    names definitions.py sets."""
+    from retention_pipeline.definitions import deployment
+    from retention_pipeline.resources import AppDatabase
+
+    return AppDatabase(url=env.app_database_url, retention_schema=deployment.retention_schema, source=deployment.source)
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema revisions the database lacks, in one transaction (creates the schema on a new
+    database). Back the database up first: revisions are not undone."""
+    from retention_pipeline.schema import install_schema, installed_revision_label
+
+    with environment() as env:
+        app_db = _deployed_database(env)
+        before = installed_revision_label(app_db)
+        _, after = install_schema(app_db)
+    schema = app_db.retention_schema
+    if before is None:
+        click.echo(f"Created the {schema} schema at revision {after} (head).")
+    elif before == f"revision {after}":
+        click.echo(f"The {schema} schema is already at revision {after} (head); nothing to do.")
+    else:
+        click.echo(f"Upgraded the {schema} schema from {before} to revision {after} (head).")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the schema's revision, and whether this release needs `db upgrade`."""
+    from retention_pipeline.schema import describe_schema
+
+    with environment() as env:
+        app_db = _deployed_database(env)
+        click.echo(f"The {app_db.retention_schema} schema is {describe_schema(app_db)}.")
+
+
+@db.command("revision")
+@click.option("-m", "--message", required=True, help="What the revision changes, e.g. \"campaign tables\".")
+def db_revision(message: str) -> None:
+    """Write a new, empty revision file after the head, for a developer to fill (docs/upgrading.md)."""
+    from retention_pipeline.schema import new_revision
+
+    path = new_revision(message)
+    click.echo(f"Wrote {path}: put the change in its upgrade(), and the same change in the domain's tables.py.")
+
+
+@main.group()
 def trigger() -> None:
     """Install or remove the activity trigger on the app's events table."""
 

@@ -31,7 +31,9 @@ from retention_pipeline.settings import STATE_DIR
 # The campaign files are checked when the code location loads: a bad one stops it with one line per problem.
 CAMPAIGNS = file_campaigns()
 
-app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
+# `retention-pipeline db upgrade` reads the schema and source names from `deployment` too.
+deployment = AppDatabase(url=EnvVar("RETENTION_DATABASE_URL"))
+app_db = deployed_app_db(deployment)
 
 
 def email_sender() -> EmailSender:

@@ -38,8 +38,9 @@ def _known_error_message(exc: BaseException) -> str | None:
     from retention_pipeline.activity.trigger import TriggerLockError
     from retention_pipeline.db import InvalidIdentifierError
     from retention_pipeline.errors import EmbeddedServerError, LauncherError
+    from retention_pipeline.schema import SchemaVersionError
 
-    if isinstance(exc, (LauncherError, EmbeddedServerError, InvalidIdentifierError, TriggerLockError)):
+    if isinstance(exc, (LauncherError, EmbeddedServerError, InvalidIdentifierError, TriggerLockError, SchemaVersionError)):
         return _one_line(exc)
     import psycopg2
     import sqlalchemy.exc

@@ -22,7 +22,7 @@ from retention_pipeline.activity.trigger import drain_activity_queue
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days, window_chunks, window_params
 from retention_pipeline.thresholds import thresholds_metadata
@@ -104,7 +104,7 @@ def daily_activity_snapshots(context: AssetExecutionContext, config: SnapshotCon
 
     Written to `retention.daily_activity`. A run replaces its partitions and the trailing_days - 1 days
     before them in one transaction, so events that arrived late since are counted."""
-    install_schema(app_db)
+    require_current_schema(app_db)
     drained = drain_activity_queue(app_db)
     run_days = partition_days(context)
     # The daily run (one partition) also recomputes the days before it, for late events; a range run (a

@@ -12,7 +12,7 @@ from retention_pipeline.billing.normalize import MRR_STATUSES, normalize_subscri
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 
 __all__ = ["stripe_subscriptions", "normalize_subscription"]
@@ -140,7 +140,7 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
 
     snapshot_at = clock.now()
     snapshot_date = snapshot_at.astimezone(ZoneInfo(PROJECT_TIMEZONE)).date()
-    install_schema(app_db)
+    require_current_schema(app_db)
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         previous_rows = conn.execute(sa.text(app_db.render("SELECT count(*) FROM {rs}.stripe_subscriptions"))).scalar()
         conn.execute(sa.text(CREATE_LOAD_SQL))

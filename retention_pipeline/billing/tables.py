@@ -1,9 +1,10 @@
-"""DDL of the billing tables in the project schema (`{rs}` is filled by `AppDatabase.render`)."""
+"""Tables of the billing domain, as they are now (see activity/tables.py for how they are installed;
+`{rs}` is filled by `AppDatabase.render`)."""
 
 # One row per Stripe subscription (every status, canceled included), replaced as a whole by each
 # materialization of `stripe_subscriptions`. mrr_cents is 0 for statuses that do not count as MRR.
 BILLING_TABLES_DDL = """
-CREATE TABLE IF NOT EXISTS {rs}.stripe_subscriptions (
+CREATE TABLE {rs}.stripe_subscriptions (
     subscription_id       text PRIMARY KEY,
     customer_id           text NOT NULL,
     user_id               bigint,
@@ -21,16 +22,15 @@ CREATE TABLE IF NOT EXISTS {rs}.stripe_subscriptions (
     canceled_at           timestamptz,
     ended_at              timestamptz,
     snapshot_at           timestamptz NOT NULL,
+    trial_end             timestamptz,   -- when a trialing subscription's trial ends (audiences: trial ending)
     CHECK ((user_id IS NULL) = (mapped_by IS NULL))
 );
--- When a trialing subscription's trial ends (campaign audiences: trial ending within N days).
-ALTER TABLE {rs}.stripe_subscriptions ADD COLUMN IF NOT EXISTS trial_end timestamptz;
-CREATE INDEX IF NOT EXISTS stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
-CREATE INDEX IF NOT EXISTS stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
+CREATE INDEX stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
+CREATE INDEX stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
 -- The snapshot kept per day (the project-timezone date of the clock when it was taken): a later snapshot
 -- the same day replaces that day's rows. Revenue kept reads whether a subscription was still running
 -- 30 and 60 days after a user's assignment from it.
-CREATE TABLE IF NOT EXISTS {rs}.stripe_subscription_history (
+CREATE TABLE {rs}.stripe_subscription_history (
     snapshot_date         date NOT NULL,
     subscription_id       text NOT NULL,
     customer_id           text NOT NULL,
@@ -45,5 +45,5 @@ CREATE TABLE IF NOT EXISTS {rs}.stripe_subscription_history (
     snapshot_at           timestamptz NOT NULL,
     PRIMARY KEY (snapshot_date, subscription_id)
 );
-CREATE INDEX IF NOT EXISTS stripe_subscription_history_user ON {rs}.stripe_subscription_history (user_id, snapshot_date);
+CREATE INDEX stripe_subscription_history_user ON {rs}.stripe_subscription_history (user_id, snapshot_date);
 """

@@ -30,7 +30,7 @@ from retention_pipeline.outcomes.stats import Stratum, incremental_mrr, lift, st
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days
 
@@ -67,7 +67,7 @@ def _end_of(day) -> datetime:
 def reengagement_outcomes(context: AssetExecutionContext, config: OutcomeConfig, app_db: AppDatabase) -> MaterializeResult:
     """Per sent email and holdout member and attribution window: did the user come back, when, how much;
     final once the window has closed (as of the partition day), re-evaluated daily until then."""
-    install_schema(app_db)
+    require_current_schema(app_db)
     for as_of in partition_days(context):
         context.add_asset_metadata(_outcomes_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
     return MaterializeResult()
@@ -114,7 +114,7 @@ def campaign_performance(context: AssetExecutionContext, config: PerformanceConf
     sends stay treated), lift with a 95% interval and p-value, recovered MRR, and the per-protocol lift
     (delivered only) as a secondary figure; closed windows only, as of the partition day. Per campaign and
     step: revenue kept against the holdout (`retention.campaign_revenue`)."""
-    install_schema(app_db)
+    require_current_schema(app_db)
     for as_of in partition_days(context):
         context.add_asset_metadata(_performance_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
     return MaterializeResult()

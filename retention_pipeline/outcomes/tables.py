@@ -1,7 +1,8 @@
-"""Tables of the outcomes domain: per-send outcomes, campaign performance, allocation decisions."""
+"""Tables of the outcomes domain, as they are now: per-send outcomes, campaign performance, allocation decisions,
+success definitions, revenue kept (see activity/tables.py for how they are installed)."""
 
 OUTCOME_TABLES_DDL = """
-CREATE TABLE IF NOT EXISTS {rs}.reengagement_outcomes (
+CREATE TABLE {rs}.reengagement_outcomes (
     send_id            bigint NOT NULL,
     window_days        integer NOT NULL,
     campaign           text NOT NULL,
@@ -19,12 +20,12 @@ CREATE TABLE IF NOT EXISTS {rs}.reengagement_outcomes (
     active_days        integer NOT NULL,
     final              boolean NOT NULL,      -- the window has closed: this row never changes again
     evaluated_as_of    date NOT NULL,
+    -- Delivered (provider accepted it): the per-protocol subset of the treated. NULL on rows written
+    -- before failed sends were analysed, which were all delivered.
+    delivered          boolean,
     PRIMARY KEY (send_id, window_days)
 );
--- Delivered (provider accepted it): the per-protocol subset of the treated. NULL on rows written before
--- failed sends were analysed, which were all delivered.
-ALTER TABLE {rs}.reengagement_outcomes ADD COLUMN IF NOT EXISTS delivered boolean;
-CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
+CREATE TABLE {rs}.campaign_performance (
     as_of_date         date NOT NULL,
     campaign           text NOT NULL,
     step               smallint NOT NULL,
@@ -42,13 +43,18 @@ CREATE TABLE IF NOT EXISTS {rs}.campaign_performance (
     lift_ci_high       double precision,
     p_value            double precision,      -- two-sided score test of equal rates
     recovered_mrr_cents bigint NOT NULL,      -- MRR of treated paying users who returned
+    -- Secondary, per protocol: treated users whose email was delivered, against the whole holdout.
+    per_protocol_treated          integer,
+    per_protocol_treated_returned integer,
+    per_protocol_lift             double precision,
+    -- Lift within send days, averaged with Cochran-Mantel-Haenszel weights (95% Wald interval): what
+    -- variant comparisons read, since adaptive allocation changes the variant mix from day to day.
+    adjusted_lift      double precision,
+    adjusted_ci_low    double precision,
+    adjusted_ci_high   double precision,
     PRIMARY KEY (as_of_date, campaign, step, variant, segment, window_days)
 );
--- Secondary, per protocol: treated users whose email was delivered, against the whole holdout.
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_treated integer;
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_treated_returned integer;
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS per_protocol_lift double precision;
-CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
+CREATE TABLE {rs}.allocation_decisions (
     as_of_date   date NOT NULL,
     campaign     text NOT NULL,
     step         smallint NOT NULL,
@@ -60,24 +66,19 @@ CREATE TABLE IF NOT EXISTS {rs}.allocation_decisions (
     step_paused  boolean NOT NULL,
     reason       text NOT NULL,
     decided_at   timestamptz NOT NULL,
+    -- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
+    decision     text NOT NULL DEFAULT 'explore',
     PRIMARY KEY (as_of_date, campaign, step, variant)
 );
--- Lift within send days, averaged with Cochran-Mantel-Haenszel weights (95% Wald interval): what variant
--- comparisons read, since adaptive allocation changes the variant mix from day to day.
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_lift double precision;
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_low double precision;
-ALTER TABLE {rs}.campaign_performance ADD COLUMN IF NOT EXISTS adjusted_ci_high double precision;
--- explore | winner | paused_for_review | resumed: what the sequential rule decided for the step that day.
-ALTER TABLE {rs}.allocation_decisions ADD COLUMN IF NOT EXISTS decision text NOT NULL DEFAULT 'explore';
 -- What a campaign counts as success, written by each send plan from its CampaignConfig; no row = any event.
-CREATE TABLE IF NOT EXISTS {rs}.campaign_success (
+CREATE TABLE {rs}.campaign_success (
     campaign     text PRIMARY KEY,
     event_types  text[],                  -- NULL: any event type
     min_events   integer NOT NULL CHECK (min_events >= 1),
     updated_at   timestamptz NOT NULL
 );
 -- Revenue kept against the holdout, per campaign, step and horizon (days after assignment), as of a day.
-CREATE TABLE IF NOT EXISTS {rs}.campaign_revenue (
+CREATE TABLE {rs}.campaign_revenue (
     as_of_date                      date NOT NULL,
     campaign                        text NOT NULL,
     step                            smallint NOT NULL,

@@ -50,7 +50,7 @@ from retention_pipeline.outreach.sql import (
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.sql_time import partition_days, window_params
 from retention_pipeline.thresholds import used_values_metadata
 
@@ -75,7 +75,7 @@ def plan_reengagement_sends(
     settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
     campaigns = campaigns_of_run(config, settings)
-    install_schema(app_db)
+    require_current_schema(app_db)
     drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
     today = clock.today()

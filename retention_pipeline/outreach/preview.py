@@ -16,7 +16,7 @@ from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import Campaign, Step, campaign_directories, campaigns_dir, load_campaigns
 from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 
 # The planner's own address check (outreach/sql.py), for --to.
 ADDRESS = re.compile(r'^[^@\s<>",;]+@[^@\s<>",;]+\.[^@\s<>",;]+$')
@@ -76,7 +76,7 @@ def preview(db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: S
     """Render what the planner sends this user (or, without one, the first user it emails) for this step on this
     day, with the planner's candidate query, assignment and renderer. A user the ledger already holds for the step
     is rendered as well (with the templates as they are now), so a day already run can be previewed."""
-    install_schema(db)
+    require_current_schema(db)
     if not db.scalar(_DORMANT_DAY_SQL, {"as_of": as_of}):
         raise PreviewError(f"no dormant users computed for {as_of}: run the daily job for that day first "
                            "(e.g. `retention-pipeline demo`), or pass --date with a computed day")

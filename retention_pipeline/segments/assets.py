@@ -20,7 +20,7 @@ from sqlalchemy import text
 from retention_pipeline.partitions import daily_partitions, weekly_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
-from retention_pipeline.schema import install_schema
+from retention_pipeline.schema import require_current_schema
 from retention_pipeline.segments.checks import dormant_check_results, dormant_check_specs, segment_check_results, segment_check_specs
 from retention_pipeline.segments.config import (
     DECLARED_LOOKBACK_WEEKS,
@@ -65,7 +65,7 @@ def weekly_engagement_segments(
 ) -> MaterializeResult:
     """Exactly one lifecycle segment per user and week (new, resurrected, declining, power, active,
     casual, dormant, churned), with the figures behind it and the previous week's segment."""
-    install_schema(app_db)
+    require_current_schema(app_db)
     params = window_params(context.partition_time_window) | config.model_dump()
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         serialize_replacement(conn, f"{app_db.retention_schema}.weekly_segments")
@@ -124,7 +124,7 @@ def _distribution_markdown(latest: Counter, total: int, week) -> str:
 def dormant_users(context: AssetExecutionContext, config: DormancyThresholds, app_db: AppDatabase) -> MaterializeResult:
     """Users drifting away on the as-of day (the partition day): inactive for N days, or activity
     falling week over week; with their subscription, MRR at risk and what a personal email needs."""
-    install_schema(app_db)
+    require_current_schema(app_db)
     days = partition_days(context)
     window = window_params(context.partition_time_window)
     thresholds = config.model_dump()
