@@ -39,8 +39,20 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
 
-from retention_pipeline.local.launcher import ChildProcesses, environment, install_signal_handlers
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR, SettingsError, check_environment
+
+try:
+    from retention_pipeline.local.launcher import ChildProcesses, environment, install_signal_handlers
+except ModuleNotFoundError as missing:  # a production install of the wheel: no local harness
+    _HARNESS_MISSING = missing
+
+    def _needs_harness(*_args, **_kwargs):
+        raise _HARNESS_MISSING
+
+    ChildProcesses = environment = _needs_harness
+
+    def install_signal_handlers() -> None:
+        """Without the harness there is no embedded server or child process to stop on SIGTERM."""
 
 DEMO_HISTORY_DAYS = 90
 
@@ -355,13 +367,25 @@ def db() -> None:
     """Upgrade the project's schema in the app database to this release, or show its revision."""
 
 
-def _deployed_database(env):
-    """The app database as the code location sees it: the URL of this environment, the schema and source
+@contextlib.contextmanager
+def _deployed_database():
+    """The app database as the code location sees it: RETENTION_DATABASE_URL (no local harness needed, so a
+    production install of the wheel upgrades its schema) or the embedded default; the schema and source
     names definitions.py sets."""
+    from retention_pipeline.db import check_reachable
     from retention_pipeline.definitions import deployment
     from retention_pipeline.resources import AppDatabase
 
-    return AppDatabase(url=env.app_database_url, retention_schema=deployment.retention_schema, source=deployment.source)
+    def deployed(url: str) -> AppDatabase:
+        return AppDatabase(url=url, retention_schema=deployment.retention_schema, source=deployment.source)
+
+    url = os.environ.get("RETENTION_DATABASE_URL")
+    if url:
+        check_reachable("RETENTION_DATABASE_URL", url)
+        yield deployed(url)
+        return
+    with environment() as env:
+        yield deployed(env.app_database_url)
 
 
 @db.command("upgrade")
@@ -370,8 +394,7 @@ def db_upgrade() -> None:
     database). Back the database up first: revisions are not undone."""
     from retention_pipeline.schema import install_schema, installed_revision_label
 
-    with environment() as env:
-        app_db = _deployed_database(env)
+    with _deployed_database() as app_db:
         before = installed_revision_label(app_db)
         _, after = install_schema(app_db)
     schema = app_db.retention_schema
@@ -388,8 +411,7 @@ def db_current() -> None:
     """Show the schema's revision, and whether this release needs `db upgrade`."""
     from retention_pipeline.schema import describe_schema
 
-    with environment() as env:
-        app_db = _deployed_database(env)
+    with _deployed_database() as app_db:
         click.echo(f"The {app_db.retention_schema} schema is {describe_schema(app_db)}.")
 
 
