@@ -1,15 +1,21 @@
-"""Fixtures over one real, embedded PostgreSQL per test session; every test gets its own database."""
+"""Fixtures over one real, embedded PostgreSQL per test session; every test gets its own database.
+
+Under pytest-xdist (`-n N`, set in pyproject.toml) every worker is its own session: the first one to
+start owns the server and the others attach to it as guests (retention_pipeline/embedded.py), so the
+session still has one server. Database names carry the worker's pid, so workers never collide.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
+from psycopg2 import sql
 
 from retention_pipeline import clock, demo_data
 from retention_pipeline.embedded import EmbeddedPostgres
@@ -29,13 +35,81 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
     server.stop()
 
 
-@pytest.fixture
-def pg_database(pg_server: EmbeddedPostgres) -> Iterator[str]:
-    """A fresh, empty database, dropped after the test."""
-    name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-    pg_server.ensure_database(name)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Keep what a module builds once on one worker, and start the longest work first.
+
+    Under `--dist loadgroup` the tests of a module that shares a module-scoped fixture (a world of users
+    run through the pipeline, a server, a browser) form one group, so that fixture is built once; every
+    other test goes to whichever worker is free. Modules with slow tests are handed out first, so the
+    session does not end waiting on one long test that started last. Whole modules move, never single
+    tests, so a module's fixtures are still set up once in a serial run.
+    """
+    for item in items if config.pluginmanager.hasplugin("xdist") else ():
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values() if defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
+@pytest.fixture(scope="session")
+def app_tables_template(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """A database holding the app's tables (as `demo_data.create_app_tables` makes them), built once
+    per session and copied by `CREATE DATABASE ... TEMPLATE` for each test that uses `app_db`."""
+    name = f"tpl_app_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _create_database(pg_server, name)
+    conn = pg_server.connect(name)
+    demo_data.create_app_tables(conn)
+    conn.commit()
+    conn.close()  # a template with a connection open cannot be copied
     yield name
     pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def dormant_world(pg_server: EmbeddedPostgres) -> Iterator[Callable[[int], str]]:
+    """`faults.build_dormant_world` of n users (the pipeline run over 41 days), built once per session
+    and size. The database is a template: tests copy it and never change it."""
+    from retention_pipeline_tests import faults
+
+    built: dict[int, str] = {}
+
+    def world(n_users: int) -> str:
+        if n_users not in built:
+            name = f"tpl_world_{n_users}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+            faults.build_dormant_world(pg_server, name, n_users)
+            built[n_users] = name
+        return built[n_users]
+
+    yield world
+    for name in built.values():
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_database(request, pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh database, dropped after the test: empty, or, for a test that uses `app_db`, a copy of
+    the app-tables template (the same tables that test would otherwise create itself)."""
+    name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    template = request.getfixturevalue("app_tables_template") if "app_db" in request.fixturenames else None
+    _create_database(pg_server, name, template)
+    yield name
+    pg_server.drop_database(name)
+
+
+def _create_database(server: EmbeddedPostgres, name: str, template: str | None = None) -> None:
+    """CREATE DATABASE, as a copy of `template` when given (a file copy: faster than building it again)."""
+    conn = server.connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            cur.execute(statement)
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -47,11 +121,7 @@ def pg_conn(pg_server: EmbeddedPostgres, pg_database: str):
 
 @pytest.fixture
 def app_db(pg_server: EmbeddedPostgres, pg_database: str) -> Iterator[AppDatabase]:
-    """The app database with the source-contract tables created, empty."""
-    conn = pg_server.connect(pg_database)
-    demo_data.create_app_tables(conn)
-    conn.commit()
-    conn.close()
+    """The app database with the source-contract tables created, empty (copied from the template)."""
     db = AppDatabase(url=pg_server.url(pg_database))
     yield db
     db.engine().dispose()

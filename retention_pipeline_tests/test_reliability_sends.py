@@ -54,14 +54,12 @@ RERUN_AT = MORNING_AFTER + timedelta(minutes=10)  # the operator re-runs the fai
 
 
 @pytest.fixture(scope="module")
-def send_world(pg_server):
+def send_world(dormant_world):
     n_users = faults.users_for_eligible(ELIGIBLE)
-    name = f"rel_send_world_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    faults.build_dormant_world(pg_server, name, n_users)
+    name = dormant_world(n_users)
     assert len(expected_recipients(n_users)) == ELIGIBLE
     forkserver().Process(target=time.sleep, args=(0,)).start()  # warm the forkserver up once
-    yield {"name": name, "n_users": n_users, "expected": expected_recipients(n_users)}
-    pg_server.drop_database(name)
+    return {"name": name, "n_users": n_users, "expected": expected_recipients(n_users)}
 
 
 @pytest.fixture
