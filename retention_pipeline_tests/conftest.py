@@ -27,12 +27,25 @@ _TEST_TUNING = {"fsync": "off", "synchronous_commit": "off", "full_page_writes":
 _counter = itertools.count()
 
 
+def _test_pgdata() -> Path:
+    return Path(os.environ.get("RETENTION_TEST_PGDATA", STATE_DIR / "test-pgdata"))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(Path(os.environ.get("RETENTION_TEST_PGDATA", STATE_DIR / "test-pgdata")), tuning=_TEST_TUNING)
+    server = EmbeddedPostgres(_test_pgdata(), tuning=_TEST_TUNING)
     server.start()
     yield server
     server.stop()
+
+
+def pytest_sessionfinish(session) -> None:
+    """After the xdist workers are gone, stop the server they shared if it still runs: two workers
+    leaving at the same moment can each see the other as the one still using it."""
+    controller = getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput")
+    if controller and (_test_pgdata() / "postmaster.pid").exists():
+        with EmbeddedPostgres(_test_pgdata()):
+            pass  # the last one out (here the only one) stops it
 
 
 @pytest.hookimpl(tryfirst=True)
