@@ -81,6 +81,46 @@ def app_tables_template(pg_server: EmbeddedPostgres) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def database_template(pg_server: EmbeddedPostgres, app_tables_template: str) -> Iterator[Callable[[str, Callable], str]]:
+    """`database_template(key, build)`: a copy of the app-tables template that `build(server, name)`
+    filled (demo data, pipeline runs), made once per session and key. Tests copy it (`app_db_copy`)
+    and never change it."""
+    built: dict[str, str] = {}
+
+    def template(key: str, build: Callable[[EmbeddedPostgres, str], None]) -> str:
+        if key not in built:
+            name = f"tpl_{key}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+            _create_database(pg_server, name, app_tables_template)
+            build(pg_server, name)
+            _disconnect_all(pg_server, name)  # a template with a connection open cannot be copied
+            built[key] = name
+        return built[key]
+
+    yield template
+    for name in built.values():
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def app_db_copy(pg_server: EmbeddedPostgres, monkeypatch) -> Iterator[Callable[[str], AppDatabase]]:
+    """`app_db_copy(template)`: a fresh copy of a template database, exported as `app_db_env` exports
+    its database; dropped after the test."""
+    made: list[tuple[str, AppDatabase]] = []
+
+    def copy(template: str) -> AppDatabase:
+        name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        _create_database(pg_server, name, template)
+        made.append((name, AppDatabase(url=pg_server.url(name))))
+        _export(made[-1][1], monkeypatch)
+        return made[-1][1]
+
+    yield copy
+    for name, db in made:
+        db.engine().dispose()
+        pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
 def dormant_world(pg_server: EmbeddedPostgres) -> Iterator[Callable[[int], str]]:
     """`faults.build_dormant_world` of n users (the pipeline run over 41 days), built once per session
     and size. The database is a template: tests copy it and never change it."""
@@ -125,6 +165,16 @@ def _create_database(server: EmbeddedPostgres, name: str, template: str | None =
         conn.close()
 
 
+def _disconnect_all(server: EmbeddedPostgres, name: str) -> None:
+    conn = server.connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def pg_conn(pg_server: EmbeddedPostgres, pg_database: str):
     conn = pg_server.connect(pg_database)
@@ -155,6 +205,10 @@ def _reset_clock() -> Iterator[None]:
 @pytest.fixture
 def app_db_env(app_db: AppDatabase, monkeypatch) -> AppDatabase:
     """The app database, also exported as RETENTION_DATABASE_URL for jobs built from `defs`."""
-    monkeypatch.setenv("RETENTION_DATABASE_URL", app_db.url)
-    monkeypatch.setenv("RETENTION_UNSUBSCRIBE_SECRET", "test-unsubscribe-secret")
+    _export(app_db, monkeypatch)
     return app_db
+
+
+def _export(db: AppDatabase, monkeypatch) -> None:
+    monkeypatch.setenv("RETENTION_DATABASE_URL", db.url)
+    monkeypatch.setenv("RETENTION_UNSUBSCRIBE_SECRET", "test-unsubscribe-secret")
