@@ -50,20 +50,27 @@ def pytest_sessionfinish(session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """Keep what a module builds once on one worker, and start the longest work first.
+    """Keep what a module builds once on one worker, and hand out the longest work first.
 
     Under `--dist loadgroup` the tests of a module that shares a module-scoped fixture (a world of users
     run through the pipeline, a server, a browser) form one group, so that fixture is built once; every
-    other test goes to whichever worker is free. Modules with slow tests are handed out first, so the
-    session does not end waiting on one long test that started last. Whole modules move, never single
-    tests, so a module's fixtures are still set up once in a serial run.
+    other test goes to whichever worker is free. Work is handed out in collection order
+    (`--no-loadscope-reorder`), and this puts modules with slow tests first, then the grouped modules,
+    so the session does not end waiting on one long unit that started last. Whole modules move, never
+    single tests, so a module's fixtures are still set up once in a serial run.
     """
-    for item in items if config.pluginmanager.hasplugin("xdist") else ():
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values() if defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    grouped = {item.module.__name__ for item in items if _uses_a_module_fixture(item)}
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.module.__name__ in grouped and _uses_a_module_fixture(item):
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: (item.module.__name__ not in slow, item.module.__name__ not in grouped))
+
+
+def _uses_a_module_fixture(item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    return bool(fixtures) and any(defs and defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values())
 
 
 @pytest.fixture(scope="session")
