@@ -1,8 +1,8 @@
 """Reliability of the sends (issue 8): SIGKILL mid-send, a flaky provider, two send runs at once.
 
 One world (250 eligible dormant users, i.e. 3 batches of at most 100) is built once per session
-(conftest's `dormant_world`, shared with test_send_pool) and copied per trial with CREATE DATABASE ... TEMPLATE; each trial runs only the `reengagement_emails`
-asset. What is counted is what the Resend-like server accepted: every eligible user exactly once,
+(conftest's `dormant_world`, shared with test_send_pool) and copied per trial with CREATE DATABASE ...
+TEMPLATE; each trial runs only the `reengagement_emails` asset. What is counted is what the Resend-like server accepted: every eligible user exactly once,
 the ledger agreeing with the server's ids, nothing left pending.
 
 RELIABILITY_BREAK=no_reconcile | rekey_rerun | no_unique_guard runs the same tests against a
