@@ -48,23 +48,14 @@ def pytest_sessionfinish(session) -> None:
             pass  # the last one out (here the only one) stops it
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Keep what a module builds once on one worker, and hand out the longest work first.
-
-    Under `--dist loadgroup` the tests of a module that shares a module-scoped fixture (a world of users
-    run through the pipeline, a server, a browser) form one group, so that fixture is built once; every
-    other test goes to whichever worker is free. Work is handed out in collection order
-    (`--no-loadscope-reorder`), and this puts modules with slow tests first, then the grouped modules,
-    so the session does not end waiting on one long unit that started last. Whole modules move, never
-    single tests, so a module's fixtures are still set up once in a serial run.
-    """
+def pytest_collection_modifyitems(items) -> None:
+    """Hand out the longest work first. Under `--dist loadscope` each module goes to one worker as a
+    whole (its module-scoped fixtures, a world of users run through the pipeline, a server, a browser,
+    are built once), in collection order (`--no-loadscope-reorder`); this puts modules with slow tests
+    first, then the modules with a shared fixture, so the session does not end waiting on one long module
+    that started last. Whole modules move, never single tests, so a serial run sets them up once too."""
     grouped = {item.module.__name__ for item in items if _uses_a_module_fixture(item)}
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if item.module.__name__ in grouped and _uses_a_module_fixture(item):
-                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda item: (item.module.__name__ not in slow, item.module.__name__ not in grouped))
 
 

@@ -59,6 +59,7 @@ def table_counts(state_dir) -> dict:
         server.stop()
 
 
+@pytest.mark.slow  # two whole demos through the console script
 def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
     first = run_demo(state_dir)
     assert first.returncode == 0, first.stderr
@@ -75,6 +76,7 @@ def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
     assert not postgres_processes(state_dir / "pgdata")
 
 
+@pytest.mark.slow  # two whole demos through the console script
 def test_demo_recovers_after_the_cli_is_killed(state_dir):
     killed = subprocess.Popen(
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300"],
