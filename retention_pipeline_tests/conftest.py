@@ -48,6 +48,7 @@ def pytest_sessionfinish(session) -> None:
             pass  # the last one out (here the only one) stops it
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects: a module with slow tests is long anyway
 def pytest_collection_modifyitems(items) -> None:
     """Hand out the longest work first. Under `--dist loadscope` each module goes to one worker as a
     whole (its module-scoped fixtures, a world of users run through the pipeline, a server, a browser,
