@@ -6,7 +6,9 @@ Runs the simulator's population through `simulation.model_lift` (a pure-Python m
 arm logic, measured with the pipeline's own `outcomes.stats.lift`) once per seed, because a full
 Dagster pipeline per seed takes minutes. `--pipeline-check SEED` also runs the real daily pipeline once
 for that seed and prints both, to see that the model and the pipeline agree. Writes
-`benchmarks/results/<date>-coverage.md` and `.json`. The target: coverage within 92-98% for each uplift.
+`benchmarks/results/<date>-coverage-per-episode.md` and `.json` (the pipeline's design: an arm drawn for
+each step of each dormancy episode), or `-per-user` with `--arm-per-user` (the old design, one arm per
+user). The target: coverage within 92-98% for each uplift.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def _one(args: tuple) -> dict:
     warnings.filterwarnings("ignore")
-    from retention_pipeline.simulation import SimulationConfig, model_lift
+    from retention_pipeline.local.simulation import SimulationConfig, model_lift
 
-    config_fields, symmetric, per_episode = args
-    result = model_lift(SimulationConfig(**config_fields), symmetric=symmetric, holdout_per_episode=per_episode)
+    config_fields, symmetric, arm_per_user = args
+    result = model_lift(SimulationConfig(**config_fields), symmetric=symmetric, arm_per_user=arm_per_user)
     m, truth = result.measured, result.truth
     return {"seed": config_fields["seed"], "uplift": config_fields["true_uplift"], "symmetric": symmetric,
             "treated": result.treated, "holdout": result.holdout, "lift": m.lift, "ci_low": m.ci_low, "ci_high": m.ci_high,
@@ -54,19 +56,21 @@ def summarize(runs: list[dict]) -> dict:
 @click.option("--users", default=3000, show_default=True)
 @click.option("--days", default=60, show_default=True)
 @click.option("--failed-share", default=0.05, show_default=True, help="Share of sends failing (they stay in the email arm).")
+@click.option("--unsubscribe-share", default=0.02, show_default=True,
+              help="Share of delivered emails after which the user unsubscribes (later email-arm rows: suppressed).")
 @click.option("--asymmetric", is_flag=True, help="Also run the old frequency cap (real sends only) for comparison.")
 @click.option("--first-seed", default=1, show_default=True)
-@click.option("--holdout-per-episode", is_flag=True,
-              help="Draw the arm per dormancy episode instead of the pipeline's once per user (a design comparison).")
+@click.option("--arm-per-user", is_flag=True,
+              help="Draw one arm per user (the old design) instead of the pipeline's per step and episode, to compare.")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
-def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, asymmetric: bool, first_seed: int,
-         holdout_per_episode: bool, workers: int, results_dir: Path) -> None:
-    from retention_pipeline.simulation import SimulationConfig
+def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, unsubscribe_share: float, asymmetric: bool,
+         first_seed: int, arm_per_user: bool, workers: int, results_dir: Path) -> None:
+    from retention_pipeline.local.simulation import SimulationConfig
 
-    base = SimulationConfig(users=users, days=days, failed_send_share=failed_share)
+    base = SimulationConfig(users=users, days=days, failed_send_share=failed_share, unsubscribe_share=unsubscribe_share)
     rules = [True, False] if asymmetric else [True]
-    jobs = [(asdict(replace(base, seed=seed, true_uplift=float(u))), symmetric, holdout_per_episode)
+    jobs = [(asdict(replace(base, seed=seed, true_uplift=float(u))), symmetric, arm_per_user)
             for u in uplifts.split(",") for symmetric in rules for seed in range(first_seed, first_seed + seeds)]
     started = time.monotonic()
     runs = []
@@ -83,25 +87,27 @@ def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, a
     summary = [{"uplift": u, "frequency_cap": "every assignment (fixed)" if sym else "real sends only (old)",
                 **summarize(group)} for (u, sym), group in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"{date.today().isoformat()}-coverage{'-holdout-per-episode' if holdout_per_episode else ''}"
+    stem = results_dir / f"{date.today().isoformat()}-coverage-{'per-user' if arm_per_user else 'per-episode'}"
     stem.with_suffix(".json").write_text(json.dumps({"config": asdict(base), "seeds": seeds, "first_seed": first_seed,
-                                                     "holdout_per_episode": holdout_per_episode, "elapsed_seconds": elapsed,
+                                                     "arm_per_user": arm_per_user, "elapsed_seconds": elapsed,
                                                      "summary": summary, "runs": runs}, indent=1, default=float))
-    report = _markdown(base, seeds, first_seed, holdout_per_episode, elapsed, summary)
+    report = _markdown(base, seeds, first_seed, arm_per_user, elapsed, summary)
     stem.with_suffix(".md").write_text(report)
     click.echo(report)
 
 
-def _markdown(base, seeds: int, first_seed: int, holdout_per_episode: bool, elapsed: float, summary: list[dict]) -> str:
+def _markdown(base, seeds: int, first_seed: int, arm_per_user: bool, elapsed: float, summary: list[dict]) -> str:
     lines = [
         f"# Coverage of the 95% lift interval ({date.today().isoformat()})",
         "",
         f"`uv run python -m benchmarks.coverage`: {seeds} seeds per row (seeds {first_seed}..{first_seed + seeds - 1}, the same "
         f"populations for every uplift), {base.users:,} users over {base.days} days, "
-        f"{base.failed_send_share:.0%} of sends failing, through `simulation.model_lift` (the pipeline's arm logic in "
+        f"{base.failed_send_share:.0%} of sends failing, {base.unsubscribe_share:.0%} of delivered emails followed by an "
+        f"unsubscribe, through `simulation.model_lift` (the pipeline's arm logic in "
         f"pure Python, measured with `outcomes.stats.lift`; step 1, users dormant by inactivity, 7-day window, as "
-        f"assigned). Truth: the mean effect over the email arm's rows (failed sends count with no effect). "
-        f"Arm drawn {'per dormancy episode (a design comparison, not the pipeline)' if holdout_per_episode else 'once per user and campaign (the pipeline)'}. "
+        f"assigned). Truth: the mean effect over the email arm's rows (failed sends and suppressed addresses count "
+        f"with no effect). Arm drawn "
+        f"{'once per user and campaign (the old design, for comparison)' if arm_per_user else 'for each step of each dormancy episode, suppression recorded after the draw (the pipeline)'}. "
         f"{elapsed:.0f} s in all. Target: coverage within 92-98%.",
         "",
         "| true uplift | frequency cap counts | runs | coverage | mean measured lift | mean truth | mean bias "

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.timing import step_durations
     from retention_pipeline.outreach.senders import ResendSender
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
 
     imported = time.monotonic()
     sender = ResendSender(api_key="re_benchmark", api_url=args.resend_url)

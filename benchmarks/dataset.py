@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 
 ORPHAN_SHARE = 0.005
 CHURN_SHARE = 0.35

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
 
 BENCH_PGDATA = STATE_DIR / "bench-pgdata"

@@ -36,7 +36,7 @@ CREATE PUBLICATION retention_queue FOR TABLE retention.activity_queue WITH (publ
 --          -t public.auth_sessions -t retention.activity_queue "$PRIMARY_URL" \
 --        | grep -v 'retention_track_user_activity' | psql "$ANALYTICS_URL"
 
--- 3. On the analytics server. The indexes the pipeline reads through (README: "What the pipeline
+-- 3. On the analytics server. The indexes the pipeline reads through (docs/deployment.md: "What the pipeline
 --    needs from the app database"), if the app's own dump did not bring them. Here they cost the
 --    app's inserts nothing: only the subscriber's apply worker maintains them.
 CREATE INDEX IF NOT EXISTS events_occurred_at_idx ON public.events (occurred_at);
@@ -53,7 +53,7 @@ CREATE SUBSCRIPTION retention_source
 -- 4. Point the pipeline and the Flask blueprint at the analytics server (RETENTION_DATABASE_URL in the
 --    retention-pipeline-env secret; the blueprint's AppDatabase url): the ledger, the suppressions and
 --    every snapshot live there now. The pipeline's role needs CREATE on that database and SELECT on
---    the replicated tables, as README "Pointing it at a real app database" says for the primary.
+--    the replicated tables, as docs/deployment.md "Pointing it at a real app database" says for the primary.
 --
 -- 5. Once the initial copy is done (every row of pg_subscription_rel in state 'r'), on the analytics
 --    server, as the pipeline's role:

@@ -17,16 +17,20 @@ from retention_pipeline.jobs import (
 )
 from retention_pipeline.outcomes.assets import campaign_performance, reengagement_outcomes
 from retention_pipeline.outreach.assets import reengagement_emails
+from retention_pipeline.outreach.campaigns import file_campaigns
 from retention_pipeline.outreach.checks import unmapped_event_types_check
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import EmailSender, OutboxSender, ResendSender
-from retention_pipeline.outreach.smtp import smtp_sender_from_env
+from retention_pipeline.outreach.senders.smtp import smtp_sender_from_env
 from retention_pipeline.resources import AppDatabase, deployed_app_db
 from retention_pipeline.segments.assets import dormant_users, weekly_engagement_segments
 from retention_pipeline.settings import STATE_DIR
 
 # Where the pipeline reads and writes is the deployment's choice, made here and in the environment; a
 # run may change only the statement timeout (deployed_app_db). Other table names: `source=SourceTables(...)`.
+# The campaign files are checked when the code location loads: a bad one stops it with one line per problem.
+CAMPAIGNS = file_campaigns()
+
 app_db = deployed_app_db(AppDatabase(url=EnvVar("RETENTION_DATABASE_URL")))
 
 

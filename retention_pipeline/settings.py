@@ -202,8 +202,16 @@ def _thresholds_file_from_env() -> None:
     import retention_pipeline.segments.config  # noqa: F401
 
 
+def _campaigns_from_env() -> None:
+    """RETENTION_CAMPAIGNS_DIR (default: the repository's campaigns/): every campaign file there is checked as the
+    code location will load it; CampaignFilesError (a SettingsError) lists one line per problem."""
+    from retention_pipeline.outreach.campaigns import file_campaigns
+
+    file_campaigns()
+
+
 def _smtp_from_env() -> None:
-    """The SMTP sender's settings (outreach.smtp.smtp_sender_from_env); a password is never shown."""
+    """The SMTP sender's settings (outreach.senders.smtp.smtp_sender_from_env); a password is never shown."""
     host = _env("SMTP_HOST")
     if host is not None and not _is_host(host):
         raise SettingsError(
@@ -277,3 +285,4 @@ def check_environment() -> None:
     _old_unsubscribe_secrets_from_env()
     _smtp_from_env()
     _thresholds_file_from_env()
+    _campaigns_from_env()

@@ -110,3 +110,18 @@ def used_values_metadata(used: dict, section: str) -> dict[str, MetadataValue]:
         "thresholds_version": MetadataValue.text(thresholds_version(used)),
         "thresholds_overrides": MetadataValue.json(overrides),
     }
+
+
+def reject_clearly(cls, data: Any, handler):
+    """Turn invalid thresholds into a Dagster Failure that names every bad field and is not retried:
+    the assets' database retry policy would otherwise retry a typo three times and end the run with
+    nothing but "Exceeded max_retries". Config is built before the asset body, so nothing is written."""
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'thresholds'}: {error['msg']}"
+            + (f" (got {error['input']!r})" if error["loc"] else "")
+            for error in exc.errors()
+        )
+        raise Failure(description=f"Invalid {cls.__name__}: {problems}", allow_retries=False) from exc

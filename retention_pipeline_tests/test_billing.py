@@ -15,14 +15,14 @@ from dagster import Failure, build_asset_context, materialize
 
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
-from retention_pipeline.billing.demo_seed import seed_demo_stripe
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.billing.resource import StripeResource
-from retention_pipeline.demo_data import DemoUser
+from retention_pipeline.local.demo_data import DemoUser
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline_tests.stripe_server import PERIOD_END, FakeStripe
 
-# What the test expects Stripe to charge, written out independently of demo_seed.PLAN_AMOUNTS.
+# What the test expects Stripe to charge, written out independently of stripe_seed.PLAN_AMOUNTS.
 PER_SEAT_CENTS = {
     ("starter", "month"): 1200, ("starter", "year"): 12000, ("starter", "week"): 300,
     ("team", "month"): 2900, ("team", "year"): 29000, ("team", "week"): 700,

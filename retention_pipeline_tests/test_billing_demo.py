@@ -8,10 +8,10 @@ import sqlalchemy as sa
 import stripe
 from dagster import materialize
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 from retention_pipeline.billing.assets import stripe_subscriptions
-from retention_pipeline.billing.demo_seed import seed_demo_stripe
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.billing.resource import StripeResource
 
 

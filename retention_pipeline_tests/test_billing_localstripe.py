@@ -13,7 +13,7 @@ import psutil
 import pytest
 import stripe
 
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 
 _SHARED_PICKLE = Path("/tmp/localstripe.pickle")
 
@@ -54,7 +54,7 @@ def test_loopback_only_in_memory_and_reset():
 def test_server_dies_with_its_parent():
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import time\nfrom retention_pipeline.billing.localstripe_server import LocalStripe\n"
+         "import time\nfrom retention_pipeline.local.localstripe import LocalStripe\n"
          "s = LocalStripe(); s.start(); print(s.process.pid, flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True,
     )

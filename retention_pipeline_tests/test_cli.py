@@ -1,5 +1,7 @@
-"""The README's main command, run as a user runs it: twice, killed, and recovered."""
+"""The README's main command, run as a user runs it: twice, killed, and recovered; and what it prints is
+the README's sample."""
 
+import difflib
 import os
 import re
 import shutil
@@ -8,16 +10,18 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
 
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.test_embedded import postgres_processes
 from retention_pipeline_tests.ui_support import cli_command
 
 FROZEN_NOW = "2026-06-17T08:00:00+00:00"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture
@@ -37,6 +41,33 @@ def run_demo(state_dir, *extra) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300", *extra],
         env=cli_env(state_dir), capture_output=True, text=True, timeout=300,
     )
+
+
+def run_readme_demo(state_dir) -> subprocess.CompletedProcess:
+    """`retention-pipeline demo` exactly as the README shows it (2,000 users, every default)."""
+    return subprocess.run(cli_command("demo"), env=cli_env(state_dir), capture_output=True, text=True, timeout=900)
+
+
+def readme_sample() -> list[str]:
+    readme = README.read_text()
+    block = readme.split("<!-- demo-sample:start -->", 1)[1].split("<!-- demo-sample:end -->", 1)[0]
+    return block.strip().removeprefix("```text").removesuffix("```").strip("\n").splitlines()
+
+
+def shape(line: str) -> str:
+    """A report line without what differs from run to run and machine to machine: numbers (with their
+    signs, currency and thousands separators), absolute paths, and the column padding numbers cause."""
+    line = re.sub(r"(?<=[\s=])(/|%2F)[^\s)]*", "<path>", line)  # a socket dir in a URL is percent-encoded
+    line = re.sub(r"[-+]?\$?[-+]?\d[\d,.]*", "#", line)
+    return " ".join(line.split())
+
+
+def assert_matches_the_readme_sample(report: str) -> None:
+    sample, printed = [shape(line) for line in readme_sample()], [shape(line) for line in report.strip("\n").splitlines()]
+    diff = "\n".join(difflib.unified_diff(sample, printed, "README sample", "demo printed", lineterm=""))
+    assert sample == printed, (
+        "The README's demo sample no longer matches what `retention-pipeline demo` prints (numbers and paths "
+        f"aside). Replace the sample with this run's output:\n{report}\n\n{diff}")
 
 
 def comparable(report: str) -> str:
@@ -60,15 +91,17 @@ def table_counts(state_dir) -> dict:
 
 
 @pytest.mark.slow  # two whole demos through the console script
+@pytest.mark.timeout(1800)  # two runs of the full-size demo (2,000 users), slower on a loaded machine
 def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
-    first = run_demo(state_dir)
+    first = run_readme_demo(state_dir)
     assert first.returncode == 0, first.stderr
+    assert_matches_the_readme_sample(first.stdout)
     assert "Dormant users on 2026-06-16" in first.stdout
     assert "Engagement segments, week of 2026-06-08" in first.stdout
     assert not postgres_processes(state_dir / "pgdata")
     counts_after_first = table_counts(state_dir)
 
-    second = run_demo(state_dir)
+    second = run_readme_demo(state_dir)
     assert second.returncode == 0, second.stderr
     assert "already present" in second.stderr
     assert comparable(second.stdout) == comparable(first.stdout)

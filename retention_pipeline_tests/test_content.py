@@ -15,14 +15,15 @@ from urllib.parse import quote, unquote
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, Failure
 
-from retention_pipeline import clock, demo_data
+from retention_pipeline import clock
+from retention_pipeline.local import demo_data
 from retention_pipeline.outreach.campaign import DEMO_POSTAL_ADDRESS, CampaignConfig
 from retention_pipeline.outreach.checks import unmapped_event_types
 from retention_pipeline.outreach.render import ACTION_PHRASES, TEMPLATE_VARIANTS, EmailRenderer, humanize, pluralize
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import LIVE_IDENTITY, Scenario, at, live_campaign
 
 AS_OF = date(2026, 5, 20)

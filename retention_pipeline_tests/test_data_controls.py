@@ -23,8 +23,8 @@ from retention_pipeline.definitions import defs
 from retention_pipeline.jobs import daily_morning_schedule, weekly_segments_schedule
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.runner import run_job
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline.thresholds import FILE_VALUES, PATH, thresholds_version
 from retention_pipeline_tests.scenario import Scenario, at, days_between, live_campaign
 
@@ -177,7 +177,7 @@ def test_launchpad_threshold_override_is_recorded_in_that_partitions_metadata(ap
 _BACKFILL_SCRIPT = """
     import json, sys
     from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
     first, last = sys.argv[1], sys.argv[2]
     with DagsterInstance.ephemeral() as instance:
         # A backfill as the UI launches it: a range, no run config.

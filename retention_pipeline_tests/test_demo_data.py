@@ -14,8 +14,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from retention_pipeline import demo_data
-from retention_pipeline.demo_data import (
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.demo_data import (
     DEFAULT_PERSONA_MIX,
     PERSONAS,
     create_app_tables,
@@ -365,8 +365,8 @@ def test_create_app_tables_is_idempotent_and_rejects_odd_schema_names(pg_conn):
 
 def test_demo_refuses_a_database_whose_users_it_did_not_seed(pg_server, pg_database):
     """RETENTION_DATABASE_URL at a real app: the demo must not build indexes, seed or send there."""
-    from retention_pipeline import demo
-    from retention_pipeline.launcher import LauncherError
+    from retention_pipeline.local import demo
+    from retention_pipeline.local.launcher import LauncherError
     from retention_pipeline.resources import AppDatabase
 
     app_db = AppDatabase(url=pg_server.url(pg_database))

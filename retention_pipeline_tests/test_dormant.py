@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline_tests.scenario import Scenario, at, materialization_metadata, utc
 
 D = date(2025, 5, 15)

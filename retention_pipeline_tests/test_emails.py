@@ -16,15 +16,20 @@ from retention_pipeline.activity.trigger import install_trigger
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)  # the partition day; the run happens the next morning
 MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
 API_KEY = "re_test_key_123"
 SECRET = "test-unsubscribe-secret"
+EPISODE_START = AS_OF - timedelta(days=11)  # the world's users enter dormant_users (declining) that day
+
+
+def held_out(user_id: int) -> bool:
+    return in_holdout("winback", 1, user_id, EPISODE_START, 0.1)
 
 
 def build_world(db) -> dict:
@@ -55,15 +60,16 @@ def build_world(db) -> dict:
 
 
 def expected_recipients(kinds: dict, returned: set[int] = frozenset()) -> set[str]:
+    """Step 1's recipients: the email arm, less invalid and suppressed addresses (the suppressed ones are
+    assigned all the same) and users who came back."""
     skipped = set(kinds.values()) | set(returned)
-    return {f"user{u}@example.com" for u in range(1, 81)
-            if u not in skipped and not in_holdout("winback", u, 0.1)}
+    return {f"user{u}@example.com" for u in range(1, 81) if u not in skipped and not held_out(u)}
 
 
 def sends(db) -> list[dict]:
     with db.engine().connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT user_id, step, status, variant, email, payload, provider_message_id, episode_start "
+            "SELECT user_id, step, status, variant, email, payload, provider_message_id, episode_start, suppression "
             "FROM {rs}.email_sends ORDER BY user_id, id"
         ))).mappings()]
 
@@ -103,11 +109,17 @@ def test_every_eligible_user_gets_exactly_one_email_and_a_rerun_sends_nothing(ap
     assert set(delivered) == expected_recipients(kinds, returned={5})
     ledger = sends(db)
     by_user = {row["user_id"]: row for row in ledger}
-    assert {u for u, r in by_user.items() if r["status"] == "holdout"} == {u for u in range(1, 81) if in_holdout("winback", u, 0.1)} - set(kinds.values()) - {5}
+    assert {r["episode_start"] for r in ledger} == {EPISODE_START}
+    assert {u for u, r in by_user.items() if r["status"] == "holdout"} == {u for u in range(1, 81) if held_out(u)} - {kinds["invalid_email"], 5}
     assert all(r["provider_message_id"] for r in ledger if r["status"] == "sent")
-    assert {kinds["unsubscribed"], kinds["bounced"], kinds["invalid_email"], 5}.isdisjoint(by_user)
+    assert {kinds["invalid_email"], 5}.isdisjoint(by_user)
+    # Suppressed addresses are assigned like everyone else (in either arm), recorded with why, never sent.
+    for kind in ("unsubscribed", "bounced"):
+        row = by_user[kinds[kind]]
+        assert row["suppression"] == kind and row["payload"] is None
+        assert row["status"] == ("holdout" if held_out(kinds[kind]) else "suppressed")
     metadata = materialization_metadata(result, "reengagement_emails")
-    assert metadata["skipped_by_reason"] == {"invalid_email": 1, "suppressed": 2, "returned": 1}
+    assert metadata["skipped_by_reason"] == {"invalid_email": 1, "returned": 1}
 
     # Every request carried an idempotency key; every email the unsubscribe headers and a valid token.
     assert all(r.idempotency_key for r in fake_resend.requests)
@@ -160,7 +172,7 @@ def test_the_kill_switch_sends_nothing(app_db_env, instance, fake_resend, sender
 
 def test_step_two_goes_only_to_users_still_dormant_after_the_delay(app_db_env, instance, fake_resend, sender):
     db = app_db_env
-    build_world(db)
+    kinds = build_world(db)
     clock.set_now(MORNING_AFTER)
     assert run_day(instance, sender, AS_OF - timedelta(days=40), AS_OF).success
     step_one = {r["user_id"] for r in sends(db) if r["step"] == 1 and r["status"] == "sent"}
@@ -172,12 +184,17 @@ def test_step_two_goes_only_to_users_still_dormant_after_the_delay(app_db_env, i
     clock.set_now(MORNING_AFTER + timedelta(days=14))
     assert run_day(instance, sender, AS_OF + timedelta(days=1), later).success
     ledger = sends(db)
-    step_two = {r["user_id"] for r in ledger if r["step"] == 2 and r["status"] == "sent"}
-    assert step_two == step_one - set(came_back)
+    # Step 2 follows every step-1 assignment (either arm) of users still dormant, and draws its own arm.
+    step_one_assigned = {r["user_id"] for r in ledger if r["step"] == 1 and r["episode_start"] == EPISODE_START}
+    step_two = {r["user_id"]: r["status"] for r in ledger if r["step"] == 2}
+    assert set(step_two) == step_one_assigned - set(came_back)
+    suppressed = {kinds["unsubscribed"], kinds["bounced"]}
+    assert {u for u, status in step_two.items() if status == "sent"} == {
+        u for u in step_two if not in_holdout("winback", 2, u, EPISODE_START, 0.1)} - suppressed
     # Those who came back went quiet again (11 days by the end): a new episode starts at step 1,
     # outside the 14-day frequency cap.
-    new_episode = [r["user_id"] for r in ledger if r["step"] == 1 and r["status"] == "sent"]
-    assert sorted(new_episode) == sorted(list(step_one) + came_back)
+    new_episode = {r["user_id"] for r in ledger if r["step"] == 1 and r["episode_start"] > EPISODE_START}
+    assert new_episode == set(came_back)
     delivered = [a.email["to"][0] if isinstance(a.email["to"], list) else a.email["to"] for a in fake_resend.accepted]
     assert len(delivered) == sum(1 for r in ledger if r["status"] == "sent")
 
@@ -193,7 +210,7 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
             from datetime import date
             from dagster import DagsterInstance
             from retention_pipeline.outreach.senders import ResendSender
-            from retention_pipeline.runner import run_job
+            from retention_pipeline.local.runner import run_job
             from retention_pipeline_tests.scenario import live_campaign
             sender = ResendSender(api_key={API_KEY!r}, api_url={slow.url!r}, requests_per_second=50, timeout_seconds=60)
             with DagsterInstance.ephemeral() as instance:
@@ -214,11 +231,11 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
         delivered = [a.email["to"][0] if isinstance(a.email["to"], list) else a.email["to"] for a in slow.accepted]
         assert len(delivered) == len(set(delivered)), "the re-run sent an email twice"
         assert set(delivered) == expected_recipients(kinds)
-        assert {r["status"] for r in sends(db)} <= {"sent", "holdout"}
+        assert {r["status"] for r in sends(db)} <= {"sent", "holdout", "suppressed"}
 
 
 def test_holdout_share_is_within_one_point_at_10000_users_and_stable():
-    members = [u for u in range(1, 10_001) if in_holdout("winback", u, 0.1)]
+    members = [u for u in range(1, 10_001) if in_holdout("winback", 1, u, EPISODE_START, 0.1)]
     assert abs(len(members) / 10_000 - 0.1) <= 0.01
-    assert members == [u for u in range(1, 10_001) if in_holdout("winback", u, 0.1)]
-    assert members != [u for u in range(1, 10_001) if in_holdout("spring-promo", u, 0.1)]
+    assert members == [u for u in range(1, 10_001) if in_holdout("winback", 1, u, EPISODE_START, 0.1)]
+    assert members != [u for u in range(1, 10_001) if in_holdout("spring-promo", 1, u, EPISODE_START, 0.1)]

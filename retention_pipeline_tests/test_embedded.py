@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.settings import STATE_DIR
 
 
@@ -63,7 +63,7 @@ def test_a_server_orphaned_by_a_killed_owner_is_adopted_and_stopped(pgdata):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from retention_pipeline.embedded import EmbeddedPostgres
+        from retention_pipeline.local.embedded import EmbeddedPostgres
         EmbeddedPostgres(Path({str(pgdata)!r})).start()
         print("started", flush=True)
         time.sleep(120)
@@ -88,7 +88,7 @@ def test_an_owner_leaving_hands_the_server_to_a_live_guest_and_the_last_one_out_
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from retention_pipeline.embedded import EmbeddedPostgres
+        from retention_pipeline.local.embedded import EmbeddedPostgres
         guest = EmbeddedPostgres(Path({str(pgdata)!r}))
         print("owner" if guest.start().owner else "guest", flush=True)
         sys.stdin.readline()

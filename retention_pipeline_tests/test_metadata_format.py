@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from retention_pipeline.outcomes.format import lift_text, percent, signed_percent
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario, materialization_metadata
 

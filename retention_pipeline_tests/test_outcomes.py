@@ -10,7 +10,7 @@ from scipy.stats import norm
 
 from retention_pipeline.outcomes.assets import performance_rows
 from retention_pipeline.outcomes.stats import lift
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario
 

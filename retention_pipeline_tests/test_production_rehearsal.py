@@ -1,4 +1,4 @@
-"""The production rehearsal: the README's production section, run as written on one PostgreSQL with separate
+"""The production rehearsal: the production section of docs/deployment.md, run as written on one PostgreSQL with separate
 roles, a code server, `dagster-daemon` and `dagster-webserver`; the daemon's morning tick runs the daily job
 against data the app's web role inserted, and the emails reach a local Resend-like server exactly once."""
 
@@ -25,9 +25,9 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from retention_pipeline.billing.localstripe_server import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import rehearsal
 from retention_pipeline_tests.rehearsal import (
     APP_DATABASE,
@@ -41,14 +41,15 @@ from retention_pipeline_tests.rehearsal import (
     Services,
     StandIns,
 )
-from retention_pipeline_tests.ui_support import GraphQL, free_port, wait_for
+from retention_pipeline_tests.faults import wait_until
+from retention_pipeline_tests.ui_support import GraphQL, free_port
 
 SCHEDULE = "daily_morning_schedule"
 JOB = "daily_retention_job"
 RESEND_KEY = "re_rehearsal_key"
 LOG_DIR = PROJECT_ROOT / "test-artifacts" / "rehearsal"
 
-# The rehearsal gets only what the README exports (plus the stand-ins): nothing of the caller's settings.
+# The rehearsal gets only what docs/deployment.md exports (plus the stand-ins): nothing of the caller's settings.
 _FOREIGN_PREFIXES = ("RETENTION_", "DAGSTER_", "RESEND_", "STRIPE_")
 
 _STOP_SCHEDULE = """
@@ -100,7 +101,7 @@ def _finished_run(instance: DagsterInstance, run_id: str, services: Services, ti
         run = instance.get_run_by_id(run_id)
         return run if run is not None and run.is_finished else None
 
-    run = wait_for(finished, timeout, 2.0, f"run {run_id} to finish")
+    run = wait_until(finished, timeout, f"run {run_id} to finish", interval=2.0)
     if run.status != DagsterRunStatus.SUCCESS:
         failures = [e.message for e in instance.all_logs(run_id) if e.is_dagster_event and e.dagster_event.is_failure]
         raise AssertionError(f"run {run_id} ended {run.status}: {failures[-5:]}")
@@ -108,7 +109,7 @@ def _finished_run(instance: DagsterInstance, run_id: str, services: Services, ti
 
 
 def _run_block(blocks: dict[str, str], name: str, stand_ins: StandIns, env: dict, after=None) -> dict[str, float]:
-    """Each command of a README block in bash, after the environment block's exports, from the project's
+    """Each command of a docs/deployment.md block in bash, after the environment block's exports, from the project's
     root; `after(line)` runs between commands (the app going on with its writes). Returns seconds each."""
     environment = stand_ins.apply(blocks["environment"])
     took = {}
@@ -151,7 +152,7 @@ def _recipients(fake: FakeResend) -> Counter:
 
 def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
     """Fast, and in every run of the suite: the five blocks are there, every stand-in replaces something, the
-    SQL file the README runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
+    SQL file the page runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
     blocks = rehearsal.production_blocks()
     stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path, config_path=tmp_path / "retention.yaml",
                          resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
@@ -226,14 +227,14 @@ def test_production_rehearsal(pg_server, monkeypatch):
             env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)} | stand_ins.extra_env
             took = {}
 
-            # README: the roles; then the app as it was before the pipeline; then the grants.
+            # docs/deployment.md: the roles; then the app as it was before the pipeline; then the grants.
             took |= _run_block(blocks, "roles", stand_ins, env)
             rehearsal.create_existing_app(socket_dir)
             history.load_before_pipeline(socket_dir)
             took |= _run_block(blocks, "grants", stand_ins, env)
             watch.start()  # from here on, only the roles under test touch the app's and Dagster's databases
 
-            # README: once; the app's web process goes on writing as soon as the trigger is in place.
+            # docs/deployment.md: once; the app's web process goes on writing as soon as the trigger is in place.
             written_at = datetime.now(timezone.utc)
 
             def app_writes_after_install(line: str) -> None:
@@ -242,7 +243,7 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
             took |= _run_block(blocks, "once", stand_ins, env, after=app_writes_after_install)
 
-            # README: the services, each its own process group; the code server first, as a deployment
+            # docs/deployment.md: the services, each its own process group; the code server first, as a deployment
             # would wait for its readiness probe.
             environment = stand_ins.apply(blocks["environment"])
             services = Services(env, LOG_DIR)
@@ -250,12 +251,12 @@ def test_production_rehearsal(pg_server, monkeypatch):
             assert len(lines) == 3 and "code-server" in lines[0], lines
             services_started = time.monotonic()
             services.start("code-server", rehearsal.shell_with_environment(environment, lines[0]))
-            wait_for(lambda: _code_server_ready(stand_ins, services), 240, 2.0, "the code server")
+            wait_until(lambda: _code_server_ready(stand_ins, services), 240, "the code server", interval=2.0)
             services.start("daemon", rehearsal.shell_with_environment(environment, lines[1]))
             services.start("webserver", rehearsal.shell_with_environment(environment, lines[2]))
             graphql = GraphQL(f"http://127.0.0.1:{stand_ins.webserver_port}/graphql")
-            wait_for(lambda: _webserver_answers(stand_ins, services), 240, 2.0, "the webserver")
-            wait_for(lambda: _code_location_loaded(graphql, services), 120, 2.0, "the code location in the webserver")
+            wait_until(lambda: _webserver_answers(stand_ins, services), 240, "the webserver", interval=2.0)
+            wait_until(lambda: _code_location_loaded(graphql, services), 120, "the code location in the webserver", interval=2.0)
             took["services up"] = round(time.monotonic() - services_started, 1)
 
             # The test reads Dagster's storage as the dagster role, like the services.
@@ -264,8 +265,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
             # The first morning's tick; the schedule is then stopped in the webserver, as an operator pauses it,
             # so that the second morning (below) comes only after the first run has finished.
-            first = wait_for(lambda: _tick_with_run(instance, services, after=0), 300, 2.0,
-                             f"a tick of {SCHEDULE} that launches a run")
+            first = wait_until(lambda: _tick_with_run(instance, services, after=0), 300,
+                               f"a tick of {SCHEDULE} that launches a run", interval=2.0)
             _set_schedule(graphql, instance, running=False)
             run = _finished_run(instance, first.run_ids[0], services, 1200)
             took["first tick -> run done"] = round(run_end(instance, run) - first.timestamp, 1)
@@ -314,8 +315,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
             requests_before = len(fake.requests)
             restarted_at = time.time()
             _set_schedule(graphql, instance, running=True)
-            second = wait_for(lambda: _tick_with_run(instance, services, after=restarted_at), 300, 2.0,
-                              f"a tick of {SCHEDULE} after it was started again")
+            second = wait_until(lambda: _tick_with_run(instance, services, after=restarted_at), 300,
+                                f"a tick of {SCHEDULE} after it was started again", interval=2.0)
             stopped_at = _set_schedule(graphql, instance, running=False)
             again = _finished_run(instance, second.run_ids[0], services, 1200)
             assert again.tags.get("dagster/partition") == day.isoformat(), again.tags

@@ -3,7 +3,7 @@ a counted, visible skip. One world holds all the bad rows at once beside 40 ordi
 the daily pipeline (snapshots, dormant users, emails through the real SDK to a Resend-like server)
 runs over it once per module, and each test checks one kind.
 
-Covered elsewhere and referenced here (see RELIABILITY.md):
+Covered elsewhere and referenced here (see docs/reliability.md):
 - Stripe customers with no user: test_billing.py::test_snapshot_maps_users_counts_mrr_and_replaces
   (counted as `unmapped_subscriptions` / `unmapped_customers`, kept with user_id NULL, never targeted).
 - A table or column name that is not a plain identifier: test_identifiers.py (rejected with an error
@@ -28,8 +28,8 @@ from dagster import DagsterInstance
 from retention_pipeline import clock
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, UNSUBSCRIBE_SECRET, record, send_resources
 from retention_pipeline_tests.scenario import Scenario, at, check_metadata, live_campaign, materialization_metadata

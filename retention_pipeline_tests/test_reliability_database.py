@@ -23,10 +23,10 @@ from datetime import date, datetime, timezone
 import pytest
 from dagster import DagsterInstance
 
-from retention_pipeline import demo_data
-from retention_pipeline.embedded import EmbeddedPostgres
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.embedded import EmbeddedPostgres
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests import faults

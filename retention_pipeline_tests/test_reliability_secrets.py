@@ -24,17 +24,17 @@ from dagster._serdes import serialize_value
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
 from retention_pipeline.billing.resource import StripeResource
-from retention_pipeline.flask import create_app
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.outreach.tokens import make_unsubscribe_token, new_send_ref, sign_svix
+from retention_pipeline.outreach.tokens import make_unsubscribe_token, new_send_ref
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
+from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, record
 from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.stripe_server import FakeStripe
+from retention_pipeline_tests.web_app import create_app, sign_svix
 
 RESEND_SECRET = "re_RELIABILITY_resend_secret_5b1e9c"
 UNSUBSCRIBE_SECRET = "RELIABILITY-unsubscribe-secret-77d2"

@@ -6,7 +6,7 @@ TEMPLATE; each trial runs only the `reengagement_emails` asset. What is counted 
 the ledger agreeing with the server's ids, nothing left pending.
 
 RELIABILITY_BREAK=no_reconcile | rekey_rerun | no_unique_guard runs the same tests against a
-deliberately broken pipeline (see RELIABILITY.md); they must then fail.
+deliberately broken pipeline (see docs/reliability.md); they must then fail.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from retention_pipeline import clock
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import (
     API_KEY,

@@ -10,13 +10,13 @@ from dagster import materialize
 
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
-from retention_pipeline.billing.localstripe_server import (
+from retention_pipeline.local.localstripe import (
     LOCALSTRIPE_API_KEY,
     LocalStripe,
 )
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.outcomes.stats import incremental_mrr, lift
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import materialization_metadata
 

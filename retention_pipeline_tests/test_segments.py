@@ -10,7 +10,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.segments.config import SegmentThresholds
 from retention_pipeline_tests.scenario import Scenario, at, check_metadata, days_between, materialization_metadata, utc
 

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from retention_pipeline import clock
 from retention_pipeline.outreach.assets import LEFT_BY_EARLIER_RUN, THIS_RUNS_PLAN
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import (
     API_KEY,

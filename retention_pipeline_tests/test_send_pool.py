@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from retention_pipeline.outreach.allocation import in_holdout
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.settings import STATE_DIR
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import API_KEY, MORNING_AFTER, create_database, forkserver, send_resources
 from retention_pipeline_tests.scenario import live_campaign, materialization_metadata
@@ -46,7 +46,8 @@ PACE = 1.8
 
 N_USERS = faults.users_for_eligible(ELIGIBLE)
 # Holdouts hash campaign and user, so each campaign has its own eligible users.
-EXPECTED = {c: sum(not in_holdout(c, u, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1)) for c in CAMPAIGNS}
+EXPECTED = {c: sum(not in_holdout(c, 1, u, faults.EPISODE_START, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1))
+            for c in CAMPAIGNS}
 
 
 @pytest.fixture(scope="module")

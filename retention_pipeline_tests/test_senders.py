@@ -36,7 +36,7 @@ from retention_pipeline.outreach.senders import (
     to_resend_params,
 )
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend, ScriptedResponse
+from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 
 KEY = "re_Sup3rSecret_test_key_4b1d"
 
@@ -85,7 +85,7 @@ def assert_each_accepted_once(fake: FakeResend, sent: dict[str, tuple[list[Outgo
 def standalone_resend(log_file: Path, *args: str) -> Iterator[str]:
     """The fake as its own process (no GIL shared with the client: steadier timing); yields its URL."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "retention_pipeline.testing.resend_server", "--port", "0", "--log", str(log_file),
+        [sys.executable, "-m", "retention_pipeline.local.fake_resend", "--port", "0", "--log", str(log_file),
          "--api-key", KEY, *args],
         stdout=subprocess.PIPE, text=True,
     )

@@ -19,9 +19,9 @@ from retention_pipeline.outreach.allocation import (
     thompson_allocation,
 )
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.testing.resend_server import FakeResend
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 FIRST = date(2026, 4, 1)
@@ -136,7 +136,8 @@ def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_c
         s.user(user_id, at(AS_OF - timedelta(days=60)))
         s.events((user_id, at(AS_OF - timedelta(days=d)), "login") for d in range(30, 14, -1))
     _seed_harmful_outcomes(db)
-    holdout = {u for u in range(1, 121) if in_holdout("winback", u, 0.1)}
+    episode_start = AS_OF - timedelta(days=11)  # the users enter dormant_users (declining) that day
+    holdout = {u for u in range(1, 121) if in_holdout("winback", 1, u, episode_start, 0.1)}
     assert holdout, "the population must have holdout members"
 
     def plan_config(**extra) -> dict:

@@ -17,11 +17,11 @@ from retention_pipeline import cli
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
 from retention_pipeline_tests.ui_support import cli_command
 
-README = (PROJECT_ROOT / "README.md").read_text()
+CONFIGURATION = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"  # nothing listens on port 1: refused at once
 WELL_FORMED = "postgresql://retention@db.invalid/app"
 
-# One bad value per variable of the README's table, with what else the case needs. Secrets are listed
+# One bad value per variable of the table in docs/configuration.md, with what else the case needs. Secrets are listed
 # so the test can check they are never echoed.
 BAD_SETTINGS = {
     "RETENTION_DATABASE_URL": ({"RETENTION_DATABASE_URL": "not a url", "DAGSTER_PG_URL": WELL_FORMED}, "not a database URL"),
@@ -41,6 +41,7 @@ BAD_SETTINGS = {
     "RETENTION_UNSUBSCRIBE_SECRET": ({"RETENTION_UNSUBSCRIBE_SECRET": "hunter2"}, "16 characters"),
     "RETENTION_DEBUG": ({"RETENTION_DEBUG": "yes"}, "0 or 1"),
     "RETENTION_CONFIG": ({"RETENTION_CONFIG": str(PROJECT_ROOT / "no-such-retention.yaml")}, "no-such-retention.yaml: cannot read"),
+    "RETENTION_CAMPAIGNS_DIR": ({"RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "no-such-campaigns")}, "is not a directory"),
     "RETENTION_UNSUBSCRIBE_OLD_SECRETS": ({"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,hunter2"},
                                           "entry 2 is shorter than 16 characters"),
     "SMTP_HOST": ({"SMTP_HOST": "smtp.example.com:587"}, "not a host name"),
@@ -77,8 +78,8 @@ BAD_ARGUMENTS = [
 ]
 
 
-def readme_variables() -> set[str]:
-    section = README.split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+def documented_variables() -> set[str]:
+    section = CONFIGURATION.split("## Environment variables", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     return {name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
 
@@ -91,7 +92,7 @@ def state_dir():
 
 
 def run_cli(args: list[str], overrides: dict, state_dir) -> subprocess.CompletedProcess:
-    documented = readme_variables()
+    documented = documented_variables()
     env = {k: v for k, v in os.environ.items() if k not in documented}
     env = env | {"RETENTION_STATE_DIR": str(state_dir)} | overrides
     return subprocess.run(cli_command(*args), env=env, capture_output=True, text=True, timeout=120)
@@ -108,12 +109,12 @@ def assert_one_line(completed: subprocess.CompletedProcess, *must_contain: str) 
 
 
 def test_every_documented_variable_has_a_bad_value_case():
-    assert readme_variables() == set(BAD_SETTINGS), "a variable of the README's table without a case here, or the reverse"
+    assert documented_variables() == set(BAD_SETTINGS), "a variable of docs/configuration.md's table without a case here, or the reverse"
 
 
 def test_the_cli_help_names_only_documented_variables():
     in_help = set(re.findall(r"\b((?:RETENTION|DAGSTER|STRIPE|RESEND)_[A-Z_]+)\b", cli.__doc__))
-    assert in_help <= readme_variables(), in_help - readme_variables()
+    assert in_help <= documented_variables(), in_help - documented_variables()
 
 
 @pytest.mark.parametrize("variable", BAD_SETTINGS)

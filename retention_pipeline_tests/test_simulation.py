@@ -5,10 +5,10 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from retention_pipeline import demo_data
+from retention_pipeline.local import demo_data
 from retention_pipeline.errors import SettingsError
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
+from retention_pipeline.local.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
 
 
 @pytest.fixture
@@ -88,12 +88,14 @@ def test_adaptive_allocation_shifts_sends_to_the_better_variant(fresh_db, instan
 def test_simulate_recovers_a_known_uplift_as_assigned_for_any_seed(fresh_db, instance, seed):
     """Small populations, a share of sends failing or unknown: the interval covers the intention-to-treat
     truth, failed and unknown sends are counted as emailed, and the fast model agrees with the pipeline."""
-    config = SimulationConfig(users=900, days=30, seed=seed, failed_send_share=0.15, unknown_send_share=0.05)
+    config = SimulationConfig(users=900, days=30, seed=seed, failed_send_share=0.15, unknown_send_share=0.05,
+                              unsubscribe_share=0.2)
     result = run_simulation(fresh_db(), instance, config)
     print(format_report(result))
     row, truth = result.headline(7), result.truth
     assert row["lift_ci_low"] <= truth.intention_to_treat <= row["lift_ci_high"]
     assert result.ledger_by_status["failed"] > 0 and result.ledger_by_status["unknown"] > 0
+    assert result.ledger_by_status["suppressed"] > 0, "unsubscribed users assigned to the email stay in its arm"
     assert row["per_protocol_treated"] < row["treated"], "failed and unknown sends stay in the treated arm"
     assert truth.per_protocol == pytest.approx(truth.intention_to_treat * row["treated"] / row["per_protocol_treated"], rel=0.05)
     # Printed, not asserted: the fast model has no "declining" rule (its episodes start at 7 days of
@@ -106,19 +108,41 @@ def test_simulate_recovers_a_known_uplift_as_assigned_for_any_seed(fresh_db, ins
 
 
 QUIT, COOLDOWN = 0.1, 45   # users who come back go quiet again within ~10 days; a long frequency cap
+UNSUBSCRIBE = 1.0          # nearly every delivered email ends in an unsubscribe: an extreme list, to make the bias plain
 
 
 def test_symmetric_frequency_cap_keeps_the_model_on_the_truth_and_the_old_cap_is_caught():
     """Fast cyclers (users who come back and go quiet again within weeks) under a 45-day frequency cap: the
-    old cap, which counted only real sends, let holdout members back in at once while emailed users waited;
-    the measured lift departs from the truth. Counting every assignment keeps it on the truth."""
+    old cap, which counted only real sends, let holdout members (one arm per user) back in at once while
+    emailed users waited; the measured lift departs from the truth. The pipeline (every assignment counts,
+    an arm per step and episode) stays on it."""
     config = SimulationConfig(users=5000, days=90, daily_quit_probability=QUIT, seed=1)
-    fixed = model_lift(config, symmetric=True, cooldown_days=COOLDOWN)
-    old = model_lift(config, symmetric=False, cooldown_days=COOLDOWN)
+    fixed = model_lift(config, cooldown_days=COOLDOWN)
+    old = model_lift(config, symmetric=False, cooldown_days=COOLDOWN, arm_per_user=True)
     print(f"fixed: {fixed.measured}, truth {fixed.truth}\nold: {old.measured}, truth {old.truth}")
     assert fixed.measured.ci_low <= fixed.truth.intention_to_treat <= fixed.measured.ci_high
     assert not old.measured.ci_low <= old.truth.intention_to_treat <= old.measured.ci_high, "the old bias went unseen"
     assert old.truth.baseline_imbalance < fixed.truth.baseline_imbalance - 0.015, "the old cap gave the holdout likelier returners"
+
+
+def test_symmetric_suppression_keeps_the_model_on_the_truth_and_the_old_filter_is_caught():
+    """Fast cyclers, and delivered emails that nearly always end in an unsubscribe. The old design (one arm
+    per user, suppressed users skipped before any arm was drawn) took the unsubscribers' later episodes out
+    of the email arm only. Later episodes come mostly from users who come back often, so the email arm lost
+    its likeliest returners while the holdout kept theirs, and the lift departs from the truth. The
+    pipeline draws the arm first and keeps a suppressed assignment in its arm: on the truth."""
+    config = SimulationConfig(users=5000, days=90, daily_quit_probability=QUIT, unsubscribe_share=UNSUBSCRIBE, seed=1)
+    fixed = model_lift(config)
+    old = model_lift(config, arm_per_user=True, suppress_before_assignment=True)
+    old_arms_only = model_lift(config, arm_per_user=True)   # the same arms, suppression recorded after the draw
+    print(f"fixed: {fixed.measured}, truth {fixed.truth}\nold: {old.measured}, truth {old.truth}\n"
+          f"old arms, suppression after the draw: {old_arms_only.measured}, truth {old_arms_only.truth}")
+    assert fixed.measured.ci_low <= fixed.truth.intention_to_treat <= fixed.measured.ci_high
+    assert not old.measured.ci_low <= old.truth.intention_to_treat <= old.measured.ci_high, "the old bias went unseen"
+    # The filter itself tilts the arms: with the same per-user arms, skipping before the draw moves the
+    # email arm's chance of returning without an email further below the holdout's.
+    assert old.truth.baseline_imbalance < old_arms_only.truth.baseline_imbalance - 0.015
+    assert old.truth.baseline_imbalance < fixed.truth.baseline_imbalance - 0.015
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -127,6 +151,7 @@ def test_symmetric_frequency_cap_keeps_the_model_on_the_truth_and_the_old_cap_is
     ({"true_uplift": 1.2}, "uplift must be between -1 and 1 (got 1.2)"),
     ({"base_return_7d": 1.3}, "base_return_7d is a probability in [0, 1] (got 1.3)"),
     ({"failed_send_share": -0.1}, "failed_send_share is a probability in [0, 1] (got -0.1)"),
+    ({"unsubscribe_share": 1.5}, "unsubscribe_share is a probability in [0, 1] (got 1.5)"),
     ({"base_return_7d": 0.2, "true_uplift": -0.5}, "base return 0.2 plus uplift -0.5 is not a probability"),
 ])
 def test_nonsense_simulation_settings_are_rejected_with_one_clear_line(settings, message):
@@ -155,5 +180,5 @@ def test_coverage_benchmark_writes_its_report(tmp_path):
     result = CliRunner().invoke(coverage, ["--seeds", "2", "--users", "300", "--days", "20", "--workers", "1",
                                            "--results-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    report = next(tmp_path.glob("*-coverage.md")).read_text()
+    report = next(tmp_path.glob("*-coverage-per-episode.md")).read_text()
     assert "| +0.00 | every assignment (fixed) | 2 |" in report and "| +0.10 | every assignment (fixed) | 2 |" in report

@@ -17,8 +17,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from retention_pipeline import clock
 from retention_pipeline.definitions import email_sender
 from retention_pipeline.outreach.senders import OutgoingEmail, ResendSender, SenderConfigurationError, TransientSendError
-from retention_pipeline.outreach.smtp import SmtpSender, smtp_message_id
-from retention_pipeline.runner import run_job
+from retention_pipeline.outreach.senders.smtp import SmtpSender, smtp_message_id
+from retention_pipeline.local.runner import run_job
 from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.test_emails import AS_OF, MORNING_AFTER, build_world, expected_recipients, sends
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline_tests.scenario import Scenario, check_metadata, days_between, utc
 
 JOB = "daily_retention_job"
@@ -144,7 +144,7 @@ _DST_SCRIPT = textwrap.dedent("""
     import json, os, sys
     from dagster import DagsterInstance
     from retention_pipeline.resources import AppDatabase
-    from retention_pipeline.runner import run_job
+    from retention_pipeline.local.runner import run_job
     from retention_pipeline.settings import PROJECT_TIMEZONE
     assert PROJECT_TIMEZONE == "Europe/Berlin", PROJECT_TIMEZONE
     db = AppDatabase(url=os.environ["RETENTION_DATABASE_URL"])

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from retention_pipeline.outreach.assets import _record_success_definition
+from retention_pipeline.outreach.planning import record_success_definition, run_config_campaign
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario
@@ -36,7 +36,7 @@ def mixed_returns(app_db_env):
 
 
 def test_success_defaults_to_any_event(mixed_returns, instance):
-    _record_success_definition(mixed_returns, CampaignConfig())
+    record_success_definition(mixed_returns, run_config_campaign(CampaignConfig()))
     evaluate(instance, SEND_DAY + timedelta(days=20))
     o = outcomes(mixed_returns)
     assert [o[(u, 7)]["returned"] for u in (1, 2, 3, 4)] == [True, True, True, False]
@@ -45,7 +45,7 @@ def test_success_defaults_to_any_event(mixed_returns, instance):
 
 def test_success_counts_only_meaningful_events_with_a_minimum(mixed_returns, instance):
     config = CampaignConfig(success_event_types=["create_task", "complete_task"], success_min_events=2)
-    _record_success_definition(mixed_returns, config)
+    record_success_definition(mixed_returns, run_config_campaign(config))
     evaluate(instance, SEND_DAY + timedelta(days=20))
     o = outcomes(mixed_returns)
     assert [o[(u, 7)]["returned"] for u in (1, 2, 3, 4)] == [False, True, False, False]
@@ -55,7 +55,7 @@ def test_success_counts_only_meaningful_events_with_a_minimum(mixed_returns, ins
 
 
 def test_success_of_one_meaningful_event(mixed_returns, instance):
-    _record_success_definition(mixed_returns, CampaignConfig(success_event_types=["create_task", "complete_task"]))
+    record_success_definition(mixed_returns, run_config_campaign(CampaignConfig(success_event_types=["create_task", "complete_task"])))
     evaluate(instance, SEND_DAY + timedelta(days=20))
     o = outcomes(mixed_returns)
     assert [o[(u, 7)]["returned"] for u in (1, 2, 3, 4)] == [False, True, True, False]

@@ -16,7 +16,7 @@ from retention_pipeline.activity.trigger import (
     TRIGGER_NAME,
     drain_activity_queue,
     install_trigger,
-    trigger_installed,
+    trigger_state,
     uninstall_trigger,
 )
 from retention_pipeline_tests.scenario import Scenario, utc
@@ -63,7 +63,7 @@ def test_backfills_existing_events_at_install(s: Scenario):
     assert install_trigger(s.db) == 2
     tracked = assert_matches_recomputation(s)
     assert [(r["user_id"], r["last_event_type"], r["event_count"]) for r in tracked] == [(1, "b", 2), (2, "c", 1)]
-    assert trigger_installed(s.db)
+    assert trigger_state(s.db) == "enabled"
 
 
 def test_bulk_insert_select_of_many_rows(s: Scenario):
@@ -142,7 +142,7 @@ def test_uninstall_removes_trigger_and_function(s: Scenario):
     install_trigger(s.db)
     s.event(1, T0)
     uninstall_trigger(s.db)
-    assert not trigger_installed(s.db)
+    assert trigger_state(s.db) == "missing"
     assert s.db.scalar("SELECT count(*) FROM pg_proc WHERE proname = 'track_user_activity'") == 0
     s.event(1, T0 + timedelta(hours=1))
     tracked = s.rows(TRACKED)

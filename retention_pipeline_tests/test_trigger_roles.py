@@ -22,11 +22,11 @@ from retention_pipeline.activity.trigger import (
     TRIGGER_NAME,
     drain_activity_queue,
     install_trigger,
-    trigger_installed,
+    trigger_state,
     uninstall_trigger,
 )
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.runner import run_job
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.roles import connect_as, create_app_database, production_cluster, role_url
 from retention_pipeline_tests.scenario import check_metadata, utc
@@ -90,13 +90,13 @@ def test_install_needs_neither_superuser_nor_ownership(cluster, database, retent
     assert retention.scalar("SELECT grantor FROM information_schema.table_privileges "
                             "WHERE table_name = 'events' AND privilege_type = 'TRIGGER' AND grantee = 'retention'") == "app"
     assert install_trigger(retention) == 0
-    assert trigger_installed(retention)
+    assert trigger_state(retention) == "enabled"
     function = rows(retention, "SELECT pg_get_userbyid(proowner) AS owner, prosecdef, proconfig FROM pg_proc "
                                "WHERE proname = 'track_user_activity'")
     assert function == [{"owner": "retention", "prosecdef": True, "proconfig": ["search_path=pg_catalog, pg_temp"]}]
     assert install_trigger(retention) == 0  # idempotent
     uninstall_trigger(retention)  # without owning events: dropping its function drops the trigger
-    assert not trigger_installed(retention)
+    assert trigger_state(retention) == "missing"
 
 
 def test_an_insert_only_role_keeps_activity_current(cluster, database, retention, writer):

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from retention_pipeline.settings import PROJECT_ROOT
+from retention_pipeline_tests.faults import wait_until
 from retention_pipeline_tests.ui_support import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -35,7 +36,6 @@ from retention_pipeline_tests.ui_support import (
     find_chromium,
     free_port,
     in_ci,
-    wait_for,
 )
 
 # Marked slow (a demo, `dev` and Chromium: minutes), never skipped: the plain `uv run pytest` run, CI
@@ -235,7 +235,7 @@ def test_asset_lineage_shows_every_asset_in_its_group(page, dagster_ui, artifact
     page.locator("button:has([aria-label='panel_show_right'])").first.click()
     page.get_by_placeholder("Jump to…").wait_for(state="hidden")
     # The global graph opens with every group collapsed into one node; its context menu expands them all.
-    wait_for(lambda: all(_on_screen(page, g) for g in GROUPS), 30, 0.5, "the collapsed group nodes")
+    wait_until(lambda: all(_on_screen(page, g) for g in GROUPS), 30, "the collapsed group nodes", interval=0.5)
     size = page.viewport_size
     page.mouse.click(size["width"] - 150, 150, button="right")
     page.get_by_role("menuitem", name="Expand all groups").click()
@@ -303,7 +303,7 @@ def test_schedules_are_running_and_checks_pass(page, dagster_ui, artifacts):
         return page.evaluate(_SWITCHES_JS, list(SCHEDULES))
 
     try:
-        wait_for(lambda: all(row["switches"] == 1 and row["on"] for row in toggles()), 20, 0.5, "the toggles")
+        wait_until(lambda: all(row["switches"] == 1 and row["on"] for row in toggles()), 20, "the toggles", interval=0.5)
     except AssertionError:
         raise AssertionError(f"schedules not all shown as running: {toggles()}") from None
     page.screenshot(path=str(artifacts / "04-schedules.png"))
@@ -314,7 +314,7 @@ def test_schedules_are_running_and_checks_pass(page, dagster_ui, artifacts):
     page.goto("/assets/daily_activity_snapshots?view=checks")
     page.get_by_text(f"Checks ({len(SNAPSHOT_CHECKS)})").wait_for()
     rows = page.locator('[class*="checkRow"]')
-    wait_for(lambda: rows.count() == len(SNAPSHOT_CHECKS), 15, 0.5, "one row per check")
+    wait_until(lambda: rows.count() == len(SNAPSHOT_CHECKS), 15, "one row per check", interval=0.5)
     for name in SNAPSHOT_CHECKS:
         row = rows.filter(has=page.get_by_title(name, exact=True))
         assert row.count() == 1, name
@@ -433,7 +433,7 @@ def test_launchpad_config_changes_the_segments(page, dagster_ui, artifacts, back
     page.keyboard.press("End")
     page.keyboard.press("Backspace")
     page.keyboard.type("6")
-    wait_for(lambda: "power_min_active_days: 6" in line.inner_text(), 10, 0.2, "the edited config line")
+    wait_until(lambda: "power_min_active_days: 6" in line.inner_text(), 10, "the edited config line", interval=0.2)
     config = page.evaluate("() => document.querySelector('.CodeMirror').CodeMirror.getValue()")
     assert "power_min_active_days: 6" in config
     page.get_by_text("No errors").wait_for()  # the launchpad validated the edited config
@@ -450,7 +450,7 @@ def test_launchpad_config_changes_the_segments(page, dagster_ui, artifacts, back
         run = _run(ui, run_id)
         return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
-    run = wait_for(done, timeout=180, interval=1, message=f"run {run_id}")
+    run = wait_until(done, 180, f"run {run_id}", interval=1)
     ui.timings["launchpad_run"] = time.monotonic() - started
     assert run["status"] == "SUCCESS", run
     tags = {t["key"]: t["value"] for t in run["tags"]}
@@ -485,7 +485,7 @@ def test_backfill_of_14_days_runs_as_one_run(page, dagster_ui, artifacts, backfi
         assert state["__typename"] == "PartitionBackfill", state
         return state if state["status"] not in ("REQUESTED", "CANCELING", "FAILING") else None
 
-    state = wait_for(finished, timeout=240, interval=2, message=f"backfill {backfill.backfill_id} to finish")
+    state = wait_until(finished, 240, f"backfill {backfill.backfill_id} to finish", interval=2)
     ui.timings["backfill"] = time.monotonic() - backfill.launched_at
     assert state["status"] == "COMPLETED_SUCCESS", state
     assert state["isAssetBackfill"]
@@ -509,11 +509,11 @@ def test_backfill_of_14_days_runs_as_one_run(page, dagster_ui, artifacts, backfi
     page.goto(f"/runs/b/{backfill.backfill_id}")
     _dismiss_community_dialog(page)
     selection = page.get_by_text("Partition selection").locator("xpath=..")
-    wait_for(lambda: f"{days[0]}...{days[-1]}" in selection.inner_text(), 30, 0.5, "the partition selection")
+    wait_until(lambda: f"{days[0]}...{days[-1]}" in selection.inner_text(), 30, "the partition selection", interval=0.5)
     page.get_by_text("Succeeded", exact=True).first.wait_for()
     for asset in ("daily_activity_snapshots", "dormant_users"):
         # Asset name, progress, then the columns: targeted, in progress, succeeded, failed.
-        row = wait_for(lambda: _row_text(page, asset, r"completed(\s+\d+){4}"), 30, 0.5, f"the {asset} row")
+        row = wait_until(lambda: _row_text(page, asset, r"completed(\s+\d+){4}"), 30, f"the {asset} row", interval=0.5)
         counts = [int(n) for n in re.findall(r"\d+", row.split("completed", 1)[1])]
         assert counts == [BACKFILL_DAYS, 0, BACKFILL_DAYS, 0], (asset, row)
     page.screenshot(path=str(artifacts / "02-backfill.png"))

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from retention_pipeline import clock
-from retention_pipeline.flask import create_app, create_blueprint, mask_email
+from retention_pipeline.outreach.web import create_blueprint, mask_email
 from retention_pipeline.outreach.tokens import (
     InvalidSignature,
     InvalidToken,
@@ -22,11 +22,11 @@ from retention_pipeline.outreach.tokens import (
     key_id,
     make_unsubscribe_token,
     new_send_ref,
-    sign_svix,
     verify_svix_signature,
     verify_unsubscribe_token,
 )
 from retention_pipeline.schema import install_schema
+from retention_pipeline_tests.web_app import create_app, sign_svix
 
 SECRET = "unsubscribe-secret-for-tests"
 OLD_SECRET = "retired-unsubscribe-secret"

@@ -255,15 +255,3 @@ class DagsterUI:
             except psutil.Error:
                 lines.append(f"pid {process.pid}: (gone)")
         return "\n".join(lines)
-
-
-def wait_for(predicate, timeout: float, interval: float = 1.0, message: str = "condition"):
-    """Poll predicate() until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
-        time.sleep(interval)

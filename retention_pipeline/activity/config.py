@@ -5,8 +5,7 @@ from __future__ import annotations
 from dagster import Config
 from pydantic import Field, model_validator
 
-from retention_pipeline.segments.config import _reject_clearly
-from retention_pipeline.thresholds import check_section, file_default
+from retention_pipeline.thresholds import check_section, file_default, reject_clearly
 
 
 class SnapshotConfig(Config):
@@ -22,7 +21,7 @@ class SnapshotConfig(Config):
     )
 
     # Declared last, so it wraps the field checks above.
-    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+    _clear_errors = model_validator(mode="wrap")(classmethod(reject_clearly))
 
 
 check_section(SnapshotConfig, "daily_activity_snapshots")

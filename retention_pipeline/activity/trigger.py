@@ -189,15 +189,6 @@ def uninstall_trigger(db: AppDatabase) -> None:
         drain_activity_queue(db)
 
 
-def trigger_installed(db: AppDatabase) -> bool:
-    return bool(
-        db.scalar(
-            "SELECT count(*) FROM pg_trigger WHERE tgname = :name AND NOT tgisinternal",
-            {"name": TRIGGER_NAME},
-        )
-    )
-
-
 def drain_activity_queue(db: AppDatabase) -> int:
     """Fold the queued activity into `user_activity` and the event counts, in one transaction; returns the
     number of events it accounted for.

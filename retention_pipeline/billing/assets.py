@@ -20,7 +20,7 @@ __all__ = ["stripe_subscriptions", "normalize_subscription"]
 _LOAD_COLUMNS = (
     "subscription_id", "customer_id", "customer_email", "customer_user_id", "status", "plan_name", "product_name",
     "billing_interval", "interval_count", "quantity", "mrr_cents", "currency", "cancel_at_period_end",
-    "current_period_end", "canceled_at", "ended_at",
+    "current_period_end", "canceled_at", "ended_at", "trial_end",
 )
 _LOAD_TABLE = sa.table("stripe_subscriptions_load", *(sa.column(name) for name in _LOAD_COLUMNS))
 
@@ -29,7 +29,7 @@ CREATE TEMP TABLE stripe_subscriptions_load (
     subscription_id text PRIMARY KEY, customer_id text NOT NULL, customer_email text, customer_user_id text,
     status text NOT NULL, plan_name text, product_name text, billing_interval text, interval_count integer,
     quantity integer NOT NULL, mrr_cents bigint NOT NULL, currency text, cancel_at_period_end boolean NOT NULL,
-    current_period_end timestamptz, canceled_at timestamptz, ended_at timestamptz
+    current_period_end timestamptz, canceled_at timestamptz, ended_at timestamptz, trial_end timestamptz
 ) ON COMMIT DROP
 """
 
@@ -40,7 +40,7 @@ REPLACE_SQL = r"""
 DELETE FROM {rs}.stripe_subscriptions;
 INSERT INTO {rs}.stripe_subscriptions (subscription_id, customer_id, user_id, mapped_by, status, plan_name,
     product_name, billing_interval, interval_count, quantity, mrr_cents, currency, cancel_at_period_end,
-    current_period_end, canceled_at, ended_at, snapshot_at)
+    current_period_end, canceled_at, ended_at, trial_end, snapshot_at)
 WITH customers AS (
     SELECT DISTINCT ON (customer_id) customer_id, lower(customer_email) AS email,
            CASE WHEN customer_user_id ~ '^\s*[0-9]{1,18}\s*$' THEN btrim(customer_user_id)::bigint END AS metadata_user_id
@@ -74,7 +74,7 @@ WITH customers AS (
 )
 SELECT l.subscription_id, l.customer_id, m.user_id, m.mapped_by, l.status, l.plan_name, l.product_name,
        l.billing_interval, l.interval_count, l.quantity, l.mrr_cents, l.currency, l.cancel_at_period_end,
-       l.current_period_end, l.canceled_at, l.ended_at, :snapshot_at
+       l.current_period_end, l.canceled_at, l.ended_at, l.trial_end, :snapshot_at
 FROM stripe_subscriptions_load l
 JOIN mapped m ON m.customer_id = l.customer_id;
 """

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS {rs}.stripe_subscriptions (
     snapshot_at           timestamptz NOT NULL,
     CHECK ((user_id IS NULL) = (mapped_by IS NULL))
 );
+-- When a trialing subscription's trial ends (campaign audiences: trial ending within N days).
+ALTER TABLE {rs}.stripe_subscriptions ADD COLUMN IF NOT EXISTS trial_end timestamptz;
 CREATE INDEX IF NOT EXISTS stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
 CREATE INDEX IF NOT EXISTS stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
 -- The snapshot kept per day (the project-timezone date of the clock when it was taken): a later snapshot

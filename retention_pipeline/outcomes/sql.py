@@ -1,5 +1,14 @@
 """SQL of the outcomes. Everything is as of the end of the partition day, never the wall clock."""
 
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Row
+
+from retention_pipeline.resources import AppDatabase
+from retention_pipeline.settings import PROJECT_TIMEZONE
+
 # Each assignment (an email, whatever became of it, or a holdout member) against each attribution window. The window is
 # (reference_at, reference_at + N days]: activity before the send never counts as its success.
 # Events are read per user through the (user_id, occurred_at) index, exact to the second, which the
@@ -89,8 +98,15 @@ WHERE campaign = :campaign AND step = :step AND window_days = :window_days AND f
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
-# Revenue kept, as assigned: every paying user (MRR at assignment > 0) with a ledger row of a real send
-# attempt or the holdout, at each horizon that has passed by the as-of day. Kept = in the first
+
+def step_outcomes_by_day(app_db: AppDatabase, campaign: str, step: int, window_days: int, before: datetime) -> list[Row]:
+    """The outcomes feedback the outreach domain reads: one step's windows closed before `before`, by send day."""
+    return app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {"campaign": campaign, "step": step, "window_days": window_days,
+                                                        "end_ts": before, "tz": PROJECT_TIMEZONE})
+
+
+# Revenue kept, as assigned: every paying user (MRR at assignment > 0) of every settled assignment (a send
+# attempt, a suppressed address, or the holdout), at each horizon that has passed by the as-of day. Kept = in the first
 # subscription snapshot taken on or after the horizon's day, the user has a subscription that still
 # runs, or that ended (or was canceled) only after that day began. No snapshot yet: not counted (awaiting).
 # Snapshots up to the morning after the as-of day count: that is when the day's run reads them.
@@ -98,11 +114,11 @@ REVENUE_KEPT_SQL = """
 WITH snapshots AS (
     SELECT DISTINCT snapshot_date FROM {rs}.stripe_subscription_history WHERE snapshot_date <= CAST(:as_of AS date) + 1
 ), due AS (
-    SELECT s.campaign, s.step, s.user_id, s.status <> 'holdout' AS treated, s.mrr_cents, h.horizon_days,
+    SELECT s.campaign, s.step, s.user_id, s.treated, s.mrr_cents, h.horizon_days,
            s.as_of_date + h.horizon_days AS due_date
-    FROM {rs}.email_sends s
+    FROM {rs}.assignments s
     CROSS JOIN unnest(CAST(:horizons AS integer[])) AS h(horizon_days)
-    WHERE s.status IN ('sent', 'failed', 'unknown', 'holdout') AND s.mrr_cents > 0
+    WHERE s.status <> 'pending' AND s.mrr_cents > 0
       AND s.as_of_date + h.horizon_days <= :as_of
 ), judged AS (
     SELECT d.*, snap.snapshot_date,

@@ -138,13 +138,6 @@ def wald_interval(estimate: Estimate, alpha: float = 0.05) -> tuple[float | None
     return estimate.value - half, estimate.value + half
 
 
-def best_rho(intrinsic_time: float, alpha: float) -> float:
-    """Mixture precision that makes the two-sided normal-mixture boundary tightest at `intrinsic_time`
-    (Howard et al. 2021, section 3.5)."""
-    log_term = 2 * math.log(1 / alpha)
-    return intrinsic_time / (log_term + math.log(1 + log_term))
-
-
 def normal_mixture_log_martingale(s: float, v: float, rho: float) -> float:
     """log of the two-sided normal-mixture supermartingale sqrt(rho/(v+rho)) exp(s^2 / (2(v+rho))):
     the mSPRT likelihood ratio of Johari et al. with s = estimate/variance, v = 1/variance, rho = 1/tau^2."""

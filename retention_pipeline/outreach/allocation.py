@@ -1,4 +1,9 @@
-"""Who is held out and which variant a user gets: stable hashes, so re-runs never flip an assignment."""
+"""Which arm and variant an assignment gets: stable hashes, so re-runs never flip an assignment.
+
+The unit of the experiment is one step of a campaign for one user in one dormancy episode: its arm is
+drawn afresh from (campaign, step, user, episode start), never from the user alone. A user's repeated
+episodes are then independent draws, so rules that look at earlier assignments (frequency cap, step 2,
+suppression) cannot tilt the arms, and the rows the lift counts are independent units."""
 
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ def hash_unit(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def in_holdout(campaign: str, user_id: int, share: float) -> bool:
-    # Independent of the step: a holdout user stays held out for the whole sequence.
-    return hash_unit("holdout", campaign, user_id) < share
+def in_holdout(campaign: str, step: int, user_id: int, episode_start: date, share: float) -> bool:
+    # One arm per user (the design before) made a user's episodes share it: their rows were correlated and
+    # the 95% interval covered the truth only 90.8% of the time (benchmarks/results/2026-12-02-coverage.md).
+    return hash_unit("holdout", campaign, step, user_id, episode_start) < share
 
 
-def stable_variant(campaign: str, step: int, user_id: int, variants: list[str]) -> str:
-    return variants[int(hash_unit("variant", campaign, step, user_id) * len(variants))]
+def stable_variant(campaign: str, step: int, user_id: int, episode_start: date, variants: list[str]) -> str:
+    return variants[int(hash_unit("variant", campaign, step, user_id, episode_start) * len(variants))]
 
 
 @dataclass(frozen=True)
@@ -148,9 +154,9 @@ def thompson_allocation(
                       decision="resumed" if resumed else "explore")
 
 
-def allocated_variant(campaign: str, step: int, user_id: int, shares: dict[str, float]) -> str:
-    """The variant whose cumulative-share interval contains the user's stable hash."""
-    point = hash_unit("variant", campaign, step, user_id)
+def allocated_variant(campaign: str, step: int, user_id: int, episode_start: date, shares: dict[str, float]) -> str:
+    """The variant whose cumulative-share interval contains the assignment's stable hash."""
+    point = hash_unit("variant", campaign, step, user_id, episode_start)
     cumulative = 0.0
     for variant, share in shares.items():
         cumulative += share

@@ -7,10 +7,8 @@ plan (eligibility, holdout, rendering, ledger rows written BEFORE sending; a dry
   -> record (the ledger's figures and exactly which batches this run sent, and why, as the asset's metadata).
 """
 
-import json
 from collections import Counter
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import timedelta
 
 import pandas as pd
 from dagster import (
@@ -31,55 +29,34 @@ from sqlalchemy import text
 
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import drain_activity_queue
-from retention_pipeline.outcomes.sql import STEP_OUTCOMES_BY_DAY_SQL
-from retention_pipeline.outreach.allocation import (
-    Allocation,
-    DayOutcome,
-    SequentialRule,
-    allocated_variant,
-    in_holdout,
-    stable_variant,
-    thompson_allocation,
-)
-from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION, CampaignConfig, CampaignStep
+from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION, CampaignConfig
 from retention_pipeline.outreach.links import UnsubscribeLinks
-from retention_pipeline.outreach.render import EmailRenderer
+from retention_pipeline.outreach.planning import (
+    campaign_figures,
+    campaigns_of_run,
+    plan_step,
+    record_success_definition,
+    send_guard,
+)
 from retention_pipeline.outreach.senders import EmailSender, OutgoingEmail, SenderConfigurationError
 from retention_pipeline.outreach.sql import (
-    ASSIGN_BATCH_SQL,
     BATCH_ROWS_SQL,
-    CANDIDATES_SQL,
-    CLEAR_ALLOCATION_SQL,
-    CLEAR_DRY_RUN_SQL,
     DRY_RUN_SUMMARY_SQL,
-    ELIGIBLE_SQL,
-    INSERT_DRY_RUN_SQL,
-    INSERT_LEDGER_SQL,
     LEDGER_SUMMARY_SQL,
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
     PENDING_BATCHES_SQL,
-    PREVIOUS_DECISION_SQL,
-    RECORD_ALLOCATION_SQL,
-    RECORD_SUCCESS_DEFINITION_SQL,
-    SKIP_COUNTS_SQL,
 )
-from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import database_retry_policy
 from retention_pipeline.schema import install_schema
-from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.sql_time import partition_days, window_params
 from retention_pipeline.thresholds import used_values_metadata
 
 # Resend honours an idempotency key for 24 h. A pending batch older than this is not re-sent with its
 # key (the provider may have forgotten it and would send twice); it is marked `unknown` instead.
 IDEMPOTENCY_HORIZON = timedelta(hours=23)
-# How far back a dormancy episode's first day is looked for (longer episodes start there).
-EPISODE_LOOKBACK_DAYS = 120
-# Candidates rendered and written to the ledger per statement: bounds the plan's memory, not the send batches.
-LEDGER_CHUNK = 500
 
 send_retry_policy = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL)
 
@@ -92,157 +69,48 @@ def plan_reengagement_sends(
     context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
     email_sender: EmailSender,
 ) -> dict:
-    """Write one ledger row per intended email (pending) or holdout member (holdout) before any send; a dry
-    run writes the same rows to its preview table `email_dry_runs` instead."""
+    """Write one ledger row per assignment of every campaign, in priority order, before any send: an intended
+    email (pending), a holdout member (holdout) or an email to a suppressed address (suppressed, never sent); a
+    dry run writes the same rows to its preview table `email_dry_runs` instead."""
     settings = config.model_dump()  # as the run set them (the file, or the launchpad), before the demo address
     config = config.with_footer_identity(email_sender.live)
+    campaigns = campaigns_of_run(config, settings)
     install_schema(app_db)
     drain_activity_queue(app_db)  # the 'returned' check reads user_activity
     days = partition_days(context)
     today = clock.today()
-    plan = {"campaign": config.campaign, "dry_run": config.dry_run, "paused": config.paused, "settings": settings,
+    names = [c.name for c in campaigns]
+    plan = {"campaign": ", ".join(names), "campaigns": names,
+            # A paused campaign's pending batches stay pending; the send op sends only these campaigns'.
+            "sending_campaigns": [c.name for c in campaigns if not c.paused],
+            "dry_run": config.dry_run, "paused": config.paused, "settings": settings,
             "days": [d.isoformat() for d in days],
             # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
             "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
             "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
-            "paused_for_review": {}, "winners": {}}
-    _record_success_definition(app_db, config)
-    renderer = EmailRenderer()
+            "paused_for_review": {}, "winners": {}, "by_campaign": {c.name: campaign_figures() for c in campaigns},
+            "suppressed_by_arm": Counter({"email": 0, "holdout": 0})}
+    for campaign in campaigns:
+        record_success_definition(app_db, campaign)
     for as_of in days:
-        guard = _send_guard(config, as_of)
+        guard = send_guard(config, as_of)
         if guard:
             plan["guards"][as_of.isoformat()] = guard
             context.log.info(f"{as_of}: nothing sent: {guard}")
             continue
-        for step in config.steps:
-            _plan_step(app_db, config, step, as_of, renderer, unsubscribe_links, plan, email_sender.max_batch_size)
+        # Priority order, one campaign (and step) after the other: each commits its rows before the next plans,
+        # so the frequency cap of a later campaign sees the emails and holdout rows of an earlier one.
+        for campaign in campaigns:
+            if campaign.paused:
+                plan["guards"][f"{as_of.isoformat()} {campaign.name}"] = "campaign paused (paused: true in its campaign.yaml)"
+                continue
+            for step in campaign.steps:
+                plan_step(app_db, config, campaign, step, as_of, unsubscribe_links, plan, email_sender.max_batch_size)
     plan["skipped"], plan["recorded"] = dict(plan["skipped"]), dict(plan["recorded"])
+    for figures in plan["by_campaign"].values():
+        figures["skipped"], figures["recorded"] = dict(figures["skipped"]), dict(figures["recorded"])
+    plan["suppressed_by_arm"] = dict(plan["suppressed_by_arm"])
     return plan
-
-
-def _record_success_definition(app_db: AppDatabase, config: CampaignConfig) -> None:
-    """What the outcomes count as this campaign's success, from its config (even on a paused day)."""
-    app_db.execute(RECORD_SUCCESS_DEFINITION_SQL, {
-        "campaign": config.campaign, "event_types": sorted(set(config.success_event_types)) or None,
-        "min_events": config.success_min_events, "updated_at": clock.now()})
-
-
-def _send_guard(config: CampaignConfig, as_of: date) -> str | None:
-    if config.paused:
-        return "campaign paused (kill switch)"
-    lag = (clock.today() - as_of).days
-    if lag > config.max_send_lag_days:
-        return f"partition is {lag} days old, older than max_send_lag_days={config.max_send_lag_days} (a backfill never sends)"
-    return None
-
-
-def _plan_step(app_db, config: CampaignConfig, step: CampaignStep, as_of: date, renderer, links, plan: dict,
-               batch_size: int) -> None:
-    shares = None
-    holdout_only = False
-    if config.adaptive_allocation:
-        allocation = _decide_allocation(app_db, config, step, as_of)
-        if allocation.paused:
-            plan["guards"][f"{as_of.isoformat()} step {step.step}"] = f"step {allocation.reason}; holdout keeps accruing"
-            plan["paused_for_review"][str(step.step)] = allocation.reason
-            holdout_only = True
-        if allocation.winner:
-            plan["winners"][str(step.step)] = allocation.winner
-        shares = allocation.shares
-    params = {"as_of": as_of, "campaign": config.campaign, "step": step.step, "delay_days": step.delay_days,
-              "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now()}
-    created_at = clock.now()
-    pending_ids: list[int] = []
-    with app_db.begin() as conn:
-        conn.execute(text(app_db.render(CANDIDATES_SQL)), params)
-        for reason, users in conn.execute(text(SKIP_COUNTS_SQL)):
-            if reason == "already_recorded":
-                plan["already_recorded"] += users  # handled by an earlier run: not a skip
-            else:
-                plan["skipped"][reason] += users
-        # Rendered emails are the large part: only a chunk of them is in memory at a time.
-        eligible = conn.execute(text(ELIGIBLE_SQL), execution_options={"stream_results": True})
-        if config.dry_run:
-            conn.execute(text(app_db.render(CLEAR_DRY_RUN_SQL)), params)
-        insert_sql = app_db.render(INSERT_DRY_RUN_SQL if config.dry_run else INSERT_LEDGER_SQL)
-        for chunk in eligible.mappings().partitions(LEDGER_CHUNK):
-            if holdout_only:
-                chunk = _holdout_members(config, chunk, plan)
-            rows = [_ledger_row(config, step, as_of, candidate, renderer, links, created_at, shares) for candidate in chunk]
-            inserted = conn.execute(text(insert_sql), {"rows": json.dumps(rows, default=_json_value)}).all()
-            # A concurrent run that recorded the same user first wins; ours is simply not inserted.
-            if len(inserted) < len(rows):
-                plan["skipped"]["recorded_by_concurrent_run"] += len(rows) - len(inserted)
-            for row in inserted:
-                plan["recorded"][row.status] += 1
-            pending_ids += [row.id for row in inserted if row.status == "pending"]  # none in a dry run
-        pending_ids.sort()
-        # Batches as large as the sender takes (its max_batch_size), so no stored batch is too large to send.
-        for start in range(0, len(pending_ids), batch_size):
-            ids = pending_ids[start : start + batch_size]
-            batch_key = f"{config.campaign}-{as_of.isoformat()}-s{step.step}-{ids[0]}"
-            conn.execute(text(app_db.render(ASSIGN_BATCH_SQL)), {"batch_key": batch_key, "ids": ids})
-            plan["batch_keys"].append(batch_key)
-
-
-def _holdout_members(config: CampaignConfig, chunk, plan: dict) -> list:
-    """While a step is paused for review, only its holdout members are recorded: the comparison group keeps
-    accruing, and the others are skipped (counted) so they can be emailed once the step is resumed."""
-    kept = [candidate for candidate in chunk if in_holdout(config.campaign, candidate["user_id"], config.holdout_share)]
-    if len(kept) < len(chunk):
-        plan["skipped"]["step_paused_for_review"] += len(chunk) - len(kept)
-    return kept
-
-
-def _json_value(value):
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
-
-
-def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, step: CampaignStep, as_of: date) -> Allocation:
-    """Allocate the step's variants by the outcomes closed before this day, by send day, and record the decision."""
-    outcomes = [DayOutcome(r.day, r.variant, r.treated, r.users, r.returned) for r in app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {
-        "campaign": config.campaign, "step": step.step, "window_days": config.primary_window_days,
-        "end_ts": datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)), "tz": PROJECT_TIMEZONE})]
-    previous = app_db.fetch_all(PREVIOUS_DECISION_SQL, {"campaign": config.campaign, "step": step.step, "as_of": as_of})
-    rule = SequentialRule(config.sequential_alpha, config.sequential_effect_scale, config.min_decision_sample)
-    allocation = thompson_allocation(config.campaign, step.step, as_of, step.variants, outcomes, config.min_exploration_share,
-                                     rule, dict(previous[0]._mapping) if previous else None, step.step in config.resume_steps)
-    decided_at = clock.now()
-    key = {"as_of_date": as_of, "campaign": config.campaign, "step": step.step}
-    with app_db.begin() as conn:
-        conn.execute(text(app_db.render(CLEAR_ALLOCATION_SQL)), key)
-        for variant in (step.variants if not allocation.paused else ["all"]):
-            figures = allocation.figures.get(variant, {})
-            conn.execute(text(app_db.render(RECORD_ALLOCATION_SQL)), key | {
-                "variant": variant, "share": allocation.shares.get(variant, 0.0), "treated": figures.get("treated", 0),
-                "returned": figures.get("returned", 0), "p_best": figures.get("p_best"), "step_paused": allocation.paused,
-                "reason": allocation.reason, "decided_at": decided_at, "decision": allocation.decision})
-    return allocation
-
-
-def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, renderer, links, created_at,
-                shares: dict[str, float] | None) -> dict:
-    variant = (allocated_variant(config.campaign, step.step, user["user_id"], shares) if shares
-               else stable_variant(config.campaign, step.step, user["user_id"], step.variants))
-    base = {"campaign": config.campaign, "step": step.step, "user_id": user["user_id"],
-            "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
-            "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],
-            "created_at": created_at,
-            "subject": None, "payload": None}
-    if in_holdout(config.campaign, user["user_id"], config.holdout_share):
-        return base | {"status": "holdout", "variant": "holdout"}
-    send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
-    link = links.link(config.unsubscribe_url, send_ref, as_of)
-    rendered = renderer.render(variant, dict(user), config.model_dump(), link)
-    payload = {
-        "to": user["email"], "from_address": config.from_address, "subject": rendered.subject,
-        "html": rendered.html, "text": rendered.text,
-        "headers": {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        "tags": {"campaign": config.campaign, "step": str(step.step), "variant": variant},
-    }
-    return base | {"status": "pending", "subject": rendered.subject, "payload": payload, "unsubscribe_ref": send_ref}
 
 
 # One pool for every run's sends: dagster.yaml limits `email_provider` to one send op at a time across runs,
@@ -251,7 +119,7 @@ def _ledger_row(config: CampaignConfig, step: CampaignStep, as_of: date, user, r
 def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppDatabase, email_sender: EmailSender) -> dict:
     """Send this run's pending batches and those a crashed run left, each with its own key; nothing at all in
     a paused run, a dry run or a backfill (they leave pending batches for the next current-day run)."""
-    batches = app_db.fetch_all(PENDING_BATCHES_SQL, {"campaign": plan["campaign"]})
+    batches = app_db.fetch_all(PENDING_BATCHES_SQL, {"campaigns": plan["sending_campaigns"]})
     planned = set(plan["batch_keys"])
     listed = [{"batch_key": b.batch_key, "emails": b.emails,
                "why": THIS_RUNS_PLAN if b.batch_key in planned else LEFT_BY_EARLIER_RUN} for b in batches]
@@ -329,11 +197,11 @@ def _finish_batch(app_db: AppDatabase, batch_key: str, status: str, error: str, 
 def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, app_db: AppDatabase, email_sender: EmailSender):
     """Summarise the ledger of the window as the asset's metadata."""
     window = window_params(context.partition_time_window)
-    ledger = pd.DataFrame(app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaign": plan["campaign"]}),
-                          columns=["step", "variant", "status", "emails"])
+    ledger = pd.DataFrame(app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]}),
+                          columns=["campaign", "step", "variant", "status", "emails"])
     by_status = ledger.groupby("status")["emails"].sum().to_dict() if not ledger.empty else {}
     previews = {row.status: row.emails for row in
-                app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaign": plan["campaign"]})}
+                app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]})}
     skipped = plan["skipped"]
     batches = results["batches"]
     figures = {
@@ -341,8 +209,10 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "holdout": int(by_status.get("holdout", 0)),
         "failed": int(by_status.get("failed", 0)),
         "pending": int(by_status.get("pending", 0)),
+        "suppressed": int(by_status.get("suppressed", 0)),
         "dry_run_would_send": int(previews.get("would_send", 0)),
         "dry_run_would_hold_out": int(previews.get("would_hold_out", 0)),
+        "dry_run_would_suppress": int(previews.get("would_suppress", 0)),
         "skipped": sum(skipped.values()),
         "already_recorded": plan["already_recorded"],
     }
@@ -351,6 +221,9 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "sender": MetadataValue.text(email_sender.name),
         **_figures_metadata(figures, plan["days"]),
         "skipped_by_reason": MetadataValue.json(skipped),
+        "campaigns": MetadataValue.json(_per_campaign(ledger, plan)),
+        # Suppressed addresses are assigned, not skipped: this run's suppressed assignments in each arm.
+        "suppressed_by_arm": MetadataValue.json(plan["suppressed_by_arm"]),
         "send_decision": MetadataValue.text(results["decision"]),
         "send_results_this_run": MetadataValue.json(results["counts"]),
         "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),
@@ -362,6 +235,17 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
         **used_values_metadata(plan["settings"], CAMPAIGN_SECTION),
     })
+
+
+def _per_campaign(ledger: pd.DataFrame, plan: dict) -> dict:
+    """Each campaign's emails, holdout and skips by reason in the window, in priority order."""
+    out = {}
+    for name in plan["campaigns"]:
+        rows = ledger[ledger["campaign"] == name] if not ledger.empty else ledger
+        statuses = rows.groupby("status")["emails"].sum().to_dict() if not rows.empty else {}
+        out[name] = {status: int(statuses.get(status, 0)) for status in ("sent", "holdout", "failed", "pending")} | {
+            "skipped_by_reason": plan["by_campaign"][name]["skipped"]}
+    return out
 
 
 def _figures_metadata(figures: dict[str, int], days: list[str]) -> dict[str, MetadataValue]:

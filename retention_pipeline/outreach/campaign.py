@@ -9,8 +9,7 @@ from dagster import Config, Failure
 from pydantic import Field, field_validator, model_validator
 
 from retention_pipeline.outreach.render import TEMPLATE_VARIANTS
-from retention_pipeline.segments.config import _reject_clearly
-from retention_pipeline.thresholds import check_section, file_default
+from retention_pipeline.thresholds import check_section, file_default, reject_clearly
 
 
 class CampaignStep(Config):
@@ -49,7 +48,8 @@ def _from_file(key: str):
 class CampaignConfig(Config):
     """A re-engagement email sequence for dormant users. Defaults are safe for production."""
 
-    campaign: str = Field(default=_from_file("campaign"), pattern=r"^[a-z0-9_-]{1,40}$", description="Campaign name (ledger key, Resend tag).")
+    campaign: str = Field(default=_from_file("campaign"), pattern=r"^[a-z0-9_-]{1,40}$",
+                          description="Without campaign files only: the campaign's name (ledger key, Resend tag).")
     from_address: str = Field(default=_from_file("from_address"), description="From header; a verified Resend domain in production.")
     product_name: str = Field(default=_from_file("product_name"), description="How the emails name the product.")
     app_url: str = Field(default=_from_file("app_url"), description="Where the call-to-action button points.")
@@ -65,11 +65,17 @@ class CampaignConfig(Config):
         default=_from_file("unsubscribe_url"),
         description="Public URL of the Flask blueprint's unsubscribe endpoint; the signed token is appended.",
     )
-    steps: list[CampaignStep] = Field(default_factory=_default_steps, description="The sequence; it stops as soon as the user returns.")
+    steps: list[CampaignStep] = Field(default_factory=_default_steps,
+                                      description="Without campaign files only: the sequence; it stops as soon as the user returns.")
     holdout_share: float = Field(
-        default=_from_file("holdout_share"), ge=0.0, le=0.5, description="Share of users never emailed, to measure lift (stable hash of user and campaign)."
+        default=_from_file("holdout_share"), ge=0.0, le=0.5,
+        description="Without campaign files only: share of assignments held out (not emailed), to measure lift: drawn "
+        "afresh for each step of each dormancy episode (stable hash of campaign, step, user and episode start).",
     )
-    cooldown_days: int = Field(default=_from_file("cooldown_days"), ge=0, description="No user gets more than one re-engagement email per this many days.")
+    cooldown_days: int = Field(
+        default=_from_file("cooldown_days"), ge=0,
+        description="The global frequency cap: no person gets more than one email (or holdout assignment) of all "
+        "campaigns together per this many days; the campaign planned first (priority) wins.")
     paused: bool = Field(
         default=_from_file("paused"),
         description="Kill switch: when true nothing is planned or sent, not even batches a crashed run left pending "
@@ -143,7 +149,7 @@ class CampaignConfig(Config):
     # Declared last, so it wraps every check above (steps included): invalid config fails the plan op at
     # once with every bad field named, instead of being retried like a database error, before anything is
     # written or sent.
-    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+    _clear_errors = model_validator(mode="wrap")(classmethod(reject_clearly))
 
 
 check_section(CampaignConfig, SECTION)

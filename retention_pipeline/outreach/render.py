@@ -15,6 +15,12 @@ from markupsafe import Markup
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 TEMPLATE_VARIANTS = ("recap", "nudge", "last_call")
+# Every variable a template may use; campaign files are checked against this set when they load.
+TEMPLATE_VARIABLES = frozenset({
+    "first_name", "greeting_name", "declining", "days_inactive", "last_activity_date", "plan", "subscription_status",
+    "cancel_at_period_end", "mrr", "product_name", "app_url", "sender_name", "postal_address", "unsubscribe_link",
+    "subject", "last_actions", "topic",
+})
 
 # Event types as phrases of "Last time, ...". Placeholders are event properties; a phrase whose
 # property is missing falls back to the event type's bare phrase, never to an empty quote. A campaign
@@ -75,8 +81,10 @@ def pluralize(count: int, singular: str, plural: str | None = None) -> str:
 class EmailRenderer:
     """Two environments over the same templates: autoescaped for HTML, plain for text and subjects."""
 
-    def __init__(self, templates_dir: Path = TEMPLATES_DIR, phrases: Mapping[str, tuple[str, str]] | None = None):
-        loader = FileSystemLoader(templates_dir)
+    def __init__(self, templates_dir: Path | list[Path] = TEMPLATES_DIR, phrases: Mapping[str, tuple[str, str]] | None = None,
+                 variants: tuple[str, ...] | list[str] = TEMPLATE_VARIANTS):
+        self.variants = tuple(variants)
+        loader = FileSystemLoader([str(d) for d in templates_dir] if isinstance(templates_dir, list) else templates_dir)
         self._html = Environment(loader=loader, autoescape=select_autoescape(["html", "html.j2"], default=True),
                                  undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self._plain = Environment(loader=loader, autoescape=False, undefined=StrictUndefined,
@@ -109,8 +117,8 @@ class EmailRenderer:
         return Markup(rendered) if html else rendered
 
     def render(self, variant: str, user: dict, campaign: dict, unsubscribe_link: str) -> RenderedEmail:
-        if variant not in TEMPLATE_VARIANTS:
-            raise ValueError(f"unknown template variant {variant!r}; known: {TEMPLATE_VARIANTS}")
+        if variant not in self.variants:
+            raise ValueError(f"unknown template variant {variant!r}; known: {self.variants}")
         actions = list(user.get("last_actions") or [])
         days_inactive = int(user.get("days_inactive") or 0)
         name = first_name(user.get("name"))
@@ -122,6 +130,10 @@ class EmailRenderer:
             "days_inactive": days_inactive,
             "last_activity_date": _human_date(user.get("last_activity_at")),
             "plan": clean_text(user["plan_name"], 40) if user.get("plan_name") else None,
+            "subscription_status": user.get("subscription_status") or "none",
+            "cancel_at_period_end": bool(user.get("cancel_at_period_end")),
+            "mrr": f"${int(user.get('mrr_cents') or 0) / 100:,.2f}",
+            "topic": campaign.get("topic"),
             "product_name": clean_text(campaign["product_name"], 40),
             "app_url": campaign["app_url"],
             "sender_name": clean_text(campaign["sender_name"] or campaign["product_name"], 80),
@@ -135,7 +147,7 @@ class EmailRenderer:
             subject=subject, last_actions=[self.phrase(a, html=True) for a in actions], **context
         )
         text = self._plain.get_template(f"{variant}.txt.j2").render(
-            last_actions=[self.phrase(a, html=False) for a in actions], **context
+            subject=subject, last_actions=[self.phrase(a, html=False) for a in actions], **context
         )
         return RenderedEmail(subject=subject, html=html, text=text)
 

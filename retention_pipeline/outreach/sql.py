@@ -26,24 +26,38 @@ WITH recent_days AS (
 ), due AS (
     SELECT t.*
     FROM today t
+    -- The campaign's audience (campaigns.audience_sql), at every step: a user who left it gets no follow-up.
+    WHERE ({audience})
     -- The follow-up follows the previous step's assignment in both arms alike (a failed or unknown send
     -- like a delivered one or a holdout row).
-    WHERE :step = 1 OR EXISTS (
+      AND (:step = 1 OR EXISTS (
         SELECT 1 FROM {rs}.email_sends prev
         WHERE prev.campaign = :campaign AND prev.step = :step - 1 AND prev.user_id = t.user_id
           AND prev.episode_start = t.episode_start
           AND prev.status IN {assigned}
-          AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days)
+          AND prev.as_of_date <= CAST(:as_of AS date) - :delay_days))
 )
 SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, mrr_cents, skip_reason,
        -- What an email needs, only for those who get one: at 1,000,000 users most of the 378,000 dormant
        -- ones are skipped (already emailed in this episode).
-       CASE WHEN skip_reason IS NULL THEN email END AS email, CASE WHEN skip_reason IS NULL THEN name END AS name,
-       CASE WHEN skip_reason IS NULL THEN last_actions END AS last_actions,
-       CASE WHEN skip_reason IS NULL THEN plan_name END AS plan_name
+       -- (`preview` renders users the ledger already holds too: :render_recorded.)
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN email END AS email,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN name END AS name,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN last_actions END AS last_actions,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN plan_name END AS plan_name,
+       subscription_status, cancel_at_period_end,
+       -- Suppression is not a skip: earlier emails produce it (unsubscribes, bounces, complaints, leaving a
+       -- topic), and only the email arm gets them. The assignment is drawn and recorded first; a suppressed
+       -- one stays in its arm, recorded with the reason (email_sends.suppression) and never sent, in both
+       -- arms alike. A transactional campaign's email ignores topic unsubscribes (not global suppression).
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN COALESCE(
+           (SELECT sup.reason FROM {rs}.email_suppressions sup WHERE sup.email = lower(checked.email)),
+           CASE WHEN NOT :transactional AND EXISTS (SELECT 1 FROM {rs}.email_topic_suppressions ts
+                                                   WHERE ts.email = lower(checked.email) AND ts.topic = :topic)
+                THEN 'unsubscribed_from_topic' END) END AS suppression
 FROM (
 SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS segment_reason,
-       d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents,
+       d.last_activity_at, d.last_actions, d.plan_name, d.mrr_cents, d.subscription_status, d.cancel_at_period_end,
        CASE
            WHEN EXISTS (SELECT 1 FROM {rs}.email_sends s
                         WHERE s.campaign = :campaign AND s.step = :step AND s.user_id = d.user_id
@@ -53,18 +67,23 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            -- unsubscribe token) and would fail the whole batch or plan.
            WHEN d.email IS NULL OR length(d.email) > 254
                 OR d.email !~ '^[^@[:space:][:cntrl:]<>",;]+@[^@[:space:][:cntrl:]<>",;]+\\.[^@[:space:][:cntrl:]<>",;]+$' THEN 'invalid_email'
-           WHEN EXISTS (SELECT 1 FROM {rs}.email_suppressions sup WHERE sup.email = lower(d.email)) THEN 'suppressed'
            -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
            -- a replay under a set clock from seeing returns that happened after its "now".
            WHEN ua.last_activity_at > d.last_activity_at AND EXISTS (
                     SELECT 1 FROM {rs}.source_events e
                     WHERE e.user_id = d.user_id AND e.occurred_at > d.last_activity_at AND e.occurred_at <= :now)
                THEN 'returned'
-           -- Frequency cap: a holdout row is a virtual send and a failed one still an assignment, so the
-           -- cap holds back both arms alike (counting only real sends skipped every treated user and
-           -- none of the holdout: a biased lift).
+           -- Frequency cap across every campaign: a holdout row is a virtual send and a failed one still an
+           -- assignment, so the cap holds back both arms alike (counting only real sends skipped every treated
+           -- user and none of the holdout: a biased lift). Campaigns are planned one after the other in
+           -- priority order, each in its own committed transaction, so a later one sees an earlier one's rows.
            WHEN EXISTS (SELECT 1 FROM {rs}.assignments c
-                        WHERE c.user_id = d.user_id AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'cooldown'
+                        WHERE c.user_id = d.user_id AND c.as_of_date > CAST(:as_of AS date) - :cooldown_days) THEN 'frequency_cap'
+           -- A dry run writes no ledger: its own preview of the day stands in for the earlier campaigns' and steps'
+           -- rows, so it shows what the live run would send (not this step's previous preview, replaced below).
+           WHEN :dry_run AND EXISTS (SELECT 1 FROM {rs}.email_dry_runs dr
+                                     WHERE dr.user_id = d.user_id AND dr.as_of_date = :as_of
+                                       AND NOT (dr.campaign = :campaign AND dr.step = :step)) THEN 'frequency_cap'
        END AS skip_reason
 FROM due d
 LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
@@ -78,15 +97,15 @@ ELIGIBLE_SQL = "SELECT * FROM plan_candidates WHERE skip_reason IS NULL ORDER BY
 # A chunk of ledger rows per statement (one round trip, not one per email), passed as a JSON array.
 INSERT_LEDGER_SQL = """
 INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref)
+    segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic, suppression)
 SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email,
-       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref
+       segment_reason, mrr_cents, subject, payload, created_at, unsubscribe_ref, unsubscribe_topic, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz, unsubscribe_ref text)
+    payload jsonb, created_at timestamptz, unsubscribe_ref text, unsubscribe_topic text, suppression text)
 ORDER BY user_id
 ON CONFLICT (campaign, step, user_id, episode_start) DO NOTHING
-RETURNING id, status
+RETURNING id, status, suppression IS NOT NULL AS suppressed
 """
 
 # A dry run replaces its preview of the campaign, step and day; the ledger is not touched.
@@ -94,21 +113,22 @@ CLEAR_DRY_RUN_SQL = "DELETE FROM {rs}.email_dry_runs WHERE campaign = :campaign 
 
 INSERT_DRY_RUN_SQL = """
 INSERT INTO {rs}.email_dry_runs (campaign, step, user_id, as_of_date, episode_start, variant, status, email,
-    segment_reason, mrr_cents, subject, payload, created_at)
+    segment_reason, mrr_cents, subject, payload, created_at, suppression)
 SELECT campaign, step, user_id, as_of_date, episode_start, variant,
-       CASE WHEN status = 'holdout' THEN 'would_hold_out' ELSE 'would_send' END, email, segment_reason, mrr_cents,
-       subject, payload, created_at
+       CASE status WHEN 'holdout' THEN 'would_hold_out' WHEN 'suppressed' THEN 'would_suppress' ELSE 'would_send' END,
+       email, segment_reason, mrr_cents,
+       subject, payload, created_at, suppression
 FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign text, step smallint, user_id bigint, episode_start date,
     as_of_date date, variant text, status text, email text, segment_reason text, mrr_cents bigint, subject text,
-    payload jsonb, created_at timestamptz)
+    payload jsonb, created_at timestamptz, suppression text)
 ORDER BY user_id
 ON CONFLICT DO NOTHING
-RETURNING status
+RETURNING status, suppression IS NOT NULL AS suppressed
 """
 
 DRY_RUN_SUMMARY_SQL = """
 SELECT status, count(*) AS emails FROM {rs}.email_dry_runs
-WHERE campaign = :campaign AND as_of_date >= :start_date AND as_of_date < :end_date
+WHERE campaign = ANY(:campaigns) AND as_of_date >= :start_date AND as_of_date < :end_date
 GROUP BY status
 """
 
@@ -117,7 +137,7 @@ ASSIGN_BATCH_SQL = "UPDATE {rs}.email_sends SET batch_key = :batch_key WHERE id 
 PENDING_BATCHES_SQL = """
 SELECT batch_key, min(created_at) AS created_at, count(*) AS emails
 FROM {rs}.email_sends
-WHERE status = 'pending' AND campaign = :campaign
+WHERE status = 'pending' AND campaign = ANY(:campaigns)
 GROUP BY batch_key ORDER BY min(id)
 """
 
@@ -138,10 +158,10 @@ WHERE batch_key = :batch_key AND status = 'pending'
 """
 
 LEDGER_SUMMARY_SQL = """
-SELECT step, variant, status, count(*) AS emails
+SELECT campaign, step, variant, status, count(*) AS emails
 FROM {rs}.email_sends
-WHERE campaign = :campaign AND as_of_date >= :start_date AND as_of_date < :end_date
-GROUP BY step, variant, status ORDER BY step, variant, status
+WHERE campaign = ANY(:campaigns) AND as_of_date >= :start_date AND as_of_date < :end_date
+GROUP BY campaign, step, variant, status ORDER BY campaign, step, variant, status
 """
 
 RECORD_ALLOCATION_SQL = """

@@ -79,6 +79,8 @@ class UnsubscribeClaim:
     send_ref: str | None = None
     email: str | None = None
     campaign: str | None = None
+    # From the send's ledger row: the topic its one-click leaves; None = all email.
+    topic: str | None = None
 
 
 # --- unsubscribe tokens ---------------------------------------------------------------------------
@@ -272,13 +274,6 @@ def _unix_seconds(value: int | datetime) -> int:
     if isinstance(value, datetime):
         return int((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp())
     return int(value)
-
-
-def sign_svix(secret: str, svix_id: str, timestamp: int | datetime, body: bytes) -> dict[str, str]:
-    """Headers of a delivery signed like Svix signs it (for tests and the local demo)."""
-    seconds = str(_unix_seconds(timestamp))
-    signature = base64.b64encode(_svix_signature(_svix_key(secret), svix_id, seconds, body)).decode("ascii")
-    return {SVIX_ID_HEADER: svix_id, SVIX_TIMESTAMP_HEADER: seconds, SVIX_SIGNATURE_HEADER: f"v1,{signature}"}
 
 
 def verify_svix_signature(

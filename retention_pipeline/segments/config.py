@@ -4,27 +4,10 @@ Defaults come from the thresholds file (retention.yaml, `retention_pipeline.thre
 
 from __future__ import annotations
 
-from typing import Any
+from dagster import Config
+from pydantic import Field, model_validator
 
-from dagster import Config, Failure
-from pydantic import Field, ValidationError, model_validator
-
-from retention_pipeline.thresholds import check_section, file_default
-
-
-def _reject_clearly(cls, data: Any, handler):
-    """Turn invalid thresholds into a Dagster Failure that names every bad field and is not retried:
-    the assets' database retry policy would otherwise retry a typo three times and end the run with
-    nothing but "Exceeded max_retries". Config is built before the asset body, so nothing is written."""
-    try:
-        return handler(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'thresholds'}: {error['msg']}"
-            + (f" (got {error['input']!r})" if error["loc"] else "")
-            for error in exc.errors()
-        )
-        raise Failure(description=f"Invalid {cls.__name__}: {problems}", allow_retries=False) from exc
+from retention_pipeline.thresholds import check_section, file_default, reject_clearly
 
 
 SUBSCRIPTION_STATUSES = frozenset(
@@ -58,7 +41,7 @@ class SegmentThresholds(Config):
         return self
 
     # Declared last, so it wraps every check above.
-    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+    _clear_errors = model_validator(mode="wrap")(classmethod(reject_clearly))
 
 
 class DormancyThresholds(Config):
@@ -109,7 +92,7 @@ class DormancyThresholds(Config):
         return self
 
     # Declared last, so it wraps every check above.
-    _clear_errors = model_validator(mode="wrap")(classmethod(_reject_clearly))
+    _clear_errors = model_validator(mode="wrap")(classmethod(reject_clearly))
 
 
 check_section(SegmentThresholds, "weekly_engagement_segments")

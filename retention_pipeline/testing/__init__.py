@@ -1,1 +1,0 @@
-"""Test doubles that speak real protocols over real sockets (no mocks): see `resend_server`."""
