@@ -90,6 +90,7 @@ def table_counts(state_dir) -> dict:
         server.stop()
 
 
+@pytest.mark.slow  # two whole demos through the console script
 @pytest.mark.timeout(1800)  # two runs of the full-size demo (2,000 users), slower on a loaded machine
 def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
     first = run_readme_demo(state_dir)
@@ -108,6 +109,7 @@ def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
     assert not postgres_processes(state_dir / "pgdata")
 
 
+@pytest.mark.slow  # two whole demos through the console script
 def test_demo_recovers_after_the_cli_is_killed(state_dir):
     killed = subprocess.Popen(
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300"],

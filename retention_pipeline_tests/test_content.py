@@ -21,6 +21,7 @@ from retention_pipeline.outreach.campaign import DEMO_POSTAL_ADDRESS, CampaignCo
 from retention_pipeline.outreach.checks import unmapped_event_types
 from retention_pipeline.outreach.render import ACTION_PHRASES, TEMPLATE_VARIANTS, EmailRenderer, humanize, pluralize
 from retention_pipeline.outreach.senders import ResendSender
+from retention_pipeline.resources import AppDatabase
 from retention_pipeline.local.runner import run_job
 from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import LIVE_IDENTITY, Scenario, at, live_campaign
@@ -49,17 +50,28 @@ def body_without_links(text: str) -> str:
     return re.sub(r"https?://\S+", "<link>", text)
 
 
-@pytest.fixture
-def demo_db(app_db_env, pg_server, pg_database):
-    app_db = app_db_env
-    conn = pg_server.connect(pg_database)
+def _demo_through_dormant_users(server, name: str) -> None:
+    """The demo's 1,500 users, with snapshots and dormant users materialized up to AS_OF."""
+    conn = server.connect(name)
     demo_data.load(conn, demo_data.generate(seed=42, as_of=AS_OF, n_users=1500))
     conn.commit()
     conn.close()
+    app_db = AppDatabase(url=server.url(name))
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER):
         assert run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=35)).isoformat(), AS_OF.isoformat(),
                        resources={"app_db": app_db}, assets=["daily_activity_snapshots", "dormant_users"], quiet=True).success
-    return app_db
+    app_db.engine().dispose()
+
+
+@pytest.fixture(scope="module")
+def demo_template(database_template) -> str:
+    return database_template("content_demo", _demo_through_dormant_users)
+
+
+@pytest.fixture
+def demo_db(demo_template, app_db_copy):
+    """A copy of the demo run through snapshots and dormant users, exported as `app_db_env` is."""
+    return app_db_copy(demo_template)
 
 
 def test_pluralize_and_humanize():

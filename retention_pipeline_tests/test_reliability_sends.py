@@ -1,8 +1,8 @@
 """Reliability of the sends (issue 8): SIGKILL mid-send, a flaky provider, two send runs at once.
 
-One world (250 eligible dormant users, i.e. 3 batches of at most 100) is built once per module and
-copied per trial with CREATE DATABASE ... TEMPLATE; each trial runs only the `reengagement_emails`
-asset. What is counted is what the Resend-like server accepted: every eligible user exactly once,
+One world (250 eligible dormant users, i.e. 3 batches of at most 100) is built once per session
+(conftest's `dormant_world`, shared with test_send_pool) and copied per trial with CREATE DATABASE ...
+TEMPLATE; each trial runs only the `reengagement_emails` asset. What is counted is what the Resend-like server accepted: every eligible user exactly once,
 the ledger agreeing with the server's ids, nothing left pending.
 
 RELIABILITY_BREAK=no_reconcile | rekey_rerun | no_unique_guard runs the same tests against a
@@ -54,14 +54,12 @@ RERUN_AT = MORNING_AFTER + timedelta(minutes=10)  # the operator re-runs the fai
 
 
 @pytest.fixture(scope="module")
-def send_world(pg_server):
+def send_world(dormant_world):
     n_users = faults.users_for_eligible(ELIGIBLE)
-    name = f"rel_send_world_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    faults.build_dormant_world(pg_server, name, n_users)
+    name = dormant_world(n_users)
     assert len(expected_recipients(n_users)) == ELIGIBLE
     forkserver().Process(target=time.sleep, args=(0,)).start()  # warm the forkserver up once
-    yield {"name": name, "n_users": n_users, "expected": expected_recipients(n_users)}
-    pg_server.drop_database(name)
+    return {"name": name, "n_users": n_users, "expected": expected_recipients(n_users)}
 
 
 @pytest.fixture

@@ -46,12 +46,9 @@ LATER_THAT_MORNING = MORNING_AFTER + timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
-def world(pg_server):
+def world(dormant_world):
     n_users = faults.users_for_eligible(ELIGIBLE)
-    name = f"controls_world_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    faults.build_dormant_world(pg_server, name, n_users)
-    yield {"name": name, "expected": expected_recipients(n_users)}
-    pg_server.drop_database(name)
+    return {"name": dormant_world(n_users), "expected": expected_recipients(n_users)}
 
 
 @pytest.fixture

@@ -51,11 +51,8 @@ EXPECTED = {c: sum(not in_holdout(c, 1, u, faults.EPISODE_START, faults.HOLDOUT_
 
 
 @pytest.fixture(scope="module")
-def pool_world(pg_server):
-    name = f"pool_world_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    faults.build_dormant_world(pg_server, name, N_USERS)
-    yield name
-    pg_server.drop_database(name)
+def pool_world(dormant_world):
+    return dormant_world(N_USERS)
 
 
 def dagster_home(pg_server, dagster_yaml: dict) -> tuple[Path, dict]:

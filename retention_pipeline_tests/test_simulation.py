@@ -33,6 +33,7 @@ def fresh_db(pg_server, monkeypatch):
         pg_server.drop_database(name)
 
 
+@pytest.mark.slow  # the default population (3,000 users) through 40-60 daily runs
 def test_a_true_uplift_of_10_points_is_measured_with_an_interval_that_covers_it(fresh_db, instance):
     config = SimulationConfig()  # the default population: 3,000 users over 60 days
     result = run_simulation(fresh_db(), instance, config)
@@ -52,6 +53,7 @@ def test_a_true_uplift_of_10_points_is_measured_with_an_interval_that_covers_it(
     assert "MISSES" not in report and "covers the true intention-to-treat lift" in report
 
 
+@pytest.mark.slow  # the default population (3,000 users) through 40-60 daily runs
 def test_zero_uplift_gives_an_interval_that_covers_zero(fresh_db, instance):
     result = run_simulation(fresh_db(), instance, SimulationConfig(true_uplift=0.0, days=40))
     row = result.headline(7)
@@ -68,6 +70,7 @@ def test_a_simulation_is_deterministic_for_a_seed(fresh_db, instance):
     assert other.performance != first.performance
 
 
+@pytest.mark.slow  # the default population (3,000 users) through 40-60 daily runs
 def test_adaptive_allocation_shifts_sends_to_the_better_variant(fresh_db, instance):
     config = SimulationConfig(days=45, adaptive_allocation=True, variant_uplifts={"recap": 0.30, "nudge": 0.0})
     result = run_simulation(fresh_db(), instance, config)

@@ -38,8 +38,10 @@ from retention_pipeline_tests.ui_support import (
     in_ci,
 )
 
-# No custom marker and no skip marker: this module is part of the plain `uv run pytest` run, CI included.
-# The project-wide 600 s timeout applies per test; the first test also pays for the demo and the UI start.
+# Marked slow (a demo, `dev` and Chromium: minutes), never skipped: the plain `uv run pytest` run, CI
+# included, runs it; only `-m "not slow"` leaves it out. The project-wide 600 s timeout applies per test;
+# the first test also pays for the demo and the UI start.
+pytestmark = pytest.mark.slow
 
 ASSETS = (
     "daily_activity_snapshots",
