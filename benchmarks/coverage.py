@@ -34,20 +34,34 @@ def _one(args: tuple) -> dict:
     config_fields, symmetric, arm_per_user = args
     result = model_lift(SimulationConfig(**config_fields), symmetric=symmetric, arm_per_user=arm_per_user)
     m, truth = result.measured, result.truth
-    return {"seed": config_fields["seed"], "uplift": config_fields["true_uplift"], "symmetric": symmetric,
-            "treated": result.treated, "holdout": result.holdout, "lift": m.lift, "ci_low": m.ci_low, "ci_high": m.ci_high,
-            "truth": truth.intention_to_treat, "baseline_imbalance": truth.baseline_imbalance,
-            "covered": m.ci_low <= truth.intention_to_treat <= m.ci_high}
+    return {
+        "seed": config_fields["seed"],
+        "uplift": config_fields["true_uplift"],
+        "symmetric": symmetric,
+        "treated": result.treated,
+        "holdout": result.holdout,
+        "lift": m.lift,
+        "ci_low": m.ci_low,
+        "ci_high": m.ci_high,
+        "truth": truth.intention_to_treat,
+        "baseline_imbalance": truth.baseline_imbalance,
+        "covered": m.ci_low <= truth.intention_to_treat <= m.ci_high,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
     covered = [r["covered"] for r in runs]
-    return {"runs": len(runs), "coverage": sum(covered) / len(covered),
-            "mean_lift": statistics.fmean(r["lift"] for r in runs), "mean_truth": statistics.fmean(r["truth"] for r in runs),
-            "mean_bias": statistics.fmean(r["lift"] - r["truth"] for r in runs),
-            "mean_baseline_imbalance": statistics.fmean(r["baseline_imbalance"] for r in runs),
-            "mean_ci_width": statistics.fmean(r["ci_high"] - r["ci_low"] for r in runs),
-            "mean_treated": statistics.fmean(r["treated"] for r in runs), "mean_holdout": statistics.fmean(r["holdout"] for r in runs)}
+    return {
+        "runs": len(runs),
+        "coverage": sum(covered) / len(covered),
+        "mean_lift": statistics.fmean(r["lift"] for r in runs),
+        "mean_truth": statistics.fmean(r["truth"] for r in runs),
+        "mean_bias": statistics.fmean(r["lift"] - r["truth"] for r in runs),
+        "mean_baseline_imbalance": statistics.fmean(r["baseline_imbalance"] for r in runs),
+        "mean_ci_width": statistics.fmean(r["ci_high"] - r["ci_low"] for r in runs),
+        "mean_treated": statistics.fmean(r["treated"] for r in runs),
+        "mean_holdout": statistics.fmean(r["holdout"] for r in runs),
+    }
 
 
 @click.command()
@@ -56,22 +70,44 @@ def summarize(runs: list[dict]) -> dict:
 @click.option("--users", default=3000, show_default=True)
 @click.option("--days", default=60, show_default=True)
 @click.option("--failed-share", default=0.05, show_default=True, help="Share of sends failing (they stay in the email arm).")
-@click.option("--unsubscribe-share", default=0.02, show_default=True,
-              help="Share of delivered emails after which the user unsubscribes (later email-arm rows: suppressed).")
+@click.option(
+    "--unsubscribe-share",
+    default=0.02,
+    show_default=True,
+    help="Share of delivered emails after which the user unsubscribes (later email-arm rows: suppressed).",
+)
 @click.option("--asymmetric", is_flag=True, help="Also run the old frequency cap (real sends only) for comparison.")
 @click.option("--first-seed", default=1, show_default=True)
-@click.option("--arm-per-user", is_flag=True,
-              help="Draw one arm per user (the old design) instead of the pipeline's per step and episode, to compare.")
+@click.option(
+    "--arm-per-user",
+    is_flag=True,
+    help="Draw one arm per user (the old design) instead of the pipeline's per step and episode, to compare.",
+)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR, show_default=True)
-def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, unsubscribe_share: float, asymmetric: bool,
-         first_seed: int, arm_per_user: bool, workers: int, results_dir: Path) -> None:
+def main(
+    seeds: int,
+    uplifts: str,
+    users: int,
+    days: int,
+    failed_share: float,
+    unsubscribe_share: float,
+    asymmetric: bool,
+    first_seed: int,
+    arm_per_user: bool,
+    workers: int,
+    results_dir: Path,
+) -> None:
     from retention_pipeline.local.simulation import SimulationConfig
 
     base = SimulationConfig(users=users, days=days, failed_send_share=failed_share, unsubscribe_share=unsubscribe_share)
     rules = [True, False] if asymmetric else [True]
-    jobs = [(asdict(replace(base, seed=seed, true_uplift=float(u))), symmetric, arm_per_user)
-            for u in uplifts.split(",") for symmetric in rules for seed in range(first_seed, first_seed + seeds)]
+    jobs = [
+        (asdict(replace(base, seed=seed, true_uplift=float(u))), symmetric, arm_per_user)
+        for u in uplifts.split(",")
+        for symmetric in rules
+        for seed in range(first_seed, first_seed + seeds)
+    ]
     started = time.monotonic()
     runs = []
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -84,13 +120,27 @@ def main(seeds: int, uplifts: str, users: int, days: int, failed_share: float, u
     groups = {}
     for run in runs:
         groups.setdefault((run["uplift"], run["symmetric"]), []).append(run)
-    summary = [{"uplift": u, "frequency_cap": "every assignment (fixed)" if sym else "real sends only (old)",
-                **summarize(group)} for (u, sym), group in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
+    summary = [
+        {"uplift": u, "frequency_cap": "every assignment (fixed)" if sym else "real sends only (old)", **summarize(group)}
+        for (u, sym), group in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / f"{date.today().isoformat()}-coverage-{'per-user' if arm_per_user else 'per-episode'}"
-    stem.with_suffix(".json").write_text(json.dumps({"config": asdict(base), "seeds": seeds, "first_seed": first_seed,
-                                                     "arm_per_user": arm_per_user, "elapsed_seconds": elapsed,
-                                                     "summary": summary, "runs": runs}, indent=1, default=float))
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "config": asdict(base),
+                "seeds": seeds,
+                "first_seed": first_seed,
+                "arm_per_user": arm_per_user,
+                "elapsed_seconds": elapsed,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=1,
+            default=float,
+        )
+    )
     report = _markdown(base, seeds, first_seed, arm_per_user, elapsed, summary)
     stem.with_suffix(".md").write_text(report)
     click.echo(report)
@@ -115,9 +165,11 @@ def _markdown(base, seeds: int, first_seed: int, arm_per_user: bool, elapsed: fl
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
-        lines.append(f"| {s['uplift']:+.2f} | {s['frequency_cap']} | {s['runs']} | {s['coverage']:.1%} | {s['mean_lift']:+.2%} "
-                     f"| {s['mean_truth']:+.2%} | {s['mean_bias']:+.2%} | {s['mean_baseline_imbalance']:+.2%} "
-                     f"| {s['mean_ci_width']:.2%} | {s['mean_treated']:,.0f} / {s['mean_holdout']:,.0f} |")
+        lines.append(
+            f"| {s['uplift']:+.2f} | {s['frequency_cap']} | {s['runs']} | {s['coverage']:.1%} | {s['mean_lift']:+.2%} "
+            f"| {s['mean_truth']:+.2%} | {s['mean_bias']:+.2%} | {s['mean_baseline_imbalance']:+.2%} "
+            f"| {s['mean_ci_width']:.2%} | {s['mean_treated']:,.0f} / {s['mean_holdout']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time as clock_time, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 
 from retention_pipeline.local import demo_data
 
@@ -209,7 +210,7 @@ FROM (
 
 
 def day_start(day: date) -> datetime:
-    return datetime.combine(day, clock_time(), timezone.utc)
+    return datetime.combine(day, clock_time(), UTC)
 
 
 def existing_params(conn) -> dict | None:
@@ -218,13 +219,15 @@ def existing_params(conn) -> dict | None:
         cur.execute("SELECT to_regclass('bench.params') IS NOT NULL")
         if not cur.fetchone()[0]:
             return None
-        cur.execute("SELECT users, events, days, seed, as_of, base_max_event_id, base_max_session_id, build_seconds "
-                    "FROM bench.params WHERE complete")
+        cur.execute(
+            "SELECT users, events, days, seed, as_of, base_max_event_id, base_max_session_id, build_seconds "
+            "FROM bench.params WHERE complete"
+        )
         row = cur.fetchone()
     if row is None:
         return None
     keys = ("users", "events", "days", "seed", "as_of", "base_max_event_id", "base_max_session_id", "build_seconds")
-    return dict(zip(keys, row))
+    return dict(zip(keys, row, strict=False))
 
 
 def build(conn, spec: DatasetSpec, say: Callable[[str], None], deadline: float | None = None) -> dict:
@@ -237,10 +240,19 @@ def build(conn, spec: DatasetSpec, say: Callable[[str], None], deadline: float |
         cur.execute("SET work_mem = '256MB'")
         cur.execute(_TABLES_NO_INDEXES)
         cur.execute("SELECT setseed(%s)", ((spec.seed % 1000) / 1000.0,))
-        cur.execute(_PROFILE_SQL, {
-            "users": spec.users, "days": spec.days, "new_share": NEW_USER_SHARE, "churn_share": CHURN_SHARE,
-            "alpha": PARETO_ALPHA, "rate_cap": RATE_CAP, "decline_share": DECLINE_SHARE, "paying_share": PAYING_SHARE,
-        })
+        cur.execute(
+            _PROFILE_SQL,
+            {
+                "users": spec.users,
+                "days": spec.days,
+                "new_share": NEW_USER_SHARE,
+                "churn_share": CHURN_SHARE,
+                "alpha": PARETO_ALPHA,
+                "rate_cap": RATE_CAP,
+                "decline_share": DECLINE_SHARE,
+                "paying_share": PAYING_SHARE,
+            },
+        )
         user_events = int(spec.events * (1 - ORPHAN_SHARE))
         cur.execute(_SCALE_RATES_SQL, {"q": q, "target": user_events})
         cur.execute(_USERS_SQL, {"first_day": spec.first_day})
@@ -323,8 +335,13 @@ def describe(conn) -> dict:
         """)
         pct, top = cur.fetchone()
     return {
-        "users": users, "events": events, "orphan_events": orphans, "auth_sessions": sessions,
-        "stripe_subscriptions": subscriptions, "events_table_bytes": events_bytes, "database_bytes": db_bytes,
+        "users": users,
+        "events": events,
+        "orphan_events": orphans,
+        "auth_sessions": sessions,
+        "stripe_subscriptions": subscriptions,
+        "events_table_bytes": events_bytes,
+        "database_bytes": db_bytes,
         "events_per_active_user_p50_p90_p99_max": [*(round(p) for p in (pct or [])), top],
     }
 

@@ -56,21 +56,42 @@ def extrapolate(results: dict, users: int) -> dict:
             continue
         (n1, t1), (n2, t2) = points[-2], points[-1]
         b = math.log(t2 / t1) / math.log(n2 / n1)
-        phases.append({"phase": name, "unit": unit, "from_users": n1, "from": t1, "to_users": n2, "to": t2,
-                       "exponent": round(b, 3), "value": t2 * (users / n2) ** b})
+        phases.append(
+            {
+                "phase": name,
+                "unit": unit,
+                "from_users": n1,
+                "from": t1,
+                "to_users": n2,
+                "to": t2,
+                "exponent": round(b, 3),
+                "value": t2 * (users / n2) ** b,
+            }
+        )
     emails = next((p for p in phases if p["unit"] == "emails"), None)
     sender = results.get("emails") or {}
     rate = float(sender.get("rate_per_second") or 2.0)
     batch = sender["emails"] / sender["batches"] if sender.get("batches") else 100.0
     sending = None
     if emails:
-        sending = {"phase": "sending them (provider bound)", "unit": "s", "from_users": emails["from_users"],
-                   "from": math.ceil(emails["from"] / batch) / rate, "to_users": emails["to_users"],
-                   "to": math.ceil(emails["to"] / batch) / rate, "exponent": None,
-                   "value": math.ceil(emails["value"] / batch) / rate}
-    return {"users": users, "source": results.get("command"), "started_at": results.get("started_at"),
-            "email_rate_per_second": rate, "email_batch_size": batch,
-            "phases": phases + ([sending] if sending else [])}
+        sending = {
+            "phase": "sending them (provider bound)",
+            "unit": "s",
+            "from_users": emails["from_users"],
+            "from": math.ceil(emails["from"] / batch) / rate,
+            "to_users": emails["to_users"],
+            "to": math.ceil(emails["to"] / batch) / rate,
+            "exponent": None,
+            "value": math.ceil(emails["value"] / batch) / rate,
+        }
+    return {
+        "users": users,
+        "source": results.get("command"),
+        "started_at": results.get("started_at"),
+        "email_rate_per_second": rate,
+        "email_batch_size": batch,
+        "phases": phases + ([sending] if sending else []),
+    }
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -93,16 +114,20 @@ def markdown(report: dict) -> str:
     scales = {(p["from_users"], p["to_users"]) for p in report["phases"]}
     shared = scales.pop() if len(scales) == 1 else None  # one pair of scales: name it once, in the header
     head = [f"{n:,} users" for n in shared] if shared else ["measured", "measured"]
-    lines = [f"| phase | {head[0]} | {head[1]} | b | {report['users']:,} users (extrapolated) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [f"| phase | {head[0]} | {head[1]} | b | {report['users']:,} users (extrapolated) |", "|---|---:|---:|---:|---:|"]
     for p in report["phases"]:
         b = "-" if p["exponent"] is None else f"{p['exponent']:.2f}"
         at1, at2 = ("", "") if shared else (f" at {p['from_users']:,}", f" at {p['to_users']:,}")
-        lines.append(f"| {p['phase']} | {_fmt(p['from'], p['unit'])}{at1} | {_fmt(p['to'], p['unit'])}{at2} "
-                     f"| {b} | {_fmt(p['value'], p['unit'])} |")
-    lines += ["", f"t(N) = t(n2) x (N / n2)^b, b = ln(t2 / t1) / ln(n2 / n1) between the two largest measured scales; "
-                  f"sending = ceil(emails / {report['email_batch_size']:.0f}) / {report['email_rate_per_second']:g} req/s. "
-                  f"From `{report['source']}`, started {report['started_at']}."]
+        lines.append(
+            f"| {p['phase']} | {_fmt(p['from'], p['unit'])}{at1} | {_fmt(p['to'], p['unit'])}{at2} "
+            f"| {b} | {_fmt(p['value'], p['unit'])} |"
+        )
+    lines += [
+        "",
+        f"t(N) = t(n2) x (N / n2)^b, b = ln(t2 / t1) / ln(n2 / n1) between the two largest measured scales; "
+        f"sending = ceil(emails / {report['email_batch_size']:.0f}) / {report['email_rate_per_second']:g} req/s. "
+        f"From `{report['source']}`, started {report['started_at']}.",
+    ]
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as clock_time, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 
 import psycopg2
@@ -43,8 +44,8 @@ class Scale:
     reps: dict[str, int]
     env: dict[str, str]
     measurements: dict = field(default_factory=dict)
-    pgbench_seconds: int = 20          # each pgbench sample of the trigger phase
-    bulk_rows: int = 1_000_000         # rows of each bulk insert of the trigger phase
+    pgbench_seconds: int = 20  # each pgbench sample of the trigger phase
+    bulk_rows: int = 1_000_000  # rows of each bulk insert of the trigger phase
     _conn: object = None
     _instance: object = None
 
@@ -116,15 +117,17 @@ class Scale:
             cur.execute("COMMIT")
         return {"seconds": round(time.perf_counter() - t0, 3), "rows": rows, "load": [load_start, load1()]}
 
-    def dagster_run(self, job: str, first: str, last: str | None = None, assets: list[str] | None = None,
-                    run_config: dict | None = None) -> dict:
+    def dagster_run(
+        self, job: str, first: str, last: str | None = None, assets: list[str] | None = None, run_config: dict | None = None
+    ) -> dict:
         """A real in-process Dagster run; whole-run time, step times (event log) and SQL time (pg_stat_statements)."""
         from retention_pipeline.local.runner import run_job
 
         self.sql("SELECT pg_stat_statements_reset()")
         load_start, t0 = load1(), time.perf_counter()
-        result = run_job(self.instance, job, first, last, assets=assets, run_config=run_config,
-                         resources={"app_db": self.app_db()}, quiet=True)
+        result = run_job(
+            self.instance, job, first, last, assets=assets, run_config=run_config, resources={"app_db": self.app_db()}, quiet=True
+        )
         run_seconds = time.perf_counter() - t0
         load_end = load1()
         if not result.success:
@@ -134,7 +137,9 @@ class Scale:
         sql_seconds, calls = self.sql(
             "SELECT COALESCE(sum(total_exec_time), 0) / 1000.0, COALESCE(sum(calls), 0) FROM pg_stat_statements "
             "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND query NOT ILIKE '%%pg_stat_statements%%'", fetch=True)[0]
+            "AND query NOT ILIKE '%%pg_stat_statements%%'",
+            fetch=True,
+        )[0]
         steps = step_durations(self.instance, result.run_id)
         # The asset's own client-side timing of its transaction (metadata `sql_seconds`), where it reports one.
         asset_sql = None
@@ -143,9 +148,16 @@ class Scale:
             if value is not None:
                 asset_sql = float(getattr(value, "value", value))
                 break
-        return {"seconds": round(run_seconds, 3), "steps": steps, "step_seconds": round(sum(steps.values()), 3),
-                "sql_seconds": round(float(sql_seconds), 3), "asset_sql_seconds": asset_sql, "sql_calls": int(calls),
-                "run_id": result.run_id, "load": [load_start, load_end]}
+        return {
+            "seconds": round(run_seconds, 3),
+            "steps": steps,
+            "step_seconds": round(sum(steps.values()), 3),
+            "sql_seconds": round(float(sql_seconds), 3),
+            "asset_sql_seconds": asset_sql,
+            "sql_calls": int(calls),
+            "run_id": result.run_id,
+            "load": [load_start, load_end],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,24 +225,33 @@ def measure_backfill(scale: Scale) -> dict:
     """At large scales (reps['bare_last']) only the Dagster run here; its bare twin runs after the other phases."""
     first, last = scale.spec.first_day, scale.as_of
     bare_now = not scale.reps.get("bare_last")
-    scale.say(f"  {scale.spec.days}-day backfill of daily_activity_snapshots ({first} .. {last}) as one Dagster run"
-              f"{' vs bare SQL' if bare_now else ' (bare SQL at the end)'} x{scale.reps['backfill']} ...")
+    scale.say(
+        f"  {scale.spec.days}-day backfill of daily_activity_snapshots ({first} .. {last}) as one Dagster run"
+        f"{' vs bare SQL' if bare_now else ' (bare SQL at the end)'} x{scale.reps['backfill']} ..."
+    )
     bare, ours = [], []
-    for rep in range(scale.reps["backfill"]):
+    for _ in range(scale.reps["backfill"]):
         if bare_now:
             bare.append(_bare_backfill(scale, first, last))
         scale.sql("TRUNCATE retention.daily_activity")
         _vacuum(scale, "retention.daily_activity")
         scale.check_budget("the backfill", 30)
-        ours.append(scale.dagster_run("daily_retention_job", first.isoformat(), last.isoformat(),
-                                      assets=["daily_activity_snapshots"]))
-        scale.say(f"    Dagster run   {ours[-1]['seconds']:8.2f} s  (step {ours[-1]['step_seconds']:.2f} s, "
-                  f"SQL {ours[-1]['sql_seconds']:.2f} s, load {ours[-1]['load']})")
+        ours.append(
+            scale.dagster_run("daily_retention_job", first.isoformat(), last.isoformat(), assets=["daily_activity_snapshots"])
+        )
+        scale.say(
+            f"    Dagster run   {ours[-1]['seconds']:8.2f} s  (step {ours[-1]['step_seconds']:.2f} s, "
+            f"SQL {ours[-1]['sql_seconds']:.2f} s, load {ours[-1]['load']})"
+        )
     _vacuum(scale, "retention.daily_activity")
-    out = {"days": (last - first).days + 1, "run_seconds": median([o["seconds"] for o in ours]),
-           "step_seconds": median([o["step_seconds"] for o in ours]),
-           "sql_seconds": median([o["sql_seconds"] for o in ours]), "target": 1.2,
-           "samples": {"bare": bare, "pipeline": ours}}
+    out = {
+        "days": (last - first).days + 1,
+        "run_seconds": median([o["seconds"] for o in ours]),
+        "step_seconds": median([o["step_seconds"] for o in ours]),
+        "sql_seconds": median([o["sql_seconds"] for o in ours]),
+        "target": 1.2,
+        "samples": {"bare": bare, "pipeline": ours},
+    }
     return _with_bare(scale, out) if bare else out
 
 
@@ -260,7 +281,7 @@ def measure_daily_partition(scale: Scale) -> dict:
     day = scale.as_of
     scale.say(f"  one daily partition ({day}) of daily_activity_snapshots vs bare SQL x{scale.reps['daily']} ...")
     bare, ours = [], []
-    for rep in range(scale.reps["daily"]):
+    for _ in range(scale.reps["daily"]):
         scale.check_budget("the daily partition", 10)
         _reset_scratch(scale)
         bare.append(scale.timed_sql(BARE_SNAPSHOT_SQL, scale.window(day, day)))
@@ -275,15 +296,24 @@ def measure_daily_partition(scale: Scale) -> dict:
     # (like the bare SQL's, commit included), else the server-side statement time (pg_stat_statements).
     asset_sql = [o["asset_sql_seconds"] for o in ours if o["asset_sql_seconds"] is not None]
     sql_s = median(asset_sql) if len(asset_sql) == len(ours) else server_sql_s
-    scale.say(f"    bare SQL {bare_s:.3f} s; inside the asset's SQL {sql_s:.3f} s; asset step {step_s:.3f} s; "
-              f"whole run {run_s:.3f} s")
+    scale.say(
+        f"    bare SQL {bare_s:.3f} s; inside the asset's SQL {sql_s:.3f} s; asset step {step_s:.3f} s; whole run {run_s:.3f} s"
+    )
     return {
-        "day": day.isoformat(), "rows": bare[-1]["rows"], "same_figures": same,
-        "bare_seconds": bare_s, "sql_seconds": sql_s, "server_sql_seconds": server_sql_s,
+        "day": day.isoformat(),
+        "rows": bare[-1]["rows"],
+        "same_figures": same,
+        "bare_seconds": bare_s,
+        "sql_seconds": sql_s,
+        "server_sql_seconds": server_sql_s,
         "sql_timing": "asset metadata sql_seconds" if len(asset_sql) == len(ours) else "pg_stat_statements",
-        "step_seconds": step_s, "run_seconds": run_s, "startup_seconds": round(run_s - sql_s, 3),
-        "ratio": round(sql_s / bare_s, 3), "step_ratio": round(step_s / bare_s, 3),
-        "target": 1.3, "samples": {"bare": bare, "pipeline": ours},
+        "step_seconds": step_s,
+        "run_seconds": run_s,
+        "startup_seconds": round(run_s - sql_s, 3),
+        "ratio": round(sql_s / bare_s, 3),
+        "step_ratio": round(step_s / bare_s, 3),
+        "target": 1.3,
+        "samples": {"bare": bare, "pipeline": ours},
     }
 
 
@@ -297,10 +327,17 @@ def measure_segments(scale: Scale) -> dict:
         scale.check_budget("the weekly segments", 10)
         runs.append(scale.dagster_run("weekly_segments_job", week.isoformat()))
     rows = scale.sql("SELECT count(*) FROM retention.weekly_segments WHERE week_start = %s", (week,), fetch=True)[0][0]
-    out = {"week": week.isoformat(), "rows": rows, "run_seconds": median([r["seconds"] for r in runs]),
-           "step_seconds": median([r["step_seconds"] for r in runs]), "sql_seconds": median([r["sql_seconds"] for r in runs]),
-           "samples": runs}
-    scale.say(f"    {out['rows']:,} rows; step {out['step_seconds']:.2f} s (SQL {out['sql_seconds']:.2f} s), run {out['run_seconds']:.2f} s")
+    out = {
+        "week": week.isoformat(),
+        "rows": rows,
+        "run_seconds": median([r["seconds"] for r in runs]),
+        "step_seconds": median([r["step_seconds"] for r in runs]),
+        "sql_seconds": median([r["sql_seconds"] for r in runs]),
+        "samples": runs,
+    }
+    scale.say(
+        f"    {out['rows']:,} rows; step {out['step_seconds']:.2f} s (SQL {out['sql_seconds']:.2f} s), run {out['run_seconds']:.2f} s"
+    )
     return out
 
 
@@ -309,7 +346,9 @@ def measure_dormant(scale: Scale) -> dict:
     dormant users' last actions are carried over), and the same day cold (no day before), as the first
     day of a backfill is."""
     day, previous = scale.as_of, scale.as_of - timedelta(days=1)
-    scale.say(f"  one day ({day}) of dormant_users: cold (without {previous}), then x{scale.reps['dormant']} after {previous} ...")
+    scale.say(
+        f"  one day ({day}) of dormant_users: cold (without {previous}), then x{scale.reps['dormant']} after {previous} ..."
+    )
     scale.check_budget("dormant_users", 10)
     scale.sql("DELETE FROM retention.dormant_users WHERE as_of_date >= %s", (previous,))
     cold = scale.dagster_run("daily_retention_job", day.isoformat(), assets=["dormant_users"])
@@ -318,15 +357,26 @@ def measure_dormant(scale: Scale) -> dict:
     for _ in range(scale.reps["dormant"]):
         scale.check_budget("dormant_users", 10)
         runs.append(scale.dagster_run("daily_retention_job", day.isoformat(), assets=["dormant_users"]))
-    rows = scale.sql("SELECT count(*), count(*) FILTER (WHERE targeted) FROM retention.dormant_users WHERE as_of_date = %s",
-                     (day,), fetch=True)[0]
+    rows = scale.sql(
+        "SELECT count(*), count(*) FILTER (WHERE targeted) FROM retention.dormant_users WHERE as_of_date = %s", (day,), fetch=True
+    )[0]
     carried = scale.sql(_CARRIED_SQL, {"day": day}, fetch=True)[0][0]
-    out = {"day": day.isoformat(), "rows": rows[0], "targeted": rows[1], "carried_over": carried,
-           "run_seconds": median([r["seconds"] for r in runs]), "step_seconds": median([r["step_seconds"] for r in runs]),
-           "sql_seconds": median([r["sql_seconds"] for r in runs]), "samples": runs,
-           "cold_step_seconds": cold["step_seconds"], "cold_sample": cold}
-    scale.say(f"    {out['rows']:,} dormant users ({carried:,} with yesterday's last actions); step {out['step_seconds']:.2f} s "
-              f"(SQL {out['sql_seconds']:.2f} s), run {out['run_seconds']:.2f} s; cold {cold['step_seconds']:.2f} s")
+    out = {
+        "day": day.isoformat(),
+        "rows": rows[0],
+        "targeted": rows[1],
+        "carried_over": carried,
+        "run_seconds": median([r["seconds"] for r in runs]),
+        "step_seconds": median([r["step_seconds"] for r in runs]),
+        "sql_seconds": median([r["sql_seconds"] for r in runs]),
+        "samples": runs,
+        "cold_step_seconds": cold["step_seconds"],
+        "cold_sample": cold,
+    }
+    scale.say(
+        f"    {out['rows']:,} dormant users ({carried:,} with yesterday's last actions); step {out['step_seconds']:.2f} s "
+        f"(SQL {out['sql_seconds']:.2f} s), run {out['run_seconds']:.2f} s; cold {cold['step_seconds']:.2f} s"
+    )
     return out
 
 
@@ -362,9 +412,21 @@ WHERE d.as_of_date = %(day)s AND d.targeted
 
 def _start_fake_resend(log_path: Path, rate: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "retention_pipeline.local.fake_resend", "--port", "0", "--rate", str(rate),
-         "--log", str(log_path)],
-        stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "retention_pipeline.local.fake_resend",
+            "--port",
+            "0",
+            "--rate",
+            str(rate),
+            "--log",
+            str(log_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
     )
     line = process.stdout.readline()
     match = re.search(r"(http://\S+)", line)
@@ -390,7 +452,7 @@ def measure_daily_job(scale: Scale) -> dict:
     scale.say(f"  steady state: dormant_users of {previous} and yesterday's ledger (everyone dormant then was emailed) ...")
     scale.check_budget("the daily job", 30)
     scale.dagster_run("daily_retention_job", previous.isoformat(), assets=["dormant_users"])
-    morning = datetime.combine(day, clock_time(9), timezone.utc)
+    morning = datetime.combine(day, clock_time(9), UTC)
     seeded = scale.sql(_SEED_LEDGER_SQL, {"day": previous, "morning": morning})
     # The morning of `day + 1` finds neither today's snapshot nor today's dormant users.
     scale.sql("DELETE FROM retention.daily_activity WHERE activity_date = %s", (day,))
@@ -404,16 +466,22 @@ def measure_daily_job(scale: Scale) -> dict:
         try:
             env = {**os.environ, **scale.env}
             load_start, t0 = load1(), time.perf_counter()
-            child = subprocess.Popen([sys.executable, "-m", "benchmarks.daily_run", "--day", day.isoformat(), "--resend-url", url],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT_ROOT,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.daily_run", "--day", day.isoformat(), "--resend-url", url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=PROJECT_ROOT,
+                start_new_session=True,
+            )
             with TreeRssSampler(child.pid, 0.05) as sampler:
                 try:
                     out, err = child.communicate(timeout=scale.timeout_seconds())
                 except subprocess.TimeoutExpired:
                     os.killpg(child.pid, signal.SIGKILL)
                     child.communicate()
-                    raise BudgetExceeded("the daily job subprocess ran out of the scale's budget and was stopped")
+                    raise BudgetExceeded("the daily job subprocess ran out of the scale's budget and was stopped") from None
             wall = time.perf_counter() - t0
             load_end = load1()
         finally:
@@ -424,18 +492,28 @@ def measure_daily_job(scale: Scale) -> dict:
     report = json.loads(out.strip().splitlines()[-1])
     emails_sent = int(report["emails"].get("emails_sent", 0))
     out = {
-        "day": day.isoformat(), "wall_seconds": round(wall, 3), "import_seconds": round(report["import_seconds"], 3),
-        "run_seconds": round(report["run_seconds"], 3), "steps": report["steps"],
-        "peak_pss_mb": round(sampler.peak_pss_bytes / 2**20, 1), "peak_rss_mb": round(sampler.peak_bytes / 2**20, 1),
-        "peak_single_process_rss_mb": round(sampler.peak_single_rss_bytes / 2**20, 1), "peak_processes": sampler.peak_processes,
-        "rss_samples": sampler.samples, "seeded_ledger_rows": seeded, "emails": report["emails"],
+        "day": day.isoformat(),
+        "wall_seconds": round(wall, 3),
+        "import_seconds": round(report["import_seconds"], 3),
+        "run_seconds": round(report["run_seconds"], 3),
+        "steps": report["steps"],
+        "peak_pss_mb": round(sampler.peak_pss_bytes / 2**20, 1),
+        "peak_rss_mb": round(sampler.peak_bytes / 2**20, 1),
+        "peak_single_process_rss_mb": round(sampler.peak_single_rss_bytes / 2**20, 1),
+        "peak_processes": sampler.peak_processes,
+        "rss_samples": sampler.samples,
+        "seeded_ledger_rows": seeded,
+        "emails": report["emails"],
         "emails_accepted_by_provider": len(accepted),
         "email_rate_bound_seconds": round(-(-emails_sent // 100) / 2, 1),
-        "load": [load_start, load_end], "target_peak_pss_mb": 500,
+        "load": [load_start, load_end],
+        "target_peak_pss_mb": 500,
     }
-    scale.say(f"    wall {out['wall_seconds']:.1f} s (run {out['run_seconds']:.1f} s), peak memory {out['peak_pss_mb']:.0f} MB PSS "
-              f"({out['peak_rss_mb']:.0f} MB summed RSS, largest process {out['peak_single_process_rss_mb']:.0f} MB), "
-              f"{emails_sent:,} emails sent; steps {out['steps']}")
+    scale.say(
+        f"    wall {out['wall_seconds']:.1f} s (run {out['run_seconds']:.1f} s), peak memory {out['peak_pss_mb']:.0f} MB PSS "
+        f"({out['peak_rss_mb']:.0f} MB summed RSS, largest process {out['peak_single_process_rss_mb']:.0f} MB), "
+        f"{emails_sent:,} emails sent; steps {out['steps']}"
+    )
     return out
 
 
@@ -467,17 +545,38 @@ def _pgbench(scale: Scale, script: Path, seconds: int) -> dict:
     socket_dir = str(scale.server.status.socket_dir)
     load_start = load1()
     completed = subprocess.run(
-        [str(pgbench_path()), "-n", "-h", socket_dir, "-U", "postgres", "-c", "2", "-j", "2", "-T", str(seconds),
-         "-f", str(script), scale.spec.database],
-        capture_output=True, text=True, timeout=seconds + 60,
+        [
+            str(pgbench_path()),
+            "-n",
+            "-h",
+            socket_dir,
+            "-U",
+            "postgres",
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            scale.spec.database,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"pgbench failed: {completed.stderr[-2000:]}")
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", completed.stdout)
     latency = re.search(r"latency average = ([0-9.]+) ms", completed.stdout)
     count = re.search(r"number of transactions actually processed: (\d+)", completed.stdout)
-    return {"tps": float(tps.group(1)), "latency_ms": float(latency.group(1)) if latency else None,
-            "transactions": int(count.group(1)) if count else None, "load": [load_start, load1()]}
+    return {
+        "tps": float(tps.group(1)),
+        "latency_ms": float(latency.group(1)) if latency else None,
+        "transactions": int(count.group(1)) if count else None,
+        "load": [load_start, load1()],
+    }
 
 
 def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows: int | None = None) -> dict:
@@ -487,12 +586,12 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
     scale.sql("CREATE TABLE IF NOT EXISTS bench.trigger_dirty ()")  # until restore_events has recomputed user_activity
     scale.sql("DROP SEQUENCE IF EXISTS bench.event_ids")
     scale.sql(f"CREATE SEQUENCE bench.event_ids START {base + 1} CACHE 1")
-    now = datetime.combine(scale.as_of + timedelta(days=1), clock_time(8), timezone.utc)
+    now = datetime.combine(scale.as_of + timedelta(days=1), clock_time(8), UTC)
     out: dict = {"bulk_rows": bulk_rows, "bulk": {"without": [], "with": []}, "pgbench": {"without": [], "with": []}}
     try:
         scale.say(f"  trigger: {bulk_rows:,}-row bulk INSERT ... SELECT without / with the trigger x{scale.reps['trigger']} ...")
         for rep in range(scale.reps["trigger"]):
-            for enabled in ((False, True) if rep % 2 == 0 else (True, False)):  # alternate the order
+            for enabled in (False, True) if rep % 2 == 0 else (True, False):  # alternate the order
                 scale.check_budget("the trigger bulk insert", 20)
                 _set_trigger(scale, enabled)
                 sample = scale.timed_sql(_BULK_INSERT_SQL, {"users": scale.spec.users, "now": now, "rows": bulk_rows})
@@ -513,19 +612,22 @@ def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows:
             script.write_text(_PGBENCH_SCRIPT.format(users=scale.spec.users))
             os.chmod(tmp, 0o755)
             os.chmod(script, 0o644)
-            scale.say(f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['trigger']} ...")
+            scale.say(
+                f"  trigger: single-row INSERTs, pgbench -c 2 -j 2 -T {pgbench_seconds}, without / with x{scale.reps['trigger']} ..."
+            )
             for rep in range(scale.reps["trigger"]):
-                for enabled in ((False, True) if rep % 2 == 0 else (True, False)):
+                for enabled in (False, True) if rep % 2 == 0 else (True, False):
                     scale.check_budget("pgbench", pgbench_seconds + 10)
                     _set_trigger(scale, enabled)
                     sample = _pgbench(scale, script, pgbench_seconds)
                     out["pgbench"]["with" if enabled else "without"].append(sample)
-                    scale.say(f"    {'with   ' if enabled else 'without'} trigger {sample['tps']:9.1f} tps (load {sample['load']})")
+                    scale.say(
+                        f"    {'with   ' if enabled else 'without'} trigger {sample['tps']:9.1f} tps (load {sample['load']})"
+                    )
     finally:
         _set_trigger(scale, True)
     out["install"] = measure_install_wait(scale)
-    out |= {**bulk_summary(out["bulk"]), **pgbench_summary(out["pgbench"], scale.spec.users),
-            "inserted_events_base_id": base}
+    out |= {**bulk_summary(out["bulk"]), **pgbench_summary(out["pgbench"], scale.spec.users), "inserted_events_base_id": base}
     return out
 
 
@@ -560,13 +662,13 @@ class _AppInserter:
     def __init__(self, scale: Scale):
         self.dsn = {"dbname": scale.spec.database, "user": "bench_app_writer", "host": str(scale.server.status.socket_dir)}
         self.users = scale.spec.users
-        self.now = datetime.combine(scale.as_of + timedelta(days=1), clock_time(8), timezone.utc)
+        self.now = datetime.combine(scale.as_of + timedelta(days=1), clock_time(8), UTC)
         self.samples: list[tuple[float, float]] = []  # (start, seconds) of every insert
         self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "_AppInserter":
+    def __enter__(self) -> _AppInserter:
         self._thread.start()
         return self
 
@@ -583,9 +685,11 @@ class _AppInserter:
                 while not self._stop.is_set():
                     n += 1
                     t0 = time.perf_counter()
-                    cur.execute("INSERT INTO public.events (id, user_id, event_type, occurred_at) "
-                                "VALUES (nextval('bench.event_ids'), %s, 'view_dashboard', %s)",
-                                (1 + (n * 7919) % self.users, self.now))
+                    cur.execute(
+                        "INSERT INTO public.events (id, user_id, event_type, occurred_at) "
+                        "VALUES (nextval('bench.event_ids'), %s, 'view_dashboard', %s)",
+                        (1 + (n * 7919) % self.users, self.now),
+                    )
                     self.samples.append((t0, time.perf_counter() - t0))
             conn.close()
         except Exception as exc:  # noqa: BLE001 - reported with the measurement
@@ -604,10 +708,14 @@ def measure_install_wait(scale: Scale) -> dict:
     from retention_pipeline.activity.trigger import install_trigger, uninstall_trigger
 
     scale.check_budget("the trigger install", 120)
-    scale.sql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app_writer') THEN "
-              "CREATE ROLE bench_app_writer LOGIN; END IF; END $$")
-    scale.sql("GRANT INSERT ON public.events TO bench_app_writer; GRANT USAGE ON SCHEMA bench TO bench_app_writer; "
-              "GRANT USAGE ON SEQUENCE bench.event_ids TO bench_app_writer")
+    scale.sql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app_writer') THEN "
+        "CREATE ROLE bench_app_writer LOGIN; END IF; END $$"
+    )
+    scale.sql(
+        "GRANT INSERT ON public.events TO bench_app_writer; GRANT USAGE ON SCHEMA bench TO bench_app_writer; "
+        "GRANT USAGE ON SEQUENCE bench.event_ids TO bench_app_writer"
+    )
     db = scale.app_db()
     scale.say("  trigger install under single-row app inserts (uninstall, then install) ...")
     uninstall_trigger(db)
@@ -622,17 +730,23 @@ def measure_install_wait(scale: Scale) -> dict:
     if app.error is not None:
         raise RuntimeError(f"the app's inserts failed during the install: {app.error}")
     during, before = app.between(started, finished), app.between(started - _BASELINE_SECONDS, started)
-    out = {"install_seconds": round(finished - started, 3), "users_tracked": tracked,
-           "inserts_during_install": len(during),
-           "max_insert_wait_seconds": round(max(during), 4) if during else None,
-           "max_insert_started_after_seconds": app.longest_starts_after(started, finished),
-           "median_insert_during_install_ms": round(median(during) * 1000, 3) if during else None,
-           "max_insert_before_install_seconds": round(max(before), 4) if before else None,
-           "median_insert_before_install_ms": round(median(before) * 1000, 3) if before else None,
-           "target_seconds": INSTALL_WAIT_TARGET_SECONDS, "load": [load_start, load1()]}
-    scale.say(f"    install {out['install_seconds']:.1f} s; {len(during):,} app inserts meanwhile, the longest "
-              f"{out['max_insert_wait_seconds']} s, {out['max_insert_started_after_seconds']} s into the install "
-              f"(before the install: {out['max_insert_before_install_seconds']} s)")
+    out = {
+        "install_seconds": round(finished - started, 3),
+        "users_tracked": tracked,
+        "inserts_during_install": len(during),
+        "max_insert_wait_seconds": round(max(during), 4) if during else None,
+        "max_insert_started_after_seconds": app.longest_starts_after(started, finished),
+        "median_insert_during_install_ms": round(median(during) * 1000, 3) if during else None,
+        "max_insert_before_install_seconds": round(max(before), 4) if before else None,
+        "median_insert_before_install_ms": round(median(before) * 1000, 3) if before else None,
+        "target_seconds": INSTALL_WAIT_TARGET_SECONDS,
+        "load": [load_start, load1()],
+    }
+    scale.say(
+        f"    install {out['install_seconds']:.1f} s; {len(during):,} app inserts meanwhile, the longest "
+        f"{out['max_insert_wait_seconds']} s, {out['max_insert_started_after_seconds']} s into the install "
+        f"(before the install: {out['max_insert_before_install_seconds']} s)"
+    )
     return out
 
 
@@ -641,10 +755,17 @@ def measure_install_wait(scale: Scale) -> dict:
 # cancels within it, where a ratio of the two overall medians can compare a quiet sample with a busy one.
 # Both statistics are reported.
 
+
 def bulk_summary(bulk: dict) -> dict:
     medians, pairs, of_medians = _paired(bulk, "seconds", lambda without, with_trigger: with_trigger / without)
-    return {"bulk_without_seconds": medians[0], "bulk_with_seconds": medians[1], "bulk_ratio_pairs": pairs,
-            "bulk_ratio": round(median(pairs), 3), "bulk_ratio_of_medians": of_medians, "bulk_target": BULK_TARGET}
+    return {
+        "bulk_without_seconds": medians[0],
+        "bulk_with_seconds": medians[1],
+        "bulk_ratio_pairs": pairs,
+        "bulk_ratio": round(median(pairs), 3),
+        "bulk_ratio_of_medians": of_medians,
+        "bulk_target": BULK_TARGET,
+    }
 
 
 BULK_TARGET = 1.10
@@ -657,16 +778,21 @@ def tps_loss_target(users: int) -> float:
 
 def pgbench_summary(pgbench: dict, users: int) -> dict:
     medians, pairs, of_medians = _paired(pgbench, "tps", lambda without, with_trigger: 1 - with_trigger / without)
-    return {"tps_without": medians[0], "tps_with": medians[1], "tps_loss_pairs": pairs,
-            "tps_loss": round(median(pairs), 3), "tps_loss_of_medians": of_medians,
-            "tps_loss_target": tps_loss_target(users)}
+    return {
+        "tps_without": medians[0],
+        "tps_with": medians[1],
+        "tps_loss_pairs": pairs,
+        "tps_loss": round(median(pairs), 3),
+        "tps_loss_of_medians": of_medians,
+        "tps_loss_target": tps_loss_target(users),
+    }
 
 
 def _paired(samples: dict, field: str, compare) -> tuple[tuple[float, float], list[float], float]:
     """(median without, median with), `compare` of each back-to-back pair, and of the two medians."""
     without = [s[field] for s in samples["without"]]
     with_trigger = [s[field] for s in samples["with"]]
-    pairs = [round(compare(wo, w), 3) for wo, w in zip(without, with_trigger)]
+    pairs = [round(compare(wo, w), 3) for wo, w in zip(without, with_trigger, strict=False)]
     medians = (median(without), median(with_trigger))
     return medians, pairs, round(compare(*medians), 3)
 
@@ -690,28 +816,35 @@ def restore_events(scale: Scale, base_max_event_id: int, recompute: bool) -> dic
 # 10,000 emails through ResendSender against the rate-limit bound
 # ---------------------------------------------------------------------------------------------
 
+
 def measure_emails(say, total: int = 10_000, batch_size: int = 100, rate: int = 2) -> dict:
     from retention_pipeline.outreach.senders import OutgoingEmail, ResendSender
 
     batches = -(-total // batch_size)
     bound = batches / rate  # 100 requests at 2 requests/s: 50 s
-    say(f"  {total:,} emails in {batches} batches through ResendSender to a FakeResend at {rate} requests/s "
-        f"(bound {bound:.0f} s) ...")
+    say(
+        f"  {total:,} emails in {batches} batches through ResendSender to a FakeResend at {rate} requests/s "
+        f"(bound {bound:.0f} s) ..."
+    )
     run_tag = f"bench-{int(time.time())}"
     with tempfile.TemporaryDirectory(prefix="bench-emails-") as tmp:
         log_path = Path(tmp) / "accepted.jsonl"
         fake, url = _start_fake_resend(log_path, rate=rate)
         try:
-            sender = ResendSender(api_key="re_benchmark", api_url=url, requests_per_second=float(rate),
-                                  max_batch_size=batch_size)
+            sender = ResendSender(api_key="re_benchmark", api_url=url, requests_per_second=float(rate), max_batch_size=batch_size)
             ids, errors, attempts = [], [], 0
             load_start, t0 = load1(), time.perf_counter()
             for b in range(batches):
                 emails = [
-                    OutgoingEmail(to=f"bench+{b * batch_size + i}@example.com", from_address="Acme <hello@example.com>",
-                                  subject="We miss you", html="<p>Hello</p>", text="Hello",
-                                  headers={"List-Unsubscribe": "<https://example.com/u>"},
-                                  tags={"campaign": "benchmark", "step": "1", "variant": "recap"})
+                    OutgoingEmail(
+                        to=f"bench+{b * batch_size + i}@example.com",
+                        from_address="Acme <hello@example.com>",
+                        subject="We miss you",
+                        html="<p>Hello</p>",
+                        text="Hello",
+                        headers={"List-Unsubscribe": "<https://example.com/u>"},
+                        tags={"campaign": "benchmark", "step": "1", "variant": "recap"},
+                    )
                     for i in range(min(batch_size, total - b * batch_size))
                 ]
                 outcome = sender.send_batch(emails, idempotency_key=f"{run_tag}-{b}")
@@ -728,12 +861,24 @@ def measure_emails(say, total: int = 10_000, batch_size: int = 100, rate: int = 
     recipients = [a["email"]["to"][0] for a in accepted]
     intended = {f"bench+{i}@example.com" for i in range(total)}
     out = {
-        "emails": total, "batches": batches, "rate_per_second": rate, "seconds": round(elapsed, 3),
-        "bound_seconds": bound, "ratio": round(elapsed / bound, 3), "target": 1.05,
-        "accepted": len(accepted), "duplicates": len(recipients) - len(set(recipients)),
-        "lost": len(intended - set(recipients)), "provider_ids_returned": len(ids), "unique_provider_ids": len(set(ids)),
-        "attempts": attempts, "errors": errors, "load": [load_start, load_end],
+        "emails": total,
+        "batches": batches,
+        "rate_per_second": rate,
+        "seconds": round(elapsed, 3),
+        "bound_seconds": bound,
+        "ratio": round(elapsed / bound, 3),
+        "target": 1.05,
+        "accepted": len(accepted),
+        "duplicates": len(recipients) - len(set(recipients)),
+        "lost": len(intended - set(recipients)),
+        "provider_ids_returned": len(ids),
+        "unique_provider_ids": len(set(ids)),
+        "attempts": attempts,
+        "errors": errors,
+        "load": [load_start, load_end],
     }
-    say(f"    {out['seconds']:.1f} s = {out['ratio']:.3f}x the bound; accepted {out['accepted']:,}, "
-        f"duplicates {out['duplicates']}, lost {out['lost']}, attempts {attempts}")
+    say(
+        f"    {out['seconds']:.1f} s = {out['ratio']:.3f}x the bound; accepted {out['accepted']:,}, "
+        f"duplicates {out['duplicates']}, lost {out['lost']}, attempts {attempts}"
+    )
     return out

@@ -52,8 +52,9 @@ def _newcombe_upper_below_zero(r1: int, n1: int, r2: int, n2: int) -> bool:
     return p1 - p2 + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2) < 0
 
 
-def pause_replicate(rng: np.random.Generator, rule: SequentialRule, days: int, sends: int, holdout_share: float,
-                    base_rate: float, lag: int) -> dict[str, bool]:
+def pause_replicate(
+    rng: np.random.Generator, rule: SequentialRule, days: int, sends: int, holdout_share: float, base_rate: float, lag: int
+) -> dict[str, bool]:
     holdout = rng.binomial(sends, holdout_share, days)
     treated = sends - holdout
     treated_returned, holdout_returned = rng.binomial(treated, base_rate), rng.binomial(holdout, base_rate)
@@ -63,28 +64,43 @@ def pause_replicate(rng: np.random.Generator, rule: SequentialRule, days: int, s
         closed = look - lag  # sends of this day index have just closed their window
         if closed >= 0:
             day = FIRST_DAY + timedelta(days=closed)
-            outcomes += [DayOutcome(day, "recap", True, int(treated[closed]), int(treated_returned[closed])),
-                         DayOutcome(day, "holdout", False, int(holdout[closed]), int(holdout_returned[closed]))]
+            outcomes += [
+                DayOutcome(day, "recap", True, int(treated[closed]), int(treated_returned[closed])),
+                DayOutcome(day, "holdout", False, int(holdout[closed]), int(holdout_returned[closed])),
+            ]
         if not outcomes:
             continue
         if not paused["always_valid"] and sequential_pause(outcomes, rule):
             paused["always_valid"] = True
         if not paused["old_rule"]:
             seen = closed + 1
-            paused["old_rule"] = _newcombe_upper_below_zero(int(treated_returned[:seen].sum()), int(treated[:seen].sum()),
-                                                            int(holdout_returned[:seen].sum()), int(holdout[:seen].sum()))
+            paused["old_rule"] = _newcombe_upper_below_zero(
+                int(treated_returned[:seen].sum()),
+                int(treated[:seen].sum()),
+                int(holdout_returned[:seen].sum()),
+                int(holdout[:seen].sum()),
+            )
     return paused
 
 
-def false_pause_rate(replicates: int, seed: int = 16, rule: SequentialRule = SequentialRule(), days: int = 90, sends: int = 300,
-                     holdout_share: float = 0.1, base_rate: float = 0.2, lag: int = 8) -> dict:
-    rng = np.random.default_rng(seed)
+def false_pause_rate(
+    replicates: int,
+    seed: int = 16,
+    rule: SequentialRule | None = None,
+    days: int = 90,
+    sends: int = 300,
+    holdout_share: float = 0.1,
+    base_rate: float = 0.2,
+    lag: int = 8,
+) -> dict:
+    rng, rule = np.random.default_rng(seed), rule or SequentialRule()
     results = [pause_replicate(rng, rule, days, sends, holdout_share, base_rate, lag) for _ in range(replicates)]
     return {name: sum(r[name] for r in results) / replicates for name in ("always_valid", "old_rule")}
 
 
-def winner_replicate(rng: np.random.Generator, replicate: int, rule: SequentialRule, days: int, sends: int,
-                     holdout_share: float, lag: int) -> dict[str, bool]:
+def winner_replicate(
+    rng: np.random.Generator, replicate: int, rule: SequentialRule, days: int, sends: int, holdout_share: float, lag: int
+) -> dict[str, bool]:
     variants = ["recap", "nudge"]
     outcomes: list[DayOutcome] = []
     pending: list[list[DayOutcome]] = []
@@ -97,22 +113,35 @@ def winner_replicate(rng: np.random.Generator, replicate: int, rule: SequentialR
         if allocation.winner:
             declared["always_valid"] = True
         if not declared["naive_pooled"]:
-            totals = {v: (sum(o.returned for o in outcomes if o.variant == v), sum(o.users for o in outcomes if o.variant == v))
-                      for v in variants}
+            totals = {
+                v: (sum(o.returned for o in outcomes if o.variant == v), sum(o.users for o in outcomes if o.variant == v))
+                for v in variants
+            }
             if min(n for _, n in totals.values()) >= rule.min_sample:
                 naive = lift(*totals["recap"], *totals["nudge"])
                 declared["naive_pooled"] = not naive.ci_low <= 0 <= naive.ci_high
         base_rate = 0.15 + 0.15 * look / (days - 1)  # returns get likelier over the campaign, for both variants
         treated = sends - int(rng.binomial(sends, holdout_share))
         recap = int(rng.binomial(treated, allocation.shares["recap"]))
-        pending.append([DayOutcome(day, "recap", True, recap, int(rng.binomial(recap, base_rate))),
-                        DayOutcome(day, "nudge", True, treated - recap, int(rng.binomial(treated - recap, base_rate)))])
+        pending.append(
+            [
+                DayOutcome(day, "recap", True, recap, int(rng.binomial(recap, base_rate))),
+                DayOutcome(day, "nudge", True, treated - recap, int(rng.binomial(treated - recap, base_rate))),
+            ]
+        )
     return declared
 
 
-def false_winner_rate(replicates: int, seed: int = 61, rule: SequentialRule = SequentialRule(), days: int = 90,
-                      sends: int = 300, holdout_share: float = 0.1, lag: int = 8) -> dict:
-    rng = np.random.default_rng(seed)
+def false_winner_rate(
+    replicates: int,
+    seed: int = 61,
+    rule: SequentialRule | None = None,
+    days: int = 90,
+    sends: int = 300,
+    holdout_share: float = 0.1,
+    lag: int = 8,
+) -> dict:
+    rng, rule = np.random.default_rng(seed), rule or SequentialRule()
     results = [winner_replicate(rng, i, rule, days, sends, holdout_share, lag) for i in range(replicates)]
     return {name: sum(r[name] for r in results) / replicates for name in ("always_valid", "naive_pooled")}
 
@@ -132,9 +161,18 @@ def main() -> None:
     winners = false_winner_rate(args.winner_replicates, rule=rule)
     today = date.today().isoformat()
     results = {
-        "date": today, "machine": platform.platform(), "rule": vars(rule),
-        "scenario": {"days": 90, "sends_per_day": 300, "holdout_share": 0.1, "window_days": 7, "look_lag_days": 8,
-                     "pause_base_rate": 0.2, "winner_base_rate": "0.15 -> 0.30 linear"},
+        "date": today,
+        "machine": platform.platform(),
+        "rule": vars(rule),
+        "scenario": {
+            "days": 90,
+            "sends_per_day": 300,
+            "holdout_share": 0.1,
+            "window_days": 7,
+            "look_lag_days": 8,
+            "pause_base_rate": 0.2,
+            "winner_base_rate": "0.15 -> 0.30 linear",
+        },
         "false_pause": {"replicates": args.replicates, **pauses},
         "false_winner": {"replicates": args.winner_replicates, **winners},
     }

@@ -68,8 +68,9 @@ def _needs_restart(server: EmbeddedPostgres) -> bool:
     conn = server.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT name, setting, unit, pending_restart FROM pg_settings WHERE name = ANY(%s)",
-                        (list(RESTART_SETTINGS),))
+            cur.execute(
+                "SELECT name, setting, unit, pending_restart FROM pg_settings WHERE name = ANY(%s)", (list(RESTART_SETTINGS),)
+            )
             return any(row[3] for row in cur.fetchall())
     finally:
         conn.close()

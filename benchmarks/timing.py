@@ -49,15 +49,15 @@ class TreeRssSampler:
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid = pid
         self.interval = interval
-        self.peak_bytes = 0           # summed RSS
-        self.peak_pss_bytes = 0       # summed PSS
+        self.peak_bytes = 0  # summed RSS
+        self.peak_pss_bytes = 0  # summed PSS
         self.peak_single_rss_bytes = 0
         self.peak_processes = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
-    def __enter__(self) -> "TreeRssSampler":
+    def __enter__(self) -> TreeRssSampler:
         self._thread.start()
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from retention_pipeline.settings import PROJECT_TIMEZONE, parse_now
@@ -24,8 +24,8 @@ def now() -> datetime:
         return _frozen
     env_value = os.environ.get("RETENTION_NOW")
     if env_value:
-        return parse_now(env_value).astimezone(timezone.utc)
-    return datetime.now(timezone.utc)
+        return parse_now(env_value).astimezone(UTC)
+    return datetime.now(UTC)
 
 
 def today(tz: str = PROJECT_TIMEZONE) -> date:
@@ -38,7 +38,7 @@ def latest_complete_day(tz: str = PROJECT_TIMEZONE) -> date:
 
 def set_now(value: datetime | None) -> None:
     global _frozen
-    _frozen = value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+    _frozen = value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @contextlib.contextmanager

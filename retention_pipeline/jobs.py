@@ -32,7 +32,7 @@ DAILY_ASSETS = AssetSelection.assets(
 daily_retention_job = define_asset_job(
     name="daily_retention_job",
     description="Yesterday's activity snapshot (and the days before it, for late events), dormant users and "
-                "everything downstream of them; dormant_users' blocking checks gate the emails.",
+    "everything downstream of them; dormant_users' blocking checks gate the emails.",
     selection=DAILY_ASSETS,
     partitions_def=daily_partitions,
 )
@@ -76,7 +76,8 @@ def _latest_complete_partition_request(
 )
 def daily_morning_schedule(context: ScheduleEvaluationContext):
     return _latest_complete_partition_request(
-        context, daily_partitions, run_config("daily_activity_snapshots", "dormant_users", "plan_reengagement_sends"))
+        context, daily_partitions, run_config("daily_activity_snapshots", "dormant_users", "plan_reengagement_sends")
+    )
 
 
 @schedule(

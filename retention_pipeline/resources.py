@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from dagster import Config, ConfigurableResource, EnvVar, InitResourceContext, ResourceDefinition, resource
@@ -121,7 +121,9 @@ def deployed_app_db(deployment: AppDatabase) -> ResourceDefinition:
     @resource(
         config_schema={
             "statement_timeout_seconds": DagsterField(
-                int, default_value=deployment.statement_timeout_seconds, is_required=False,
+                int,
+                default_value=deployment.statement_timeout_seconds,
+                is_required=False,
                 description="Every statement is cancelled after this long; raise it for a long backfill range.",
             )
         },
@@ -136,8 +138,9 @@ def deployed_app_db(deployment: AppDatabase) -> ResourceDefinition:
             for stale in _deployed.values():
                 stale.engine().dispose()
             _deployed.clear()
-            _deployed[key] = AppDatabase(url=url, retention_schema=deployment.retention_schema,
-                                         statement_timeout_seconds=key[1], source=deployment.source)
+            _deployed[key] = AppDatabase(
+                url=url, retention_schema=deployment.retention_schema, statement_timeout_seconds=key[1], source=deployment.source
+            )
         return _deployed[key]
 
     return app_db

@@ -17,8 +17,8 @@ workers may start at once.
 from __future__ import annotations
 
 import functools
-from argparse import Namespace
 import hashlib
+from argparse import Namespace
 from importlib.resources import files
 
 import sqlalchemy as sa
@@ -54,20 +54,20 @@ def _source_views_ddl(db: AppDatabase) -> str:
     return f"""
 DROP VIEW IF EXISTS {{rs}}.source_users, {{rs}}.source_events, {{rs}}.source_auth_sessions;
 CREATE VIEW {{rs}}.source_users AS
-    SELECT {s.q('users_id')}::bigint AS id, {s.q('users_email')}::text AS email, {s.q('users_name')}::text AS name,
-           {s.q('users_created_at')}::timestamptz AS created_at,
-           {s.q('users_stripe_customer_id')}::text AS stripe_customer_id
-    FROM {s.q('users_table')};
+    SELECT {s.q("users_id")}::bigint AS id, {s.q("users_email")}::text AS email, {s.q("users_name")}::text AS name,
+           {s.q("users_created_at")}::timestamptz AS created_at,
+           {s.q("users_stripe_customer_id")}::text AS stripe_customer_id
+    FROM {s.q("users_table")};
 CREATE VIEW {{rs}}.source_events AS
-    SELECT {s.q('events_id')}::bigint AS id, {s.q('events_user_id')}::bigint AS user_id,
-           {s.q('events_event_type')}::text AS event_type, {s.q('events_occurred_at')}::timestamptz AS occurred_at,
-           {s.q('events_properties')}::jsonb AS properties
-    FROM {s.q('events_table')};
+    SELECT {s.q("events_id")}::bigint AS id, {s.q("events_user_id")}::bigint AS user_id,
+           {s.q("events_event_type")}::text AS event_type, {s.q("events_occurred_at")}::timestamptz AS occurred_at,
+           {s.q("events_properties")}::jsonb AS properties
+    FROM {s.q("events_table")};
 CREATE VIEW {{rs}}.source_auth_sessions AS
-    SELECT {s.q('sessions_id')}::bigint AS id, {s.q('sessions_user_id')}::bigint AS user_id,
-           {s.q('sessions_started_at')}::timestamptz AS started_at,
-           {s.q('sessions_last_seen_at')}::timestamptz AS last_seen_at
-    FROM {s.q('sessions_table')};
+    SELECT {s.q("sessions_id")}::bigint AS id, {s.q("sessions_user_id")}::bigint AS user_id,
+           {s.q("sessions_started_at")}::timestamptz AS started_at,
+           {s.q("sessions_last_seen_at")}::timestamptz AS last_seen_at
+    FROM {s.q("sessions_table")};
 """
 
 

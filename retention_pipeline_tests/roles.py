@@ -34,8 +34,21 @@ PASSWORDS = {"app_password": "app-secret", "retention_password": "retention-secr
 
 def psql(server: EmbeddedPostgres, database: str, script: Path, variables: dict[str, str] | None = None) -> str:
     """Run a SQL file through psql as the superuser `postgres`, stopping at the first error."""
-    args = [str(PSQL), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(server.status.socket_dir), "-U", "postgres",
-            "-d", database, "-f", str(script)]
+    args = [
+        str(PSQL),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(server.status.socket_dir),
+        "-U",
+        "postgres",
+        "-d",
+        database,
+        "-f",
+        str(script),
+    ]
     for name, value in (variables or {}).items():
         args[1:1] = ["-v", f"{name}={value}"]
     completed = subprocess.run(args, capture_output=True, text=True, timeout=60)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 
 from retention_pipeline.resources import AppDatabase
 
-UTC = timezone.utc
+UTC = UTC
 
 # A live sender (Resend, SMTP) refuses to send without the sender's postal address in the campaign config.
 LIVE_IDENTITY = {"sender_name": "Acme Test Inc.", "postal_address": "1 Test Street, Testville, TS 00001"}
@@ -54,13 +54,23 @@ class Scenario:
     def user(self, user_id: int, created_at: datetime, email: str | None = None, name: str | None = None) -> int:
         self.db.execute(
             "INSERT INTO users (id, email, name, created_at) VALUES (:id, :email, :name, :created_at)",
-            {"id": user_id, "email": email or f"user{user_id}@example.com", "name": name or f"User {user_id}",
-             "created_at": created_at},
+            {
+                "id": user_id,
+                "email": email or f"user{user_id}@example.com",
+                "name": name or f"User {user_id}",
+                "created_at": created_at,
+            },
         )
         return user_id
 
-    def event(self, user_id: int | None, occurred_at: datetime, event_type: str = "view_dashboard",
-              properties: dict | None = None, event_id: int | None = None) -> int:
+    def event(
+        self,
+        user_id: int | None,
+        occurred_at: datetime,
+        event_type: str = "view_dashboard",
+        properties: dict | None = None,
+        event_id: int | None = None,
+    ) -> int:
         return self.events([(user_id, occurred_at, event_type, properties, event_id)])[0]
 
     def events(self, rows: Iterable[tuple]) -> list[int]:
@@ -68,13 +78,15 @@ class Scenario:
         values = []
         for row in rows:
             user_id, occurred_at, event_type, properties, event_id = (tuple(row) + (None,) * 5)[:5]
-            values.append({
-                "id": event_id if event_id is not None else next(self._event_ids),
-                "user_id": user_id,
-                "event_type": event_type or "view_dashboard",
-                "occurred_at": occurred_at,
-                "properties": json.dumps(properties) if properties is not None else None,
-            })
+            values.append(
+                {
+                    "id": event_id if event_id is not None else next(self._event_ids),
+                    "user_id": user_id,
+                    "event_type": event_type or "view_dashboard",
+                    "occurred_at": occurred_at,
+                    "properties": json.dumps(properties) if properties is not None else None,
+                }
+            )
         if not values:
             return []
         params, placeholders = {}, []
@@ -87,13 +99,11 @@ class Scenario:
         )
         return [value["id"] for value in values]
 
-    def daily_events(self, user_id: int, days: Iterable[date], per_day: int = 1, event_type: str = "view_dashboard",
-                     hour: int = 12) -> list[int]:
+    def daily_events(
+        self, user_id: int, days: Iterable[date], per_day: int = 1, event_type: str = "view_dashboard", hour: int = 12
+    ) -> list[int]:
         """`per_day` events on each of `days`, a minute apart from hour:00 UTC, in one statement."""
-        return self.events(
-            (user_id, at(day, hour) + timedelta(minutes=i), event_type)
-            for day in days for i in range(per_day)
-        )
+        return self.events((user_id, at(day, hour) + timedelta(minutes=i), event_type) for day in days for i in range(per_day))
 
     def session(self, user_id: int, started_at: datetime, last_seen_at: datetime | None) -> int:
         session_id = next(self._session_ids)
@@ -109,20 +119,22 @@ class Scenario:
             return [dict(row) for row in conn.execute(sa.text(self.db.render(sql)), params or {}).mappings()]
 
     def daily_activity(self) -> dict[tuple[date, int], dict]:
-        return {(r["activity_date"], r["user_id"]): r
-                for r in self.rows("SELECT * FROM {rs}.daily_activity ORDER BY activity_date, user_id")}
+        return {
+            (r["activity_date"], r["user_id"]): r
+            for r in self.rows("SELECT * FROM {rs}.daily_activity ORDER BY activity_date, user_id")
+        }
 
     def segments(self, week_start: date) -> dict[int, str]:
-        return {r["user_id"]: r["segment"] for r in self.rows(
-            "SELECT user_id, segment FROM {rs}.weekly_segments WHERE week_start = :w", {"w": week_start})}
+        return {
+            r["user_id"]: r["segment"]
+            for r in self.rows("SELECT user_id, segment FROM {rs}.weekly_segments WHERE week_start = :w", {"w": week_start})
+        }
 
     def segment_rows(self, week_start: date) -> dict[int, dict]:
-        return {r["user_id"]: r for r in self.rows(
-            "SELECT * FROM {rs}.weekly_segments WHERE week_start = :w", {"w": week_start})}
+        return {r["user_id"]: r for r in self.rows("SELECT * FROM {rs}.weekly_segments WHERE week_start = :w", {"w": week_start})}
 
     def dormant(self, as_of: date) -> dict[int, dict]:
-        return {r["user_id"]: r for r in self.rows(
-            "SELECT * FROM {rs}.dormant_users WHERE as_of_date = :d", {"d": as_of})}
+        return {r["user_id"]: r for r in self.rows("SELECT * FROM {rs}.dormant_users WHERE as_of_date = :d", {"d": as_of})}
 
 
 def days_between(first: date, last: date) -> list[date]:

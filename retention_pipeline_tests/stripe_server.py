@@ -30,17 +30,24 @@ def canned_subscription(index: int) -> dict:
         "items": {
             "object": "list",
             "has_more": False,
-            "data": [{
-                "id": f"si_fake{index:05d}",
-                "object": "subscription_item",
-                "quantity": 1,
-                "current_period_end": PERIOD_END,
-                "price": {
-                    "id": "price_fake_basic", "object": "price", "nickname": "basic", "product": "prod_fake",
-                    "currency": "usd", "unit_amount": 1000, "unit_amount_decimal": "1000",
-                    "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
-                },
-            }],
+            "data": [
+                {
+                    "id": f"si_fake{index:05d}",
+                    "object": "subscription_item",
+                    "quantity": 1,
+                    "current_period_end": PERIOD_END,
+                    "price": {
+                        "id": "price_fake_basic",
+                        "object": "price",
+                        "nickname": "basic",
+                        "product": "prod_fake",
+                        "currency": "usd",
+                        "unit_amount": 1000,
+                        "unit_amount_decimal": "1000",
+                        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
+                    },
+                }
+            ],
         },
     }
 
@@ -76,8 +83,10 @@ class FakeStripe:
                 page_number = start // limit + 1
                 if fake.fail_after_pages is not None and page_number > fake.fail_after_pages:
                     return self._json(500, {"error": {"type": "api_error", "message": "Something went wrong on Stripe's end."}})
-                data = fake.subscriptions[start:start + limit]
-                self._json(200, {"object": "list", "url": url.path, "has_more": start + limit < len(fake.subscriptions), "data": data})
+                data = fake.subscriptions[start : start + limit]
+                self._json(
+                    200, {"object": "list", "url": url.path, "has_more": start + limit < len(fake.subscriptions), "data": data}
+                )
 
             def _json(self, status: int, body: dict) -> None:
                 payload = json.dumps(body).encode()
@@ -95,7 +104,7 @@ class FakeStripe:
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "FakeStripe":
+    def __enter__(self) -> FakeStripe:
         self._thread.start()
         return self
 

@@ -24,9 +24,12 @@ PHASES = ("daily_partition", "backfill", "weekly_segments", "dormant_users", "da
 
 
 def _clean_env(tmp_path) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items()
-                 if k not in ("RETENTION_DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "RETENTION_NOW")
-                 and not k.startswith("RETENTION_BENCH_")}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RETENTION_DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "RETENTION_NOW")
+        and not k.startswith("RETENTION_BENCH_")
+    }
     # Even the defaults point into tmp_path: nothing here can reach .retention/bench-pgdata.
     return inherited | {"RETENTION_STATE_DIR": str(tmp_path / "state")}
 
@@ -42,13 +45,45 @@ def _stop_leftover_server(pgdata) -> None:
 def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
     pgdata, results = tmp_path / "pgdata", tmp_path / "results"
     command = [
-        sys.executable, "-m", "benchmarks.run", "--users", str(USERS), "--events", str(EVENTS), "--days", str(DAYS),
-        "--reps", "1", "--pgbench-seconds", "2", "--bulk-rows", "20000", "--email-count", str(EMAILS),
-        "--email-rate", "50", "--budget-minutes", "5", "--build-budget-minutes", "2", "--name", "smoke",
-        "--pgdata", str(pgdata), "--results-dir", str(results),
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--users",
+        str(USERS),
+        "--events",
+        str(EVENTS),
+        "--days",
+        str(DAYS),
+        "--reps",
+        "1",
+        "--pgbench-seconds",
+        "2",
+        "--bulk-rows",
+        "20000",
+        "--email-count",
+        str(EMAILS),
+        "--email-rate",
+        "50",
+        "--budget-minutes",
+        "5",
+        "--build-budget-minutes",
+        "2",
+        "--name",
+        "smoke",
+        "--pgdata",
+        str(pgdata),
+        "--results-dir",
+        str(results),
     ]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_clean_env(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=_clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:

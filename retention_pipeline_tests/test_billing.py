@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import pytest
@@ -15,46 +15,63 @@ from dagster import Failure, build_asset_context, materialize
 
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
-from retention_pipeline.local.stripe_seed import seed_demo_stripe
-from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.local.demo_data import DemoUser
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline_tests.stripe_server import PERIOD_END, FakeStripe
 
 # What the test expects Stripe to charge, written out independently of stripe_seed.PLAN_AMOUNTS.
 PER_SEAT_CENTS = {
-    ("starter", "month"): 1200, ("starter", "year"): 12000, ("starter", "week"): 300,
-    ("team", "month"): 2900, ("team", "year"): 29000, ("team", "week"): 700,
-    ("business", "month"): 5900, ("business", "year"): 59000, ("business", "week"): 1400,
+    ("starter", "month"): 1200,
+    ("starter", "year"): 12000,
+    ("starter", "week"): 300,
+    ("team", "month"): 2900,
+    ("team", "year"): 29000,
+    ("team", "week"): 700,
+    ("business", "month"): 5900,
+    ("business", "year"): 59000,
+    ("business", "week"): 1400,
 }
 MONTHS = {"month": Fraction(1), "year": Fraction(12), "week": Fraction(12, 52)}
 # Status wanted -> what localstripe can give (it has no `unpaid`).
 LOCALSTRIPE_STATUS = {"unpaid": "past_due"}
 # Wanted status by user id modulo 20: mostly active, and every status localstripe can produce.
-STATUS_CYCLE = (["active"] * 11) + ["past_due", "past_due", "unpaid", "canceled", "canceled",
-                                    "incomplete", "incomplete_expired", "active", "active"]
+STATUS_CYCLE = (["active"] * 11) + [
+    "past_due",
+    "past_due",
+    "unpaid",
+    "canceled",
+    "canceled",
+    "incomplete",
+    "incomplete_expired",
+    "active",
+    "active",
+]
 INTERVAL_CYCLE = ("month", "month", "year", "month", "week", "month", "year")
 N_PAYING = 300
 GHOSTS = range(291, 301)  # paying in Stripe, but no such user in the app (deleted accounts)
-T0 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
 
 
 def _demo_users() -> list[DemoUser]:
     users = []
     for user_id in range(1, N_PAYING + 21):
         paying = user_id <= N_PAYING
-        users.append(DemoUser(
-            id=user_id,
-            email=f"user{user_id}@example.com",
-            name=f"User {user_id}" if user_id % 7 else None,
-            created_at=T0 - timedelta(days=user_id % 60 + 1),
-            persona="steady",
-            plan=("starter", "team", "business")[user_id % 3] if paying else None,
-            billing_interval=INTERVAL_CYCLE[user_id % len(INTERVAL_CYCLE)] if paying else None,
-            quantity=1 + user_id % 5,
-            subscription_status=STATUS_CYCLE[user_id % 20] if paying else None,
-        ))
+        users.append(
+            DemoUser(
+                id=user_id,
+                email=f"user{user_id}@example.com",
+                name=f"User {user_id}" if user_id % 7 else None,
+                created_at=T0 - timedelta(days=user_id % 60 + 1),
+                persona="steady",
+                plan=("starter", "team", "business")[user_id % 3] if paying else None,
+                billing_interval=INTERVAL_CYCLE[user_id % len(INTERVAL_CYCLE)] if paying else None,
+                quantity=1 + user_id % 5,
+                subscription_status=STATUS_CYCLE[user_id % 20] if paying else None,
+            )
+        )
     return users
 
 
@@ -83,27 +100,46 @@ def seeded(localstripe):
     # Two customers made by hand: a non-numeric metadata user_id matching nobody, and a customer whose
     # metadata names one user while another user's row carries its id (the row wins).
     card = {"object": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "cvc": "123"}
-    stray = client.v1.customers.create(params={"email": "nobody@example.org", "metadata": {"user_id": "not-a-number"}, "source": card})
+    stray = client.v1.customers.create(
+        params={"email": "nobody@example.org", "metadata": {"user_id": "not-a-number"}, "source": card}
+    )
     stray_sub = client.v1.subscriptions.create(params={"customer": stray.id, "items": [{"plan": "team-month", "quantity": 2}]})
-    linked_user = next(u for u in paying if result["mapping_paths"][u.id] == "email" and u.id not in GHOSTS
-                       and result["statuses"][u.id] == "active")
+    linked_user = next(
+        u
+        for u in paying
+        if result["mapping_paths"][u.id] == "email" and u.id not in GHOSTS and result["statuses"][u.id] == "active"
+    )
     other_user = next(u for u in paying if result["mapping_paths"][u.id] == "metadata" and u.id not in GHOSTS)
-    contested = client.v1.customers.create(params={"email": "contested@example.org", "metadata": {"user_id": str(other_user.id)}, "source": card})
-    contested_sub = client.v1.subscriptions.create(params={"customer": contested.id, "items": [{"plan": "business-year", "quantity": 1}]})
+    contested = client.v1.customers.create(
+        params={"email": "contested@example.org", "metadata": {"user_id": str(other_user.id)}, "source": card}
+    )
+    contested_sub = client.v1.subscriptions.create(
+        params={"customer": contested.id, "items": [{"plan": "business-year", "quantity": 1}]}
+    )
     return {
-        "client": client, "users": users, "by_id": by_id, "paying": paying, "result": result,
-        "stray_sub": stray_sub.id, "contested_sub": contested_sub.id, "contested_customer": contested.id,
-        "linked_user": linked_user.id, "other_user": other_user.id,
+        "client": client,
+        "users": users,
+        "by_id": by_id,
+        "paying": paying,
+        "result": result,
+        "stray_sub": stray_sub.id,
+        "contested_sub": contested_sub.id,
+        "contested_customer": contested.id,
+        "linked_user": linked_user.id,
+        "other_user": other_user.id,
     }
 
 
 def _load_app_users(app_db: AppDatabase, seeded: dict) -> dict:
     """Write the app's users table and return the ambiguous-email user ids, as the expectations need them."""
     result = seeded["result"]
-    paying_email_users = [u for u in seeded["paying"] if result["mapping_paths"][u.id] == "email" and u.id not in GHOSTS
-                          and u.id != seeded["linked_user"]]
-    ambiguous = paying_email_users[0].id      # a second user with the same email, different case
-    upper_case = paying_email_users[1].id     # stored upper-case in the app: still matches
+    paying_email_users = [
+        u
+        for u in seeded["paying"]
+        if result["mapping_paths"][u.id] == "email" and u.id not in GHOSTS and u.id != seeded["linked_user"]
+    ]
+    ambiguous = paying_email_users[0].id  # a second user with the same email, different case
+    upper_case = paying_email_users[1].id  # stored upper-case in the app: still matches
     stale = next(u.id for u in seeded["paying"] if result["mapping_paths"][u.id] == "metadata" and u.id not in GHOSTS)
     rows = []
     for user in seeded["users"]:
@@ -118,8 +154,13 @@ def _load_app_users(app_db: AppDatabase, seeded: dict) -> dict:
         rows.append({"id": user.id, "email": email, "name": user.name, "created_at": user.created_at, "customer": customer})
     rows.append({"id": 10_000, "email": f"USER{ambiguous}@EXAMPLE.COM", "name": None, "created_at": T0, "customer": None})
     with app_db.begin() as conn:
-        conn.execute(sa.text("INSERT INTO users (id, email, name, created_at, stripe_customer_id) "
-                             "VALUES (:id, :email, :name, :created_at, :customer)"), rows)
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, email, name, created_at, stripe_customer_id) "
+                "VALUES (:id, :email, :name, :created_at, :customer)"
+            ),
+            rows,
+        )
     return {"ambiguous": ambiguous, "upper_case": upper_case, "stale": stale}
 
 
@@ -137,18 +178,34 @@ def _expectations(seeded: dict, special: dict) -> dict[str, dict]:
         elif user.id == seeded["linked_user"]:
             mapped_by = "email"  # its row carries the contested customer's id, its own customer has no metadata
         expected[result["subscription_ids"][user.id]] = {
-            "user_id": user_id, "mapped_by": mapped_by, "status": status, "mrr_cents": _expected_mrr(user, status),
-            "plan_name": user.plan, "billing_interval": user.billing_interval, "quantity": user.quantity,
+            "user_id": user_id,
+            "mapped_by": mapped_by,
+            "status": status,
+            "mrr_cents": _expected_mrr(user, status),
+            "plan_name": user.plan,
+            "billing_interval": user.billing_interval,
+            "quantity": user.quantity,
             "cancel_at_period_end": user.id in result["cancel_at_period_end"],
         }
     expected[seeded["stray_sub"]] = {
-        "user_id": None, "mapped_by": None, "status": "active", "mrr_cents": 2 * 2900, "plan_name": "team",
-        "billing_interval": "month", "quantity": 2, "cancel_at_period_end": False,
+        "user_id": None,
+        "mapped_by": None,
+        "status": "active",
+        "mrr_cents": 2 * 2900,
+        "plan_name": "team",
+        "billing_interval": "month",
+        "quantity": 2,
+        "cancel_at_period_end": False,
     }
     expected[seeded["contested_sub"]] = {
-        "user_id": seeded["linked_user"], "mapped_by": "stripe_customer_id", "status": "active",
-        "mrr_cents": math.floor(Fraction(59000, 12) + Fraction(1, 2)), "plan_name": "business",
-        "billing_interval": "year", "quantity": 1, "cancel_at_period_end": False,
+        "user_id": seeded["linked_user"],
+        "mapped_by": "stripe_customer_id",
+        "status": "active",
+        "mrr_cents": math.floor(Fraction(59000, 12) + Fraction(1, 2)),
+        "plan_name": "business",
+        "billing_interval": "year",
+        "quantity": 1,
+        "cancel_at_period_end": False,
     }
     return expected
 
@@ -245,14 +302,17 @@ def test_stripe_500_mid_listing_fails_after_retries_and_keeps_previous_snapshot(
     with FakeStripe(n_subscriptions=150) as fake:
         before = _previous_snapshot(app_db, fake)
         # The newer API shape went through the whole pipeline: period end from the item.
-        assert {row["current_period_end"] for row in before.values()} == {datetime.fromtimestamp(PERIOD_END, tz=timezone.utc)}
+        assert {row["current_period_end"] for row in before.values()} == {datetime.fromtimestamp(PERIOD_END, tz=UTC)}
         assert sum(row["mrr_cents"] for row in before.values()) == 150 * 1000
         fake.fail_after_pages = 1
         fake.requests.clear()
         fake.authorization_headers.clear()
         with clock.frozen_at(T0 + timedelta(days=1)), build_asset_context() as context, pytest.raises(Failure) as failure:
-            stripe_subscriptions(context=context, app_db=app_db,
-                                 stripe=_resource(fake.api_base, max_network_retries=2, api_key="sk_test_secret_500"))
+            stripe_subscriptions(
+                context=context,
+                app_db=app_db,
+                stripe=_resource(fake.api_base, max_network_retries=2, api_key="sk_test_secret_500"),
+            )
         second_page = f"/v1/subscriptions?starting_after={fake.subscriptions[99]['id']}"
         assert fake.requests[second_page] == 3  # the first try and two SDK retries
         assert all(header == "Bearer sk_test_secret_500" for header in fake.authorization_headers)
@@ -271,8 +331,9 @@ def test_unreachable_stripe_fails_clearly_and_keeps_previous_snapshot(app_db):
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with build_asset_context() as context, pytest.raises(Failure) as failure:
-        stripe_subscriptions(context=context, app_db=app_db,
-                             stripe=_resource(closed, max_network_retries=1, api_key="sk_test_secret_down"))
+        stripe_subscriptions(
+            context=context, app_db=app_db, stripe=_resource(closed, max_network_retries=1, api_key="sk_test_secret_down")
+        )
     message = failure.value.description
     assert "Could not reach the Stripe API" in message and closed in message and "after 1 retry" in message
     assert "sk_test_secret_down" not in message
@@ -284,7 +345,8 @@ def test_rejected_or_missing_key_fails_without_retries(app_db, localstripe, inst
     run = materialize(
         [stripe_subscriptions],
         resources={"app_db": app_db, "stripe": _resource(localstripe.api_base, api_key="rk_wrong_secret_value")},
-        instance=instance, raise_on_error=False,
+        instance=instance,
+        raise_on_error=False,
     )
     assert not run.success
     failures = [event for event in run.all_events if event.event_type_value == "STEP_FAILURE"]

@@ -8,11 +8,11 @@ import sqlalchemy as sa
 import stripe
 from dagster import materialize
 
-from retention_pipeline.local import demo_data
 from retention_pipeline.billing.assets import stripe_subscriptions
-from retention_pipeline.local.stripe_seed import seed_demo_stripe
-from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.billing.resource import StripeResource
+from retention_pipeline.local import demo_data
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
 
 
 def test_demo_population_maps_every_paying_user_by_its_intended_path(app_db, pg_conn, instance):
@@ -26,10 +26,13 @@ def test_demo_population_maps_every_paying_user_by_its_intended_path(app_db, pg_
         # user; replace them with the real ones for ~70% and clear the rest.
         with app_db.begin() as conn:
             conn.execute(sa.text("UPDATE users SET stripe_customer_id = NULL"))
-            conn.execute(sa.text("UPDATE users SET stripe_customer_id = :customer WHERE id = :user_id"),
-                         [{"user_id": uid, "customer": cid} for uid, cid in seeded["stripe_customer_ids"].items()])
+            conn.execute(
+                sa.text("UPDATE users SET stripe_customer_id = :customer WHERE id = :user_id"),
+                [{"user_id": uid, "customer": cid} for uid, cid in seeded["stripe_customer_ids"].items()],
+            )
         run = materialize(
-            [stripe_subscriptions], instance=instance,
+            [stripe_subscriptions],
+            instance=instance,
             resources={"app_db": app_db, "stripe": StripeResource(api_key=LOCALSTRIPE_API_KEY, api_base=server.api_base)},
         )
     assert run.success

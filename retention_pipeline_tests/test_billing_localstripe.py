@@ -53,10 +53,14 @@ def test_loopback_only_in_memory_and_reset():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_server_dies_with_its_parent():
     parent = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time\nfrom retention_pipeline.local.localstripe import LocalStripe\n"
-         "s = LocalStripe(); s.start(); print(s.process.pid, flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom retention_pipeline.local.localstripe import LocalStripe\n"
+            "s = LocalStripe(); s.start(); print(s.process.pid, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         child_pid = int(parent.stdout.readline())

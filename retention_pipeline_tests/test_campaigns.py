@@ -5,41 +5,41 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from dagster import materialize
 
 from retention_pipeline import clock
-from retention_pipeline.definitions import defs
 from retention_pipeline.activity.trigger import install_trigger
-from retention_pipeline_tests.web_app import create_app
+from retention_pipeline.definitions import defs
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.assets import reengagement_emails
 from retention_pipeline.outreach.campaigns import CampaignFilesError, load_campaigns
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_ROOT
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 from retention_pipeline_tests.ui_support import cli_command
+from retention_pipeline_tests.web_app import create_app
 
 CAMPAIGNS_DIR = PROJECT_ROOT / "campaigns"
 AS_OF = date(2026, 5, 20)
 API_KEY = "re_test_key_123"
 SECRET = "test-unsubscribe-secret"
-PAST_DUE = range(1, 21)          # payment_recovery (priority 10)
-ENDING = range(21, 41)           # active, cancel at period end: cancel_save (priority 20)
+PAST_DUE = range(1, 21)  # payment_recovery (priority 10)
+ENDING = range(21, 41)  # active, cancel at period end: cancel_save (priority 20)
 NO_SUBSCRIPTION = range(41, 61)  # winback only (priority 30)
 USERS = range(1, 61)
 
 
 # -- validation --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def campaigns_copy(tmp_path) -> Path:
@@ -56,7 +56,10 @@ def _problems(root: Path) -> list[str]:
 
 def test_the_shipped_campaigns_load_in_priority_order():
     assert [(c.name, c.priority, c.topic, c.transactional) for c in load_campaigns(CAMPAIGNS_DIR)] == [
-        ("payment_recovery", 10, "billing", True), ("cancel_save", 20, "offers", False), ("winback", 30, "tips", False)]
+        ("payment_recovery", 10, "billing", True),
+        ("cancel_save", 20, "offers", False),
+        ("winback", 30, "tips", False),
+    ]
 
 
 def test_an_unknown_field_is_one_line_naming_file_and_field(campaigns_copy):
@@ -68,7 +71,8 @@ def test_an_unknown_field_is_one_line_naming_file_and_field(campaigns_copy):
 def test_a_missing_template_is_one_line(campaigns_copy):
     (campaigns_copy / "cancel_save" / "before_you_go.txt.j2").unlink()
     assert _problems(campaigns_copy) == [
-        f"{campaigns_copy / 'cancel_save'}: missing template before_you_go.txt.j2 (looked in cancel_save/ and _shared/)"]
+        f"{campaigns_copy / 'cancel_save'}: missing template before_you_go.txt.j2 (looked in cancel_save/ and _shared/)"
+    ]
 
 
 def test_a_template_variable_that_does_not_exist_is_one_line(campaigns_copy):
@@ -85,12 +89,18 @@ def test_a_variable_unknown_to_the_shared_layout_is_found_through_extends(campai
     assert problems and all(p.startswith(f"{layout}: unknown template variable 'postal_adress'") for p in problems)
 
 
-@pytest.mark.parametrize("audience, message", [
-    ("{subscription_statuses: [pastdue]}", "audience.subscription_statuses.0: Input should be 'active', 'past_due'"),
-    ("{min_days_inactive: 30, max_days_inactive: 7}", "audience: min_days_inactive 30 is above max_days_inactive 7: nobody matches"),
-    ("{weekly_segments: []}", "audience: weekly_segments is an empty list: nobody matches"),
-    ("{mrr_range: [0, 100]}", "unknown field 'audience.mrr_range'"),
-])
+@pytest.mark.parametrize(
+    "audience, message",
+    [
+        ("{subscription_statuses: [pastdue]}", "audience.subscription_statuses.0: Input should be 'active', 'past_due'"),
+        (
+            "{min_days_inactive: 30, max_days_inactive: 7}",
+            "audience: min_days_inactive 30 is above max_days_inactive 7: nobody matches",
+        ),
+        ("{weekly_segments: []}", "audience: weekly_segments is an empty list: nobody matches"),
+        ("{mrr_range: [0, 100]}", "unknown field 'audience.mrr_range'"),
+    ],
+)
 def test_a_bad_audience_is_one_line(campaigns_copy, audience, message):
     path = campaigns_copy / "cancel_save" / "campaign.yaml"
     text = path.read_text()
@@ -105,15 +115,22 @@ def test_two_campaigns_with_one_priority_are_refused(campaigns_copy):
     path = campaigns_copy / "winback" / "campaign.yaml"
     path.write_text(path.read_text().replace("priority: 30", "priority: 10"))
     assert _problems(campaigns_copy) == [
-        f"{campaigns_copy}: campaigns ['payment_recovery', 'winback'] share priority 10; give each its own (lower goes first)"]
+        f"{campaigns_copy}: campaigns ['payment_recovery', 'winback'] share priority 10; give each its own (lower goes first)"
+    ]
 
 
 def test_every_problem_is_listed_at_once_by_campaigns_check(campaigns_copy):
     (campaigns_copy / "winback" / "campaign.yaml").write_text(
-        (campaigns_copy / "winback" / "campaign.yaml").read_text() + "colour: blue\n")
+        (campaigns_copy / "winback" / "campaign.yaml").read_text() + "colour: blue\n"
+    )
     (campaigns_copy / "cancel_save" / "before_you_go.html.j2").unlink()
-    result = subprocess.run(cli_command("campaigns", "check"), capture_output=True, text=True, timeout=120,
-                            env=_env(RETENTION_CAMPAIGNS_DIR=str(campaigns_copy)))
+    result = subprocess.run(
+        cli_command("campaigns", "check"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(RETENTION_CAMPAIGNS_DIR=str(campaigns_copy)),
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {campaigns_copy / 'cancel_save'}: missing template before_you_go.html.j2 (looked in cancel_save/ and _shared/)",
@@ -122,8 +139,13 @@ def test_every_problem_is_listed_at_once_by_campaigns_check(campaigns_copy):
 
 
 def test_campaigns_check_prints_one_line_per_campaign():
-    result = subprocess.run(cli_command("campaigns", "check"), capture_output=True, text=True, timeout=120,
-                            env=_env(RETENTION_CAMPAIGNS_DIR=str(CAMPAIGNS_DIR)))
+    result = subprocess.run(
+        cli_command("campaigns", "check"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(RETENTION_CAMPAIGNS_DIR=str(CAMPAIGNS_DIR)),
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["payment_recovery", "cancel_save", "winback"]
@@ -132,11 +154,18 @@ def test_campaigns_check_prints_one_line_per_campaign():
 
 def test_a_campaigns_dir_that_is_not_a_directory_is_one_line(tmp_path):
     missing = tmp_path / "nowhere"
-    result = subprocess.run(cli_command("campaigns", "check"), capture_output=True, text=True, timeout=120,
-                            env=_env(RETENTION_CAMPAIGNS_DIR=str(missing)))
+    result = subprocess.run(
+        cli_command("campaigns", "check"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(RETENTION_CAMPAIGNS_DIR=str(missing)),
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: RETENTION_CAMPAIGNS_DIR={str(missing)!r} is not a directory; point it at the "
-                                     "folder of campaign directories, or unset it for the repository's campaigns/.")
+    assert result.stderr.strip() == (
+        f"error: RETENTION_CAMPAIGNS_DIR={str(missing)!r} is not a directory; point it at the "
+        "folder of campaign directories, or unset it for the repository's campaigns/."
+    )
 
 
 def _env(**changes) -> dict:
@@ -148,6 +177,7 @@ def _env(**changes) -> dict:
 
 # -- one planner, several campaigns -----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_resend():
     with FakeResend(api_key=API_KEY, rate=50) as fake:
@@ -156,8 +186,9 @@ def fake_resend():
 
 @pytest.fixture
 def sender(fake_resend):
-    return ResendSender(api_key=API_KEY, api_url=fake_resend.url, requests_per_second=50, backoff_base_seconds=0.05,
-                        timeout_seconds=5)
+    return ResendSender(
+        api_key=API_KEY, api_url=fake_resend.url, requests_per_second=50, backoff_base_seconds=0.05, timeout_seconds=5
+    )
 
 
 @pytest.fixture
@@ -174,49 +205,84 @@ def three_campaign_world(app_db_env, instance, monkeypatch):
     s.events((user_id, at(AS_OF - timedelta(days=d)), "create_task") for user_id in USERS for d in range(30, 14, -1))
     with db.begin() as conn:
         for user_id in [*PAST_DUE, *ENDING]:
-            conn.execute(sa.text(db.render("""
+            conn.execute(
+                sa.text(
+                    db.render("""
                 INSERT INTO {rs}.stripe_subscriptions (subscription_id, customer_id, user_id, mapped_by, status, plan_name,
                     quantity, mrr_cents, cancel_at_period_end, snapshot_at)
-                VALUES (:sub, :cus, :u, 'metadata', :status, 'Team', 1, 4900, :ending, :t)""")),
-                {"sub": f"sub_{user_id}", "cus": f"cus_{user_id}", "u": user_id, "t": at(AS_OF - timedelta(days=1)),
-                 "status": "past_due" if user_id in PAST_DUE else "active", "ending": user_id in ENDING})
-    clock.set_now(datetime(2026, 5, 28, 9, 0, tzinfo=timezone.utc))
-    assert run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=40)).isoformat(),
-                   (AS_OF + timedelta(days=7)).isoformat(), assets=["daily_activity_snapshots", "dormant_users"],
-                   quiet=True).success
+                VALUES (:sub, :cus, :u, 'metadata', :status, 'Team', 1, 4900, :ending, :t)""")
+                ),
+                {
+                    "sub": f"sub_{user_id}",
+                    "cus": f"cus_{user_id}",
+                    "u": user_id,
+                    "t": at(AS_OF - timedelta(days=1)),
+                    "status": "past_due" if user_id in PAST_DUE else "active",
+                    "ending": user_id in ENDING,
+                },
+            )
+    clock.set_now(datetime(2026, 5, 28, 9, 0, tzinfo=UTC))
+    assert run_job(
+        instance,
+        "daily_retention_job",
+        (AS_OF - timedelta(days=40)).isoformat(),
+        (AS_OF + timedelta(days=7)).isoformat(),
+        assets=["daily_activity_snapshots", "dormant_users"],
+        quiet=True,
+    ).success
     return db
 
 
 def _send_day(instance, sender, day: date):
-    clock.set_now(datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc) + timedelta(hours=9))
-    result = run_job(instance, "daily_retention_job", day.isoformat(), assets=["reengagement_emails"],
-                     resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)
+    clock.set_now(datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=9))
+    result = run_job(
+        instance,
+        "daily_retention_job",
+        day.isoformat(),
+        assets=["reengagement_emails"],
+        resources={"email_sender": sender},
+        run_config=live_campaign(),
+        quiet=True,
+    )
     assert result.success
     return materialization_metadata(result, "reengagement_emails")
 
 
 def _assignments(db) -> list[dict]:
     with db.engine().connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT user_id, campaign, step, status, as_of_date, episode_start, unsubscribe_topic, suppression FROM {rs}.email_sends "
-            "ORDER BY user_id, as_of_date, campaign"))).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT user_id, campaign, step, status, as_of_date, episode_start, unsubscribe_topic, suppression FROM {rs}.email_sends "
+                        "ORDER BY user_id, as_of_date, campaign"
+                    )
+                )
+            ).mappings()
+        ]
 
 
-def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_days(three_campaign_world, instance, sender,
-                                                                                  fake_resend):
+def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_days(
+    three_campaign_world, instance, sender, fake_resend
+):
     db = three_campaign_world
     first = _send_day(instance, sender, AS_OF)
     rows = _assignments(db)
     assert {r["user_id"]: r["campaign"] for r in rows} == (
-        {u: "payment_recovery" for u in PAST_DUE} | {u: "cancel_save" for u in ENDING} | {u: "winback" for u in NO_SUBSCRIPTION})
+        {u: "payment_recovery" for u in PAST_DUE} | {u: "cancel_save" for u in ENDING} | {u: "winback" for u in NO_SUBSCRIPTION}
+    )
     assert len(rows) == len(USERS), "one assignment per person on the day, across campaigns"
     # Winback's audience holds all 60; the 40 that higher-priority campaigns took are capped, in both arms.
     assert first["campaigns"]["winback"]["skipped_by_reason"] == {"frequency_cap": 40}
     assert first["skipped_by_reason"] == {"frequency_cap": 40}
     for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING), ("winback", NO_SUBSCRIPTION)):
         # Each campaign's own arm, drawn for the step of the user's episode.
-        holdout = {r["user_id"] for r in rows if r["campaign"] == name
-                   and in_holdout(name, r["step"], r["user_id"], r["episode_start"], 0.1)}
+        holdout = {
+            r["user_id"]
+            for r in rows
+            if r["campaign"] == name and in_holdout(name, r["step"], r["user_id"], r["episode_start"], 0.1)
+        }
         assert {r["user_id"] for r in rows if r["campaign"] == name and r["status"] == "holdout"} == holdout
         assert first["campaigns"][name]["holdout"] == len(holdout)
         assert first["campaigns"][name]["sent"] == len(users) - len(holdout)
@@ -230,10 +296,11 @@ def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_day
     late = [r for r in rows if r["as_of_date"] == AS_OF + timedelta(days=7)]
     # Day 7: payment recovery's step 2 (delay 7) goes first; cancel-save has no step 2, so winback now reaches its users.
     assert {r["user_id"]: (r["campaign"], r["step"]) for r in late} == (
-        {u: ("payment_recovery", 2) for u in PAST_DUE} | {u: ("winback", 1) for u in ENDING})
+        {u: ("payment_recovery", 2) for u in PAST_DUE} | {u: ("winback", 1) for u in ENDING}
+    )
     for user_id in USERS:
         days = sorted(r["as_of_date"] for r in rows if r["user_id"] == user_id)
-        assert all((b - a).days >= 7 for a, b in zip(days, days[1:])), (user_id, days)
+        assert all((b - a).days >= 7 for a, b in zip(days, days[1:], strict=False)), (user_id, days)
     sent = [r for r in rows if r["status"] == "sent"]
     assert len(fake_resend.accepted) == len(sent), "every email sent once, through the provider"
 
@@ -241,16 +308,21 @@ def test_priority_and_the_frequency_cap_give_each_person_one_email_per_seven_day
 def test_a_topic_unsubscribe_stops_that_topic_only_and_transactional_email_goes_on(three_campaign_world, instance, sender):
     db = three_campaign_world
     # Any member of each audience: the arm does not matter, suppression is recorded in both.
-    treated = {name: users[0] for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING),
-                                                  ("winback", NO_SUBSCRIPTION))}
+    treated = {
+        name: users[0] for name, users in (("payment_recovery", PAST_DUE), ("cancel_save", ENDING), ("winback", NO_SUBSCRIPTION))
+    }
     left_billing, left_tips_ending, left_tips = treated["payment_recovery"], treated["cancel_save"], treated["winback"]
     everything = next(u for u in PAST_DUE if u != left_billing)
     with db.begin() as conn:
         for user_id, topic in ((left_billing, "billing"), (left_tips_ending, "tips"), (left_tips, "tips")):
-            conn.execute(sa.text(db.render("INSERT INTO {rs}.email_topic_suppressions VALUES (:e, :t, 'test', now())")),
-                         {"e": f"user{user_id}@example.com", "t": topic})
-        conn.execute(sa.text(db.render("INSERT INTO {rs}.email_suppressions VALUES (:e, 'unsubscribed', 'test', NULL, now())")),
-                     {"e": f"user{everything}@example.com"})
+            conn.execute(
+                sa.text(db.render("INSERT INTO {rs}.email_topic_suppressions VALUES (:e, :t, 'test', now())")),
+                {"e": f"user{user_id}@example.com", "t": topic},
+            )
+        conn.execute(
+            sa.text(db.render("INSERT INTO {rs}.email_suppressions VALUES (:e, 'unsubscribed', 'test', NULL, now())")),
+            {"e": f"user{everything}@example.com"},
+        )
     metadata = _send_day(instance, sender, AS_OF)
     by_user = {r["user_id"]: r for r in _assignments(db)}
     assert by_user[left_billing]["campaign"] == "payment_recovery", "transactional: leaving 'billing' does not stop it"
@@ -270,9 +342,17 @@ def test_the_unsubscribe_page_leaves_the_emails_topic_or_everything(three_campai
     db = three_campaign_world
     _send_day(instance, sender, AS_OF)
     with db.engine().connect() as conn:
-        refs = {r.campaign: (r.unsubscribe_ref, r.email) for r in conn.execute(sa.text(db.render(
-            "SELECT DISTINCT ON (campaign) campaign, unsubscribe_ref, email FROM {rs}.email_sends "
-            "WHERE status = 'sent' ORDER BY campaign, user_id")))}
+        refs = {
+            r.campaign: (r.unsubscribe_ref, r.email)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT DISTINCT ON (campaign) campaign, unsubscribe_ref, email FROM {rs}.email_sends "
+                        "WHERE status = 'sent' ORDER BY campaign, user_id"
+                    )
+                )
+            )
+        }
     client = create_app(db, SECRET).test_client()
     links = UnsubscribeLinks(secret=SECRET)
 
@@ -282,12 +362,20 @@ def test_the_unsubscribe_page_leaves_the_emails_topic_or_everything(three_campai
 
     page = client.get(path("winback")).get_data(as_text=True)
     assert "Unsubscribe from tips emails" in page and "Unsubscribe from all emails" in page
-    assert client.post(path("winback"), data="List-Unsubscribe=One-Click",
-                       content_type="application/x-www-form-urlencoded").status_code == 200
+    assert (
+        client.post(
+            path("winback"), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+        ).status_code
+        == 200
+    )
     assert client.post(path("cancel_save"), data={"scope": "all"}).status_code == 200
     assert "tips" not in client.get(path("payment_recovery")).get_data(as_text=True)
-    assert client.post(path("payment_recovery"), data="List-Unsubscribe=One-Click",
-                       content_type="application/x-www-form-urlencoded").status_code == 200
+    assert (
+        client.post(
+            path("payment_recovery"), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+        ).status_code
+        == 200
+    )
     with db.engine().connect() as conn:
         topics = {tuple(r) for r in conn.execute(sa.text(db.render("SELECT email, topic FROM {rs}.email_topic_suppressions")))}
         everything = {r.email for r in conn.execute(sa.text(db.render("SELECT email FROM {rs}.email_suppressions")))}
@@ -296,11 +384,18 @@ def test_the_unsubscribe_page_leaves_the_emails_topic_or_everything(three_campai
 
 
 def test_a_run_config_that_changes_a_campaign_field_fails_with_campaign_files(three_campaign_world, instance, sender):
-    clock.set_now(datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc))
-    result = materialize(list(defs.assets), resources={**defs.resources, "email_sender": sender}, instance=instance,
-                         selection=[reengagement_emails.key], partition_key=AS_OF.isoformat(), raise_on_error=False,
-                         run_config=live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {
-                             "config": {"holdout_share": 0.2}}}}}}))
+    clock.set_now(datetime(2026, 5, 21, 9, 0, tzinfo=UTC))
+    result = materialize(
+        list(defs.assets),
+        resources={**defs.resources, "email_sender": sender},
+        instance=instance,
+        selection=[reengagement_emails.key],
+        partition_key=AS_OF.isoformat(),
+        raise_on_error=False,
+        run_config=live_campaign(
+            {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.2}}}}}}
+        ),
+    )
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "run config sets ['holdout_share'], which describe a campaign" in str(failure.step_failure_data.error)
@@ -326,61 +421,95 @@ def audience_world(app_db):
     db = app_db
     install_schema(db)
     s = Scenario(db)
-    day_end = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), timezone.utc)
+    day_end = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), UTC)
     with db.begin() as conn:
         for user_id, (reason, days, status, plan, mrr, ending, trial_days) in AUDIENCE_USERS.items():
             s.user(user_id, at(DAY - timedelta(days=200)))
-            conn.execute(sa.text(db.render("""
+            conn.execute(
+                sa.text(
+                    db.render("""
                 INSERT INTO {rs}.dormant_users (as_of_date, user_id, email, name, signed_up_at, last_activity_at, days_inactive,
                     reason, recent_events, previous_events, last_actions, subscription_status, plan_name, mrr_cents,
                     cancel_at_period_end, targeted)
                 VALUES (:day, :u, :email, 'Ann', :signed_up, :last, :days, :reason, 0, 0, '[]', :status, :plan, :mrr,
-                        :ending, true)""")),
-                {"day": DAY, "u": user_id, "email": f"user{user_id}@example.com", "signed_up": at(DAY - timedelta(days=200)),
-                 "last": at(DAY - timedelta(days=days)), "days": days, "reason": reason, "status": status, "plan": plan,
-                 "mrr": mrr, "ending": ending})
+                        :ending, true)""")
+                ),
+                {
+                    "day": DAY,
+                    "u": user_id,
+                    "email": f"user{user_id}@example.com",
+                    "signed_up": at(DAY - timedelta(days=200)),
+                    "last": at(DAY - timedelta(days=days)),
+                    "days": days,
+                    "reason": reason,
+                    "status": status,
+                    "plan": plan,
+                    "mrr": mrr,
+                    "ending": ending,
+                },
+            )
             if trial_days is not None:
-                conn.execute(sa.text(db.render("""
+                conn.execute(
+                    sa.text(
+                        db.render("""
                     INSERT INTO {rs}.stripe_subscriptions (subscription_id, customer_id, user_id, mapped_by, status, plan_name,
                         quantity, mrr_cents, cancel_at_period_end, trial_end, snapshot_at)
-                    VALUES (:sub, :cus, :u, 'metadata', 'trialing', 'Starter', 1, 0, false, :trial_end, :t)""")),
-                    {"sub": f"sub_{user_id}", "cus": f"cus_{user_id}", "u": user_id, "t": at(DAY),
-                     "trial_end": day_end + timedelta(days=trial_days) - timedelta(hours=1)})
+                    VALUES (:sub, :cus, :u, 'metadata', 'trialing', 'Starter', 1, 0, false, :trial_end, :t)""")
+                    ),
+                    {
+                        "sub": f"sub_{user_id}",
+                        "cus": f"cus_{user_id}",
+                        "u": user_id,
+                        "t": at(DAY),
+                        "trial_end": day_end + timedelta(days=trial_days) - timedelta(hours=1),
+                    },
+                )
         # Segments: the week that ended before DAY counts; a week still running on DAY does not.
-        for user_id, week_start, segment in ((1, DAY - timedelta(days=13), "casual"), (2, DAY - timedelta(days=13), "declining"),
-                                             (1, DAY - timedelta(days=3), "power")):
-            conn.execute(sa.text(db.render("""
+        for user_id, week_start, segment in (
+            (1, DAY - timedelta(days=13), "casual"),
+            (2, DAY - timedelta(days=13), "declining"),
+            (1, DAY - timedelta(days=3), "power"),
+        ):
+            conn.execute(
+                sa.text(
+                    db.render("""
                 INSERT INTO {rs}.weekly_segments (week_start, user_id, segment, active_days, event_count,
                     previous_event_count, sessions_started, session_minutes)
-                VALUES (:week, :u, :segment, 1, 1, 1, 0, 0)""")), {"week": week_start, "u": user_id, "segment": segment})
+                VALUES (:week, :u, :segment, 1, 1, 1, 0, 0)""")
+                ),
+                {"week": week_start, "u": user_id, "segment": segment},
+            )
     return db
 
 
-@pytest.mark.parametrize("audience, users", [
-    ({}, {1, 2, 3, 4, 5, 6}),
-    ({"dormancy_reasons": ["declining"]}, {2}),
-    ({"min_days_inactive": 11, "max_days_inactive": 30}, {4, 5, 6}),
-    ({"weekly_segments": ["casual"]}, {1}),
-    ({"weekly_segments": ["power"]}, set()),
-    ({"subscription_statuses": ["past_due"]}, {2}),
-    ({"plans": ["Team"]}, {1, 2}),
-    ({"min_mrr_cents": 5000}, {2, 6}),
-    ({"max_mrr_cents": 4900}, {1, 3, 4, 5}),
-    ({"cancel_at_period_end": True}, {6}),
-    ({"trial_ends_within_days": 3}, {4}),
-    ({"subscription_statuses": ["active"], "cancel_at_period_end": True, "min_mrr_cents": 10000}, {6}),
-])
+@pytest.mark.parametrize(
+    "audience, users",
+    [
+        ({}, {1, 2, 3, 4, 5, 6}),
+        ({"dormancy_reasons": ["declining"]}, {2}),
+        ({"min_days_inactive": 11, "max_days_inactive": 30}, {4, 5, 6}),
+        ({"weekly_segments": ["casual"]}, {1}),
+        ({"weekly_segments": ["power"]}, set()),
+        ({"subscription_statuses": ["past_due"]}, {2}),
+        ({"plans": ["Team"]}, {1, 2}),
+        ({"min_mrr_cents": 5000}, {2, 6}),
+        ({"max_mrr_cents": 4900}, {1, 3, 4, 5}),
+        ({"cancel_at_period_end": True}, {6}),
+        ({"trial_ends_within_days": 3}, {4}),
+        ({"subscription_statuses": ["active"], "cancel_at_period_end": True, "min_mrr_cents": 10000}, {6}),
+    ],
+)
 def test_each_audience_condition_selects_its_users(audience_world, audience, users):
     from dataclasses import replace
 
-    from retention_pipeline.outreach.planning import candidate_params, run_config_campaign
     from retention_pipeline.outreach.campaign import CampaignConfig
     from retention_pipeline.outreach.campaigns import Audience
+    from retention_pipeline.outreach.planning import candidate_params, run_config_campaign
 
     config = CampaignConfig()
     campaign = replace(run_config_campaign(config), audience=Audience(**audience))
     db = audience_world
-    clock.set_now(datetime(2026, 3, 19, 9, 0, tzinfo=timezone.utc))
+    clock.set_now(datetime(2026, 3, 19, 9, 0, tzinfo=UTC))
     sql, params = candidate_params(config, campaign, campaign.steps[0], DAY)
     with db.begin() as conn:
         conn.execute(sa.text(db.render(sql)), params)
@@ -392,6 +521,10 @@ def test_every_campaign_file_field_is_documented():
     from retention_pipeline.outreach.campaigns import Audience, CampaignFile, Sender, Step, Success
 
     docs = (PROJECT_ROOT / "docs" / "campaigns.md").read_text()
-    missing = [f"{model.__name__}.{name}" for model in (CampaignFile, Audience, Step, Success, Sender)
-               for name in model.model_fields if f"`{name}`" not in docs and f"{name}:" not in docs]
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in (CampaignFile, Audience, Step, Success, Sender)
+        for name in model.model_fields
+        if f"`{name}`" not in docs and f"{name}:" not in docs
+    ]
     assert not missing

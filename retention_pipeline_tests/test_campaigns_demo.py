@@ -29,8 +29,11 @@ URL = re.compile(r"https?://[^\s\"'<>]+")
 
 def cli_env(state_dir) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RETENTION_DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME")}
-    return env | {"RETENTION_STATE_DIR": str(state_dir), "RETENTION_NOW": FROZEN_NOW,
-                  "RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "campaigns")}
+    return env | {
+        "RETENTION_STATE_DIR": str(state_dir),
+        "RETENTION_NOW": FROZEN_NOW,
+        "RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "campaigns"),
+    }
 
 
 def cli(state_dir, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -58,10 +61,16 @@ def query(state_dir, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def outbox(state_dir) -> list[dict]:
-    rows = query(state_dir, """
+    rows = query(
+        state_dir,
+        """
         SELECT s.campaign, s.user_id, s.as_of_date, o.to_address, o.subject, o.html, o.text_body, o.headers
-        FROM retention.email_outbox o JOIN retention.email_sends s ON s.provider_message_id = o.message_id""")
-    return [dict(zip(("campaign", "user_id", "as_of_date", "to", "subject", "html", "text", "headers"), r)) for r in rows]
+        FROM retention.email_outbox o JOIN retention.email_sends s ON s.provider_message_id = o.message_id""",
+    )
+    return [
+        dict(zip(("campaign", "user_id", "as_of_date", "to", "subject", "html", "text", "headers"), r, strict=False))
+        for r in rows
+    ]
 
 
 def test_the_outbox_holds_all_three_campaigns_and_the_report_shows_them(demo):
@@ -83,7 +92,7 @@ def test_nobody_gets_two_emails_on_one_day_or_within_the_cap(demo):
     assert days
     for user_id, assigned in days.items():
         assigned.sort()
-        assert all((b - a).days >= CAP_DAYS for a, b in zip(assigned, assigned[1:])), (user_id, assigned)
+        assert all((b - a).days >= CAP_DAYS for a, b in zip(assigned, assigned[1:], strict=False)), (user_id, assigned)
 
 
 def test_no_email_has_the_copy_defects_of_the_issue(demo):
@@ -119,9 +128,13 @@ def test_no_link_carries_a_readable_address(demo):
 
 def test_preview_renders_what_the_run_sent(demo):
     state_dir, _ = demo
-    [(user_id, subject, text)] = query(state_dir, """
+    [(user_id, subject, text)] = query(
+        state_dir,
+        """
         SELECT user_id, subject, payload->>'text' FROM retention.email_sends
-        WHERE campaign = 'winback' AND step = 1 AND status = 'sent' AND as_of_date = %s ORDER BY user_id LIMIT 1""", (AS_OF,))
+        WHERE campaign = 'winback' AND step = 1 AND status = 'sent' AND as_of_date = %s ORDER BY user_id LIMIT 1""",
+        (AS_OF,),
+    )
     result = cli(state_dir, "preview", "--campaign", "winback", "--user-id", str(user_id), "--step", "1", "--date", AS_OF)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -162,5 +175,7 @@ def test_send_test_goes_through_the_sender_outside_the_ledger(demo):
     assert result.returncode == 0, result.stderr
     assert "to qa@example.com through outbox: message id " in result.stdout
     assert query(state_dir, ledger) == before
-    [(subject, text)] = query(state_dir, "SELECT subject, text_body FROM retention.email_outbox WHERE to_address = 'qa@example.com'")
+    [(subject, text)] = query(
+        state_dir, "SELECT subject, text_body FROM retention.email_outbox WHERE to_address = 'qa@example.com'"
+    )
     assert "payment" in subject and "Update your card" in text

@@ -39,7 +39,10 @@ def cli_env(state_dir) -> dict:
 def run_demo(state_dir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300", *extra],
-        env=cli_env(state_dir), capture_output=True, text=True, timeout=300,
+        env=cli_env(state_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -67,7 +70,8 @@ def assert_matches_the_readme_sample(report: str) -> None:
     diff = "\n".join(difflib.unified_diff(sample, printed, "README sample", "demo printed", lineterm=""))
     assert sample == printed, (
         "The README's demo sample no longer matches what `retention-pipeline demo` prints (numbers and paths "
-        f"aside). Replace the sample with this run's output:\n{report}\n\n{diff}")
+        f"aside). Replace the sample with this run's output:\n{report}\n\n{diff}"
+    )
 
 
 def comparable(report: str) -> str:
@@ -113,7 +117,10 @@ def test_demo_twice_is_idempotent_and_leaves_nothing_running(state_dir):
 def test_demo_recovers_after_the_cli_is_killed(state_dir):
     killed = subprocess.Popen(
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300"],
-        env=cli_env(state_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(state_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     for line in killed.stderr:
@@ -133,7 +140,10 @@ def test_demo_recovers_after_the_cli_is_killed(state_dir):
 def test_sigterm_stops_everything_the_demo_started(state_dir):
     demo = subprocess.Popen(
         [sys.executable, "-m", "retention_pipeline.cli", "demo", "--users", "300"],
-        env=cli_env(state_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(state_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in demo.stderr:
         if "Seeding" in line or "Backfilling" in line:
@@ -161,13 +171,15 @@ with environment() as env:
 
 
 def test_a_second_command_leaves_a_running_launchers_child_alone_and_reaps_a_killed_ones(state_dir):
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_STAND_IN], env=cli_env(state_dir),
-                                stdout=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_STAND_IN], env=cli_env(state_dir), stdout=subprocess.PIPE, text=True
+    )
     child_pid = None
     try:
         child_pid = int(launcher.stdout.readline())
-        second = subprocess.run(cli_command("dagster", "instance", "info"), env=cli_env(state_dir),
-                                capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            cli_command("dagster", "instance", "info"), env=cli_env(state_dir), capture_output=True, text=True, timeout=300
+        )
         assert second.returncode == 0, second.stderr[-3000:]
         assert "owned by another retention-pipeline process" in second.stderr
         assert "Stopped processes" not in second.stderr
@@ -177,8 +189,9 @@ def test_a_second_command_leaves_a_running_launchers_child_alone_and_reaps_a_kil
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
         assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE, "the orphan should outlive its launcher"
-        third = subprocess.run(cli_command("dagster", "instance", "info"), env=cli_env(state_dir),
-                               capture_output=True, text=True, timeout=300)
+        third = subprocess.run(
+            cli_command("dagster", "instance", "info"), env=cli_env(state_dir), capture_output=True, text=True, timeout=300
+        )
         assert third.returncode == 0, third.stderr[-3000:]
         assert f"Stopped processes left running by an earlier, killed run (pid {child_pid})" in third.stderr
         assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote, unquote
 
 import pytest
@@ -17,17 +17,17 @@ from dagster import AssetCheckSeverity, DagsterInstance, Failure
 
 from retention_pipeline import clock
 from retention_pipeline.local import demo_data
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.campaign import DEMO_POSTAL_ADDRESS, CampaignConfig
 from retention_pipeline.outreach.checks import unmapped_event_types
 from retention_pipeline.outreach.render import ACTION_PHRASES, TEMPLATE_VARIANTS, EmailRenderer, humanize, pluralize
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import run_job
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import LIVE_IDENTITY, Scenario, at, live_campaign
 
 AS_OF = date(2026, 5, 20)
-MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
+MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=UTC)
 LINK = "https://app.example.com/retention/unsubscribe?token=t"
 
 # Each pattern is one defect of the demo's emails (issue 18).
@@ -58,8 +58,15 @@ def _demo_through_dormant_users(server, name: str) -> None:
     conn.close()
     app_db = AppDatabase(url=server.url(name))
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER):
-        assert run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=35)).isoformat(), AS_OF.isoformat(),
-                       resources={"app_db": app_db}, assets=["daily_activity_snapshots", "dormant_users"], quiet=True).success
+        assert run_job(
+            instance,
+            "daily_retention_job",
+            (AS_OF - timedelta(days=35)).isoformat(),
+            AS_OF.isoformat(),
+            resources={"app_db": app_db},
+            assets=["daily_activity_snapshots", "dormant_users"],
+            quiet=True,
+        ).success
     app_db.engine().dispose()
 
 
@@ -84,8 +91,12 @@ def test_pluralize_and_humanize():
 
 
 def test_every_demo_dormant_user_reads_right_in_every_variant(demo_db):
-    rows = [dict(r._mapping) for r in demo_db.fetch_all(
-        "SELECT *, reason AS segment_reason FROM {rs}.dormant_users WHERE as_of_date = :d", {"d": AS_OF})]
+    rows = [
+        dict(r._mapping)
+        for r in demo_db.fetch_all(
+            "SELECT *, reason AS segment_reason FROM {rs}.dormant_users WHERE as_of_date = :d", {"d": AS_OF}
+        )
+    ]
     reasons = {r["segment_reason"] for r in rows}
     assert reasons == {"inactive", "declining"}, reasons
     assert any(not r["name"] for r in rows), "the demo must hold users without a name"
@@ -107,8 +118,14 @@ def test_every_demo_dormant_user_reads_right_in_every_variant(demo_db):
 def test_the_demo_emails_in_the_outbox_read_right_and_carry_a_postal_address(demo_db, monkeypatch):
     monkeypatch.delenv("RESEND_API_KEY", raising=False)
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER):
-        assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"app_db": demo_db},
-                       assets=["reengagement_emails"], quiet=True).success
+        assert run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"app_db": demo_db},
+            assets=["reengagement_emails"],
+            quiet=True,
+        ).success
     emails = demo_db.fetch_all("SELECT subject, text_body, html FROM {rs}.email_outbox")
     assert len(emails) > 100
     for email in emails:
@@ -123,13 +140,26 @@ def test_a_live_send_without_a_postal_address_fails_before_anything_is_sent(demo
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER), FakeResend(rate=0) as server:
         sender = ResendSender(api_key="re_test", api_url=server.url, requests_per_second=50)
         with pytest.raises(Failure, match="postal_address is empty"):
-            run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"email_sender": sender},
-                    assets=["reengagement_emails"], quiet=True)
+            run_job(
+                instance,
+                "daily_retention_job",
+                AS_OF.isoformat(),
+                resources={"email_sender": sender},
+                assets=["reengagement_emails"],
+                quiet=True,
+            )
         assert server.accepted == []
         assert demo_db.fetch_all("SELECT 1 FROM {rs}.email_sends") == []
         # With the address configured the same run sends, and every footer carries it.
-        assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"email_sender": sender},
-                       assets=["reengagement_emails"], run_config=live_campaign(), quiet=True).success
+        assert run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"email_sender": sender},
+            assets=["reengagement_emails"],
+            run_config=live_campaign(),
+            quiet=True,
+        ).success
         assert len(server.accepted) > 100
         for accepted in server.accepted:
             assert LIVE_IDENTITY["postal_address"] in accepted.email["text"]
@@ -152,8 +182,14 @@ def test_the_unmapped_event_types_check_warns_and_lists_them(app_db_env, instanc
         s.user(user_id, at(AS_OF - timedelta(days=60)), email=f"user{user_id}@example.com")
         s.events((user_id, at(AS_OF - timedelta(days=d)), event_type, None, None) for d in range(30, 14, -1))
     with clock.frozen_at(MORNING_AFTER):
-        result = run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=35)).isoformat(), AS_OF.isoformat(),
-                         assets=["daily_activity_snapshots", "dormant_users"], quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            (AS_OF - timedelta(days=35)).isoformat(),
+            AS_OF.isoformat(),
+            assets=["daily_activity_snapshots", "dormant_users"],
+            quiet=True,
+        )
     assert result.success
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "unmapped_event_types_check")
     assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
@@ -169,7 +205,7 @@ def _readable_forms(address: str) -> list[str]:
     for raw in (address.encode(), json.dumps(address).encode()):
         for shift in range(3):
             encoded = base64.b64encode(b"\0" * shift + raw).decode()
-            core = encoded[4 * ((shift + 2) // 3):].rstrip("=")[:-2]  # drop the prefix's and the tail's mixed digits
+            core = encoded[4 * ((shift + 2) // 3) :].rstrip("=")[:-2]  # drop the prefix's and the tail's mixed digits
             forms |= {core, core.replace("+", "-").replace("/", "_")}
     return [form for form in forms if len(form) >= 8]
 
@@ -182,8 +218,15 @@ def _links_and_headers(email: dict) -> list[str]:
 def test_token_links_and_headers_carry_no_email_address(demo_db):
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER), FakeResend(rate=0) as server:
         sender = ResendSender(api_key="re_test", api_url=server.url, requests_per_second=50)
-        assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"email_sender": sender},
-                       assets=["reengagement_emails"], run_config=live_campaign(), quiet=True).success
+        assert run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"email_sender": sender},
+            assets=["reengagement_emails"],
+            run_config=live_campaign(),
+            quiet=True,
+        ).success
     assert len(server.accepted) > 100
     for accepted in server.accepted:
         email = accepted.email

@@ -81,12 +81,21 @@ def test_the_charts_storage_settings_reach_psycopg2(pg_server, pg_database, dags
     """deploy/helm/values.yaml's postgresql values, rendered as the chart renders them (postgres_db)."""
     values = yaml.safe_load_all((PROJECT_ROOT / "deploy/helm/values.yaml").read_text())
     postgresql = next(v for v in values if v)["postgresql"]
-    rendered = {"storage": {"postgres": {"postgres_db": {
-        "username": "postgres", "hostname": "localhost", "db_name": pg_database, "port": 5432,
-        # The chart's host is a TCP name; the embedded server listens on its socket only.
-        "params": {"host": str(pg_server.status.socket_dir)},
-        "scheme": postgresql["postgresqlScheme"],
-    }}}}
+    rendered = {
+        "storage": {
+            "postgres": {
+                "postgres_db": {
+                    "username": "postgres",
+                    "hostname": "localhost",
+                    "db_name": pg_database,
+                    "port": 5432,
+                    # The chart's host is a TCP name; the embedded server listens on its socket only.
+                    "params": {"host": str(pg_server.status.socket_dir)},
+                    "scheme": postgresql["postgresqlScheme"],
+                }
+            }
+        }
+    }
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(rendered))
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         assert_storage_works(instance)
@@ -107,8 +116,11 @@ def test_the_dagster_cli_and_the_projects_cli_accept_every_url_form(form, pg_ser
 
 
 def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
@@ -121,10 +133,22 @@ def test_webserver_and_daemon_run_on_a_bare_postgresql_url(pg_server, pg_databas
     monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])
     port = free_port()
     workspace = ["-w", str(PROJECT_ROOT / "workspace.yaml")]
-    webserver = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *workspace],
-                                 env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", *workspace],
-                              env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    webserver = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *workspace],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", *workspace],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         answer, heartbeats = None, {}
@@ -132,7 +156,10 @@ def test_webserver_and_daemon_run_on_a_bare_postgresql_url(pg_server, pg_databas
             while time.monotonic() < deadline and (answer is None or not heartbeats):
                 assert webserver.poll() is None and daemon.poll() is None, "webserver or daemon exited"
                 try:
-                    answer = answer or _graphql(port, "{ runsOrError { __typename } instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }")
+                    answer = answer or _graphql(
+                        port,
+                        "{ runsOrError { __typename } instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }",
+                    )
                 except OSError:
                     pass
                 heartbeats = instance.get_daemon_heartbeats()

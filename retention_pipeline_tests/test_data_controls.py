@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,16 +21,16 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_schedul
 from retention_pipeline import clock
 from retention_pipeline.definitions import defs
 from retention_pipeline.jobs import daily_morning_schedule, weekly_segments_schedule
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.local.runner import run_job
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline.thresholds import FILE_VALUES, PATH, thresholds_version
 from retention_pipeline_tests.scenario import Scenario, at, days_between, live_campaign
 
 JOB = "daily_retention_job"
 D = date(2026, 5, 20)  # the partition day; its scheduled run ticks the next morning
-TICK = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
+TICK = datetime(2026, 5, 21, 9, 0, tzinfo=UTC)
 API_KEY = "re_test_key_123"
 
 
@@ -42,7 +42,8 @@ def ago(days: int) -> date:
 def partition_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
     """The latest materialization's metadata of one partition, as the UI's partition view shows it."""
     records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1).records
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
     assert records, f"{asset} {partition} was never materialized"
     metadata = records[0].asset_materialization.metadata
     return {key: getattr(value, "value", value) for key, value in metadata.items()}
@@ -52,8 +53,9 @@ def scheduled_run(instance: DagsterInstance, tick: datetime, **kwargs):
     """Evaluate the morning schedule at `tick` and execute its run request like the daemon would."""
     request = daily_morning_schedule(build_schedule_context(scheduled_execution_time=tick))
     job = defs.resolve_job_def(JOB)
-    return request, job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                           run_config=request.run_config, **kwargs)
+    return request, job.execute_in_process(
+        instance=instance, partition_key=request.partition_key, run_config=request.run_config, **kwargs
+    )
 
 
 def changed_file(tmp_path: Path, **sections) -> Path:
@@ -65,15 +67,21 @@ def changed_file(tmp_path: Path, **sections) -> Path:
     return path
 
 
-def in_fresh_process(script: str, config_path: Path, db_url: str | None = None, args: tuple = (),
-                     extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def in_fresh_process(
+    script: str, config_path: Path, db_url: str | None = None, args: tuple = (), extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `script` in a new Python process that loads the definitions with RETENTION_CONFIG=config_path."""
-    env = {**os.environ, "RETENTION_CONFIG": str(config_path), "RETENTION_UNSUBSCRIBE_SECRET": "test-unsubscribe-secret",
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "RETENTION_CONFIG": str(config_path),
+        "RETENTION_UNSUBSCRIBE_SECRET": "test-unsubscribe-secret",
+        **(extra_env or {}),
+    }
     if db_url:
         env["RETENTION_DATABASE_URL"] = db_url
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def steady_world(db, instance, users: int = 12, dormant: int = 6, events_on_d: bool = True) -> Scenario:
@@ -87,7 +95,9 @@ def steady_world(db, instance, users: int = 12, dormant: int = 6, events_on_d: b
         s.daily_events(user_id, days_between(ago(14), D if events_on_d else ago(1)), per_day=2)
     for user_id in range(users + 1, users + dormant + 1):
         s.daily_events(user_id, days_between(ago(40), ago(20)))
-    assert run_job(instance, JOB, ago(40).isoformat(), ago(1).isoformat(), quiet=True, assets=["daily_activity_snapshots"]).success
+    assert run_job(
+        instance, JOB, ago(40).isoformat(), ago(1).isoformat(), quiet=True, assets=["daily_activity_snapshots"]
+    ).success
     return s
 
 
@@ -109,9 +119,12 @@ _SCHEDULE_SCRIPT = """
 
 
 def test_threshold_file_change_reaches_the_schedules_run_requests_and_the_defaults(tmp_path):
-    path = changed_file(tmp_path, dormant_users={"dormant_after_days": 10, "lost_after_days": 120},
-                        weekly_engagement_segments={"power_min_active_days": 5, "dormant_lookback_weeks": 8},
-                        daily_activity_snapshots={"trailing_days": 5})
+    path = changed_file(
+        tmp_path,
+        dormant_users={"dormant_after_days": 10, "lost_after_days": 120},
+        weekly_engagement_segments={"power_min_active_days": 5, "dormant_lookback_weeks": 8},
+        daily_activity_snapshots={"trailing_days": 5},
+    )
     done = in_fresh_process(_SCHEDULE_SCRIPT, path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -127,20 +140,30 @@ def test_threshold_file_change_reaches_the_schedules_run_requests_and_the_defaul
 
 def test_threshold_file_as_shipped_is_what_the_schedules_send():
     daily = daily_morning_schedule(build_schedule_context(scheduled_execution_time=TICK))
-    weekly = weekly_segments_schedule(build_schedule_context(scheduled_execution_time=datetime(2026, 5, 25, 10, tzinfo=timezone.utc)))
+    weekly = weekly_segments_schedule(build_schedule_context(scheduled_execution_time=datetime(2026, 5, 25, 10, tzinfo=UTC)))
     shipped = yaml.safe_load(PATH.read_text())
-    assert daily.run_config == {"ops": {**{name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")},
-                                        "reengagement_emails": {"ops": {"plan_reengagement_sends": {
-                                            "config": shipped["plan_reengagement_sends"]}}}}}
+    assert daily.run_config == {
+        "ops": {
+            **{name: {"config": shipped[name]} for name in ("daily_activity_snapshots", "dormant_users")},
+            "reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": shipped["plan_reengagement_sends"]}}},
+        }
+    }
     assert weekly.run_config == {"ops": {"weekly_engagement_segments": {"config": shipped["weekly_engagement_segments"]}}}
 
 
-@pytest.mark.parametrize("section, change, message", [
-    ("dormant_users", {"dormant_afterdays": 7}, "unknown key(s) ['dormant_afterdays'] in dormant_users"),
-    ("dormant_users", {"dormant_after_days": "seven"}, "dormant_users: Invalid DormancyThresholds: dormant_after_days"),
-    ("weekly_engagement_segments", {"decline_ratio": 1.5}, "weekly_engagement_segments: Invalid SegmentThresholds: decline_ratio"),
-    ("daily_activity_snapshots", {"trailing_days": 0}, "daily_activity_snapshots: Invalid SnapshotConfig: trailing_days"),
-])
+@pytest.mark.parametrize(
+    "section, change, message",
+    [
+        ("dormant_users", {"dormant_afterdays": 7}, "unknown key(s) ['dormant_afterdays'] in dormant_users"),
+        ("dormant_users", {"dormant_after_days": "seven"}, "dormant_users: Invalid DormancyThresholds: dormant_after_days"),
+        (
+            "weekly_engagement_segments",
+            {"decline_ratio": 1.5},
+            "weekly_engagement_segments: Invalid SegmentThresholds: decline_ratio",
+        ),
+        ("daily_activity_snapshots", {"trailing_days": 0}, "daily_activity_snapshots: Invalid SnapshotConfig: trailing_days"),
+    ],
+)
 def test_threshold_file_errors_stop_the_definitions_with_one_line(tmp_path, section, change, message):
     path = changed_file(tmp_path, **{section: change})
     done = in_fresh_process("import retention_pipeline.definitions", path)
@@ -156,7 +179,9 @@ def test_launchpad_threshold_override_is_recorded_in_that_partitions_metadata(ap
         s.daily_events(user_id, [D + timedelta(days=1)])
     file_version = thresholds_version(FILE_VALUES["dormant_users"])
     override = {"ops": {"dormant_users": {"config": {"dormant_after_days": 21}}}}
-    assert run_job(instance, JOB, D.isoformat(), run_config=override, quiet=True, assets=["daily_activity_snapshots", "dormant_users"]).success
+    assert run_job(
+        instance, JOB, D.isoformat(), run_config=override, quiet=True, assets=["daily_activity_snapshots", "dormant_users"]
+    ).success
     changed = partition_metadata(instance, "dormant_users", D.isoformat())
     assert changed["thresholds"]["dormant_after_days"] == 21
     assert changed["thresholds_overrides"] == {"dormant_after_days": {"file": 7, "run": 21}}
@@ -164,7 +189,9 @@ def test_launchpad_threshold_override_is_recorded_in_that_partitions_metadata(ap
     assert changed["dormant_users"] == 0  # 20 days inactive is not dormant at 21
 
     # The next scheduled run of the next day uses the file again: the override lasted one run.
-    _, result = scheduled_run(instance, TICK + timedelta(days=1), asset_selection=[AssetKey("daily_activity_snapshots"), AssetKey("dormant_users")])
+    _, result = scheduled_run(
+        instance, TICK + timedelta(days=1), asset_selection=[AssetKey("daily_activity_snapshots"), AssetKey("dormant_users")]
+    )
     assert result.success
     following = partition_metadata(instance, "dormant_users", (D + timedelta(days=1)).isoformat())
     assert following["thresholds_overrides"] == {}
@@ -194,8 +221,9 @@ _BACKFILL_SCRIPT = """
 def test_threshold_change_then_backfill_recomputes_history_consistently(app_db_env, instance, tmp_path):
     s = steady_world(app_db_env, instance)
     first, last = ago(4), D
-    assert run_job(instance, JOB, first.isoformat(), last.isoformat(), quiet=True,
-                   assets=["daily_activity_snapshots", "dormant_users"]).success
+    assert run_job(
+        instance, JOB, first.isoformat(), last.isoformat(), quiet=True, assets=["daily_activity_snapshots", "dormant_users"]
+    ).success
     assert all(len(s.dormant(day)) == 6 for day in days_between(first, last))
 
     path = changed_file(tmp_path, dormant_users={"dormant_after_days": 25})
@@ -242,8 +270,12 @@ _CAMPAIGN_FILE_SCRIPT = """
 def test_campaign_file_change_reaches_the_schedules_run_request_and_the_live_sends(app_db_env, instance, resend_sender, tmp_path):
     fake, _ = resend_sender
     s = steady_world(app_db_env, instance)
-    identity = {"campaign": "spring", "sender_name": "Acme File Inc.", "postal_address": "7 File Road, Yamlton, YA 00007",
-                "from_address": "Acme <hello@acme.example>"}
+    identity = {
+        "campaign": "spring",
+        "sender_name": "Acme File Inc.",
+        "postal_address": "7 File Road, Yamlton, YA 00007",
+        "from_address": "Acme <hello@acme.example>",
+    }
     path = changed_file(tmp_path, **{CAMPAIGN: identity})
     # A live sender (Resend) in the reloaded code location: it refuses to send without the file's postal address.
     env = {"RESEND_API_KEY": API_KEY, "RESEND_API_URL": fake.url, "RETENTION_NOW": TICK.isoformat()}
@@ -259,8 +291,9 @@ def test_campaign_file_change_reaches_the_schedules_run_request_and_the_live_sen
     assert metadata["thresholds_version"] == thresholds_version(file_values)
     assert metadata["campaign"] == "spring" and metadata["emails_sent"] >= 1
     assert ledger(s).get("sent") == metadata["emails_sent"]
-    assert fake.accepted and all(identity["postal_address"] in a.email["text"] and a.email["from"] == identity["from_address"]
-                                 for a in fake.accepted)
+    assert fake.accepted and all(
+        identity["postal_address"] in a.email["text"] and a.email["from"] == identity["from_address"] for a in fake.accepted
+    )
 
 
 def test_campaign_file_launchpad_pause_lasts_one_run(app_db_env, instance):
@@ -270,8 +303,9 @@ def test_campaign_file_launchpad_pause_lasts_one_run(app_db_env, instance):
     file_version = thresholds_version(FILE_VALUES[CAMPAIGN])
     clock.set_now(TICK)
     paused = {"ops": {"reengagement_emails": {"ops": {CAMPAIGN: {"config": {"paused": True}}}}}}
-    result = defs.resolve_job_def(JOB).execute_in_process(instance=instance, partition_key=D.isoformat(),
-                                                          run_config=paused, asset_selection=EMAIL_ASSETS)
+    result = defs.resolve_job_def(JOB).execute_in_process(
+        instance=instance, partition_key=D.isoformat(), run_config=paused, asset_selection=EMAIL_ASSETS
+    )
     assert result.success
     held = partition_metadata(instance, "reengagement_emails", D.isoformat())
     assert held["thresholds_overrides"] == {"paused": {"file": False, "run": True}}
@@ -299,12 +333,21 @@ def test_campaign_file_as_shipped_validates_and_is_the_campaign_configs_defaults
     assert shipped["postal_address"] == "" and shipped["paused"] is False and shipped["dry_run"] is False
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"holdout_share": 0.9}, "plan_reengagement_sends: Invalid CampaignConfig: holdout_share: Input should be less than or equal to 0.5"),
-    ({"paused": "maybe"}, "plan_reengagement_sends: Invalid CampaignConfig: paused"),
-    ({"postal_adress": "1 Main St"}, "unknown key(s) ['postal_adress'] in plan_reengagement_sends"),
-    ({"steps": [{"step": 2, "delay_days": 0, "variants": ["recap"]}]}, "plan_reengagement_sends: Invalid CampaignConfig: thresholds: Value error, steps must be numbered 1..n in order, got [2]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"holdout_share": 0.9},
+            "plan_reengagement_sends: Invalid CampaignConfig: holdout_share: Input should be less than or equal to 0.5",
+        ),
+        ({"paused": "maybe"}, "plan_reengagement_sends: Invalid CampaignConfig: paused"),
+        ({"postal_adress": "1 Main St"}, "unknown key(s) ['postal_adress'] in plan_reengagement_sends"),
+        (
+            {"steps": [{"step": 2, "delay_days": 0, "variants": ["recap"]}]},
+            "plan_reengagement_sends: Invalid CampaignConfig: thresholds: Value error, steps must be numbered 1..n in order, got [2]",
+        ),
+    ],
+)
 def test_campaign_file_errors_stop_the_definitions_with_one_line(tmp_path, change, message):
     path = changed_file(tmp_path, **{CAMPAIGN: change})
     done = in_fresh_process("import retention_pipeline.definitions", path)
@@ -317,7 +360,10 @@ def test_campaign_file_errors_stop_the_definitions_with_one_line(tmp_path, chang
 # -- partition mappings follow the config ----------------------------------------------------------------
 def test_threshold_beyond_the_declared_partition_mapping_is_rejected_clearly(app_db_env, instance):
     snapshots = AssetKey("daily_activity_snapshots")
-    assert defs.get_assets_def("dormant_users").get_partition_mapping(snapshots).start_offset == -FILE_VALUES["dormant_users"]["lost_after_days"]
+    assert (
+        defs.get_assets_def("dormant_users").get_partition_mapping(snapshots).start_offset
+        == -FILE_VALUES["dormant_users"]["lost_after_days"]
+    )
     weeks = FILE_VALUES["weekly_engagement_segments"]["dormant_lookback_weeks"]
     assert defs.get_assets_def("weekly_engagement_segments").get_partition_mapping(snapshots).start_offset == -(weeks + 1)
     steady_world(app_db_env, instance)
@@ -326,25 +372,34 @@ def test_threshold_beyond_the_declared_partition_mapping_is_rejected_clearly(app
         run_job(instance, JOB, D.isoformat(), run_config=too_far, quiet=True, assets=["dormant_users"])
     assert "reads further back than the 90 days the asset declares" in str(failure.value)
     shorter = {"ops": {"dormant_users": {"config": {"lost_after_days": 30}}}}
-    assert run_job(instance, JOB, D.isoformat(), run_config=shorter, quiet=True,
-                   assets=["daily_activity_snapshots", "dormant_users"]).success
+    assert run_job(
+        instance, JOB, D.isoformat(), run_config=shorter, quiet=True, assets=["daily_activity_snapshots", "dormant_users"]
+    ).success
 
 
 # -- checks that gate sends ------------------------------------------------------------------------------
 @pytest.fixture
 def resend_sender():
     with FakeResend(api_key=API_KEY, rate=50) as fake:
-        yield fake, ResendSender(api_key=API_KEY, api_url=fake.url, requests_per_second=50, backoff_base_seconds=0.05,
-                                 timeout_seconds=5)
+        yield (
+            fake,
+            ResendSender(api_key=API_KEY, api_url=fake.url, requests_per_second=50, backoff_base_seconds=0.05, timeout_seconds=5),
+        )
 
 
 def daily_run_with_sender(instance, sender, run_config=None):
     """The daily job's assets for D, the morning after, with the test's Resend sender (the job's own
     sender is bound when the definitions load), not raising when a blocking check fails."""
     clock.set_now(TICK)
-    return materialize(list(defs.assets), resources={**defs.resources, "email_sender": sender}, instance=instance,
-                       selection=list(defs.resolve_job_def(JOB).asset_layer.selected_asset_keys),
-                       partition_key=D.isoformat(), run_config=live_campaign(run_config), raise_on_error=False)
+    return materialize(
+        list(defs.assets),
+        resources={**defs.resources, "email_sender": sender},
+        instance=instance,
+        selection=list(defs.resolve_job_def(JOB).asset_layer.selected_asset_keys),
+        partition_key=D.isoformat(),
+        run_config=live_campaign(run_config),
+        raise_on_error=False,
+    )
 
 
 def materialized(result) -> set[str]:
@@ -392,7 +447,8 @@ def test_blocking_send_ceiling_from_the_launchpad_stops_the_emails(app_db_env, i
     assert not evaluation.passed and "6 targeted users, above max_planned_sends=5" in evaluation.description
     assert ledger(s) == {} and fake.requests == []
     assert partition_metadata(instance, "dormant_users", D.isoformat())["thresholds_overrides"] == {
-        "max_planned_sends": {"file": FILE_VALUES["dormant_users"]["max_planned_sends"], "run": 5}}
+        "max_planned_sends": {"file": FILE_VALUES["dormant_users"]["max_planned_sends"], "run": 5}
+    }
 
 
 def test_blocking_dormant_jump_against_the_trailing_median(app_db_env, instance):
@@ -408,9 +464,12 @@ def test_blocking_dormant_jump_against_the_trailing_median(app_db_env, instance)
     assert run_job(instance, JOB, *baseline, quiet=True, assets=["daily_activity_snapshots"]).success
     job = defs.resolve_job_def(JOB)
     result = job.execute_in_process(
-        instance=instance, partition_key=D.isoformat(), raise_on_error=False,
+        instance=instance,
+        partition_key=D.isoformat(),
+        raise_on_error=False,
         asset_selection=[AssetKey(name) for name in ("daily_activity_snapshots", "dormant_users", "reengagement_emails")],
-        run_config={"ops": {"dormant_users": {"config": {"max_dormant_jump_min_users": 5}}}})
+        run_config={"ops": {"dormant_users": {"config": {"max_dormant_jump_min_users": 5}}}},
+    )
     assert not result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert evaluations["activity_ingested"].passed
@@ -426,7 +485,9 @@ def test_late_event_two_days_old_is_counted_by_the_next_scheduled_run(app_db_env
     s.user(2, at(ago(120)))
     s.daily_events(1, days_between(ago(30), ago(10))[::4])  # sparse: never "declining", only inactive
     s.daily_events(2, days_between(ago(30), D))
-    assert run_job(instance, JOB, ago(30).isoformat(), ago(1).isoformat(), quiet=True, assets=["daily_activity_snapshots"]).success
+    assert run_job(
+        instance, JOB, ago(30).isoformat(), ago(1).isoformat(), quiet=True, assets=["daily_activity_snapshots"]
+    ).success
     request, result = scheduled_run(instance, TICK)
     assert request.partition_key == D.isoformat() and result.success
     assert set(s.dormant(D)) == {1}
@@ -451,8 +512,9 @@ def test_trailing_days_bound_how_late_an_event_may_arrive(app_db_env, instance):
     s.event(1, at(ago(3), 9), "older_sync")  # outside it
     request = daily_morning_schedule(build_schedule_context(scheduled_execution_time=TICK))
     assert request.run_config["ops"]["daily_activity_snapshots"]["config"]["trailing_days"] == 3
-    assert run_job(instance, JOB, D.isoformat(), run_config=request.run_config, quiet=True,
-                   assets=["daily_activity_snapshots"]).success
+    assert run_job(
+        instance, JOB, D.isoformat(), run_config=request.run_config, quiet=True, assets=["daily_activity_snapshots"]
+    ).success
     assert {day for day, _ in s.daily_activity()} == {ago(2)}
     one_day = {"ops": {"daily_activity_snapshots": {"config": {"trailing_days": 1}}}}
     s.db.execute("DELETE FROM {rs}.daily_activity")
@@ -468,11 +530,14 @@ def test_range_metadata_is_each_partitions_own_for_snapshots_and_dormant_users(a
         # User n is active up to n+5 days before D: the dormant list grows day by day.
         s.daily_events(user_id, days_between(ago(40), ago(user_id + 5)), per_day=user_id)
     first = ago(9)
-    assert run_job(instance, JOB, first.isoformat(), D.isoformat(), quiet=True,
-                   assets=["daily_activity_snapshots", "dormant_users"]).success
+    assert run_job(
+        instance, JOB, first.isoformat(), D.isoformat(), quiet=True, assets=["daily_activity_snapshots", "dormant_users"]
+    ).success
     for day in days_between(first, D):
         snapshot = partition_metadata(instance, "daily_activity_snapshots", day.isoformat())
-        events = s.rows("SELECT COALESCE(sum(event_count), 0) AS n FROM {rs}.daily_activity WHERE activity_date = :d", {"d": day})[0]["n"]
+        events = s.rows(
+            "SELECT COALESCE(sum(event_count), 0) AS n FROM {rs}.daily_activity WHERE activity_date = :d", {"d": day}
+        )[0]["n"]
         assert snapshot["events"] == events
         dormant = partition_metadata(instance, "dormant_users", day.isoformat())
         assert dormant["as_of"] == day.isoformat()

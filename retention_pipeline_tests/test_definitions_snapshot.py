@@ -40,13 +40,23 @@ def surface() -> dict:
     for check_key in sorted(graph.asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
         spec = graph.get_check_spec(check_key)
         checks[f"{check_key.asset_key.to_user_string()}:{check_key.name}"] = {
-            "description": spec.description, "blocking": spec.blocking,
+            "description": spec.description,
+            "blocking": spec.blocking,
         }
-    jobs = {job.name: {"description": job.description, "partitions": _partitions(job)}
-            for job in sorted(repository.get_all_jobs(), key=lambda j: j.name) if not job.name.startswith("__")}
-    schedules = {s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone, "job": s.job_name,
-                          "default_status": s.default_status.value}
-                 for s in sorted(repository.schedule_defs, key=lambda s: s.name)}
+    jobs = {
+        job.name: {"description": job.description, "partitions": _partitions(job)}
+        for job in sorted(repository.get_all_jobs(), key=lambda j: j.name)
+        if not job.name.startswith("__")
+    }
+    schedules = {
+        s.name: {
+            "cron": s.cron_schedule,
+            "timezone": s.execution_timezone,
+            "job": s.job_name,
+            "default_status": s.default_status.value,
+        }
+        for s in sorted(repository.schedule_defs, key=lambda s: s.name)
+    }
     resources = {name: type(resource).__name__ for name, resource in sorted((defs.resources or {}).items())}
     return {"assets": assets, "asset_checks": checks, "jobs": jobs, "schedules": schedules, "resources": resources}
 

@@ -10,7 +10,7 @@ import bisect
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -27,7 +27,7 @@ from retention_pipeline.local.demo_data import (
 )
 
 AS_OF = date(2025, 6, 25)  # a Wednesday, so "the last 7 days" and "last full ISO week" differ
-END = datetime(2025, 6, 26, tzinfo=timezone.utc)  # midnight after AS_OF: every timestamp is before it
+END = datetime(2025, 6, 26, tzinfo=UTC)  # midnight after AS_OF: every timestamp is before it
 
 EVENT_PROPERTY_KEYS = {
     "login": None,
@@ -151,7 +151,7 @@ def test_small_populations_still_get_every_persona():
 def test_users_are_numbered_in_sign_up_order_within_the_window(summary):
     users = summary.pop.users
     assert [user.id for user in users] == list(range(1, len(users) + 1))
-    assert all(a.created_at <= b.created_at for a, b in zip(users, users[1:]))
+    assert all(a.created_at <= b.created_at for a, b in zip(users, users[1:], strict=False))
     assert users[0].created_at >= END - timedelta(days=90)
     assert users[-1].created_at < END
 
@@ -305,7 +305,7 @@ def test_resurrected_users_came_back_after_a_long_silence(summary):
     for user in summary.users("resurrected"):
         days = sorted(summary.active_dates[user.id])
         assert summary.days_in(user.id, *LAST_7) >= 1
-        longest_gap = max((b - a).days - 1 for a, b in zip(days, days[1:]))
+        longest_gap = max((b - a).days - 1 for a, b in zip(days, days[1:], strict=False))
         assert 21 <= longest_gap <= 42
 
 
@@ -327,8 +327,11 @@ def test_load_copies_exactly_the_generated_rows(pg_conn, summary):
     with pg_conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM events WHERE user_id IS NULL")
         assert cur.fetchone()[0] == summary.anonymous
-        cur.execute("SELECT max(occurred_at) < %s, max(last_seen_at) < %s FROM events, "
-                    "(SELECT max(last_seen_at) AS last_seen_at FROM auth_sessions) s", (END, END))
+        cur.execute(
+            "SELECT max(occurred_at) < %s, max(last_seen_at) < %s FROM events, "
+            "(SELECT max(last_seen_at) AS last_seen_at FROM auth_sessions) s",
+            (END, END),
+        )
         assert cur.fetchone() == (True, True)
         cur.execute("SELECT properties->>'task_title' FROM events WHERE event_type = 'complete_task' LIMIT 1")
         assert cur.fetchone()[0]

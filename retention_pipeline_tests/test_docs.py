@@ -27,8 +27,20 @@ DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))
 CONFIGURATION = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
 DEPLOYMENT = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
 
-CONFIG_CLASSES = [SnapshotConfig, SegmentThresholds, DormancyThresholds, CampaignConfig, CampaignStep, OutcomeConfig,
-                  PerformanceConfig, AppDatabase, SourceTables, StripeResource, ResendSender, SmtpSender]
+CONFIG_CLASSES = [
+    SnapshotConfig,
+    SegmentThresholds,
+    DormancyThresholds,
+    CampaignConfig,
+    CampaignStep,
+    OutcomeConfig,
+    PerformanceConfig,
+    AppDatabase,
+    SourceTables,
+    StripeResource,
+    ResendSender,
+    SmtpSender,
+]
 
 
 # -- configuration.md ---------------------------------------------------------------------------------------
@@ -67,15 +79,18 @@ def test_every_config_field_is_documented_with_its_default_and_description(confi
     assert rows is not None, f"docs/configuration.md has no table headed (…{config_class.__name__})"
     assert set(rows) == set(config_class.model_fields), (
         f"{config_class.__name__}: fields missing from docs/configuration.md {set(config_class.model_fields) - set(rows)}, "
-        f"or documented but gone {set(rows) - set(config_class.model_fields)}")
+        f"or documented but gone {set(rows) - set(config_class.model_fields)}"
+    )
     for name, field in config_class.model_fields.items():
         default, meaning = rows[name]
         assert field.description, f"{config_class.__name__}.{name} has no description for the launchpad"
         expected = shown_default(field)
-        assert expected is None or default == expected, f"{config_class.__name__}.{name}: the docs say {default}, the code {expected}"
+        assert expected is None or default == expected, (
+            f"{config_class.__name__}.{name}: the docs say {default}, the code {expected}"
+        )
         assert meaning.replace("`", "").startswith(field.description.replace("`", "")), (
-            f"{config_class.__name__}.{name}: the docs' meaning does not start with the field's description "
-            f"{field.description!r}")
+            f"{config_class.__name__}.{name}: the docs' meaning does not start with the field's description {field.description!r}"
+        )
 
 
 @pytest.mark.parametrize("script", ["roles.sql", "retention-grants.sql"])
@@ -115,10 +130,15 @@ def documented_commands() -> set[str]:
 # Run here, exactly as written, with pytest's own interpreter for `uv run` (the suite already runs inside it)
 # and --collect-only, so the selection is checked without running the tests twice.
 PYTEST_SELECTIONS = {
-    'uv run pytest -m "not slow"': lambda ids: any("test_docs.py::" in i for i in ids)
-    and not any(i.startswith(SLOW_TEST) for i in ids),
-    "uv run pytest retention_pipeline_tests/test_docs.py": lambda ids: ids and all(i.startswith("retention_pipeline_tests/test_docs.py::") for i in ids),
-    "uv run pytest retention_pipeline_tests/test_reliability_*.py": lambda ids: ids and all("/test_reliability_" in i for i in ids),
+    'uv run pytest -m "not slow"': lambda ids: (
+        any("test_docs.py::" in i for i in ids) and not any(i.startswith(SLOW_TEST) for i in ids)
+    ),
+    "uv run pytest retention_pipeline_tests/test_docs.py": lambda ids: (
+        ids and all(i.startswith("retention_pipeline_tests/test_docs.py::") for i in ids)
+    ),
+    "uv run pytest retention_pipeline_tests/test_reliability_*.py": lambda ids: (
+        ids and all("/test_reliability_" in i for i in ids)
+    ),
 }
 SLOW_TEST = "retention_pipeline_tests/test_production_rehearsal.py::test_production_rehearsal"
 RUN_HERE = {
@@ -133,8 +153,10 @@ RUN_ELSEWHERE = {
     "uv run retention-pipeline dev": ("retention_pipeline_tests/ui_support.py", 'cli_command("dev", "--port"'),
     # At a tiny scale: a 15- or 75-minute run has no place in the suite.
     "uv run python -m benchmarks.run": ("retention_pipeline_tests/test_benchmark_smoke.py", '"-m", "benchmarks.run"'),
-    "uv run python -m benchmarks.run --scales 10000,100000,1000000 --budget-minutes 45":
-        ("retention_pipeline_tests/test_benchmark_smoke.py", '"--budget-minutes"'),
+    "uv run python -m benchmarks.run --scales 10000,100000,1000000 --budget-minutes 45": (
+        "retention_pipeline_tests/test_benchmark_smoke.py",
+        '"--budget-minutes"',
+    ),
 }
 
 
@@ -159,7 +181,9 @@ def without_uv_run(command: str) -> list[str]:
 @pytest.mark.parametrize("command", PYTEST_SELECTIONS)
 def test_the_documented_pytest_selections_select_what_they_say(command):
     # As written, through bash (which expands the glob), with this interpreter's pytest for `uv run pytest`.
-    shell = command.replace("uv run pytest", f"{shlex.quote(sys.executable)} -m pytest", 1) + " --collect-only -q -p no:cacheprovider"
+    shell = (
+        command.replace("uv run pytest", f"{shlex.quote(sys.executable)} -m pytest", 1) + " --collect-only -q -p no:cacheprovider"
+    )
     collected = subprocess.run(["bash", "-c", shell], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
@@ -169,8 +193,13 @@ def test_the_documented_pytest_selections_select_what_they_say(command):
 def test_the_documented_help_command_runs():
     from retention_pipeline_tests.ui_support import cli_command
 
-    completed = subprocess.run(cli_command(*without_uv_run("uv run retention-pipeline benchmark --help")[1:]),
-                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        cli_command(*without_uv_run("uv run retention-pipeline benchmark --help")[1:]),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "--scales" in completed.stdout and "--budget-minutes" in completed.stdout
 
@@ -184,8 +213,14 @@ def test_the_reliability_render_command_fills_the_figures_block(tmp_path):
     summary = tmp_path / "reliability.json"
     summary.write_text(json.dumps({"crash_trials": {}}))
     argv = without_uv_run("uv run python -m retention_pipeline_tests.faults render")
-    completed = subprocess.run([sys.executable, *argv[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-                               env=os.environ | {"RELIABILITY_SUMMARY": str(summary), "RELIABILITY_REPORT": str(report)})
+    completed = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"RELIABILITY_SUMMARY": str(summary), "RELIABILITY_REPORT": str(report)},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     rendered = report.read_text()
     assert "| exactly once across a SIGKILL mid-send | 0 trials |" in rendered
@@ -194,10 +229,6 @@ def test_the_reliability_render_command_fills_the_figures_block(tmp_path):
 
 
 # -- links and length -----------------------------------------------------------------------------------------
-# Pages other branches of this round add; the README links them already. Empty this set once they are merged.
-PAGES_FROM_OTHER_BRANCHES = {"docs/outcomes.md", "docs/upgrading.md", "docs/campaigns.md", "docs/layout.md", "docs/testing.md"}
-
-
 @pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
 def test_every_relative_link_leads_to_a_file(page):
     broken = []
@@ -205,7 +236,7 @@ def test_every_relative_link_leads_to_a_file(page):
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
         path = (page.parent / target.split("#")[0]).resolve()
-        if not path.exists() and str(path.relative_to(PROJECT_ROOT)) not in PAGES_FROM_OTHER_BRANCHES:
+        if not path.exists():
             broken.append(target)
     assert not broken, f"{page.name} links to missing files: {broken}"
 

@@ -27,18 +27,18 @@ def build(s: Scenario) -> None:
     for user_id in list(range(1, 13)) + [15, 16]:
         s.user(user_id, OLD)
     s.user(13, datetime.combine(ago(6), datetime.min.time(), OLD.tzinfo))  # 6 days old: too young
-    s.user(14, utc(ago(7).year, ago(7).month, ago(7).day, 23, 59, 59))    # 7 days old: old enough
+    s.user(14, utc(ago(7).year, ago(7).month, ago(7).day, 23, 59, 59))  # 7 days old: old enough
     s.daily_events(1, [ago(7)])
     s.daily_events(2, [ago(6)])
     s.daily_events(3, [ago(90)])
     s.daily_events(4, [ago(91)])
     s.daily_events(6, [ago(10)], per_day=10)
-    s.daily_events(6, [ago(1)], per_day=5)    # exactly 50% down
+    s.daily_events(6, [ago(1)], per_day=5)  # exactly 50% down
     s.daily_events(7, [ago(10)], per_day=100)
-    s.daily_events(7, [ago(1)], per_day=51)   # 49% down
-    s.daily_events(8, [ago(13)], per_day=5)   # the minimum, on the first day of the earlier window
-    s.daily_events(8, [D], per_day=2)         # on the as-of day itself
-    s.daily_events(9, [ago(10)], per_day=4)   # one short of the minimum
+    s.daily_events(7, [ago(1)], per_day=51)  # 49% down
+    s.daily_events(8, [ago(13)], per_day=5)  # the minimum, on the first day of the earlier window
+    s.daily_events(8, [D], per_day=2)  # on the as-of day itself
+    s.daily_events(9, [ago(10)], per_day=4)  # one short of the minimum
     s.daily_events(9, [ago(1)], per_day=1)
     s.daily_events(10, [ago(14)], per_day=10)  # before the earlier window
     s.daily_events(10, [ago(6)], per_day=1)
@@ -48,16 +48,30 @@ def build(s: Scenario) -> None:
     s.daily_events(13, [ago(20)])  # backdated import before sign-up
     s.daily_events(14, [ago(20)])
     # User 15 never does anything. User 16: last actions.
-    s.events([
-        (16, at(ago(12), 10), "login", {"device": "ios"}),
-        (16, at(ago(10), 10), "create_task", {"task_title": "Old"}),
-        (16, at(ago(9), 10), "comment", {"project_name": "Q3"}),
-        (16, at(ago(8), 9), "create_task", {"task_title": "Ship it", "nested": {"a": 1}, "list": [1, 2],
-                                            "long": "x" * 300, "n": 3, "flag": True, "nothing": None}),
-        (16, at(ago(8), 10), "upload_file", [1, 2]),
-        (16, at(ago(8), 10), "export_report", None),  # same instant, higher id: more recent
-        (16, at(D + timedelta(days=1), 10), "after_as_of", {"x": 1}),
-    ])
+    s.events(
+        [
+            (16, at(ago(12), 10), "login", {"device": "ios"}),
+            (16, at(ago(10), 10), "create_task", {"task_title": "Old"}),
+            (16, at(ago(9), 10), "comment", {"project_name": "Q3"}),
+            (
+                16,
+                at(ago(8), 9),
+                "create_task",
+                {
+                    "task_title": "Ship it",
+                    "nested": {"a": 1},
+                    "list": [1, 2],
+                    "long": "x" * 300,
+                    "n": 3,
+                    "flag": True,
+                    "nothing": None,
+                },
+            ),
+            (16, at(ago(8), 10), "upload_file", [1, 2]),
+            (16, at(ago(8), 10), "export_report", None),  # same instant, higher id: more recent
+            (16, at(D + timedelta(days=1), 10), "after_as_of", {"x": 1}),
+        ]
+    )
     s.events([(None, at(ago(8))), (404, at(ago(8)))])
 
 
@@ -93,10 +107,15 @@ def test_rules_and_boundaries_on_the_as_of_day(built: Scenario):
     r = dormant[1]
     assert (r["email"], r["name"], r["signed_up_at"]) == ("user1@example.com", "User 1", OLD)
     assert r["last_activity_at"] == at(ago(7))
-    evaluations = {e.check_name: e.passed for e in built.result.get_asset_check_evaluations()
-                   if e.asset_key.path[-1] == "dormant_users"}
-    assert evaluations == {"activity_ingested": True, "dormant_vs_trailing_median": True, "planned_sends_within_ceiling": True,
-                           "unmapped_event_types_check": True}
+    evaluations = {
+        e.check_name: e.passed for e in built.result.get_asset_check_evaluations() if e.asset_key.path[-1] == "dormant_users"
+    }
+    assert evaluations == {
+        "activity_ingested": True,
+        "dormant_vs_trailing_median": True,
+        "planned_sends_within_ceiling": True,
+        "unmapped_event_types_check": True,
+    }
     metadata = materialization_metadata(built.result, "dormant_users")
     assert metadata["as_of"] == D.isoformat()
     assert (metadata["dormant_users"], metadata["dormant_inactive"], metadata["dormant_declining"]) == (8, 5, 3)
@@ -104,8 +123,10 @@ def test_rules_and_boundaries_on_the_as_of_day(built: Scenario):
 
 def test_every_as_of_day_of_the_run(built: Scenario):
     """User 4's only activity is on the run's first day: dormant exactly 7 .. 90 days later."""
-    dormant_days = {r["as_of_date"]: r["days_inactive"] for r in built.rows(
-        "SELECT as_of_date, days_inactive FROM {rs}.dormant_users WHERE user_id = 4")}
+    dormant_days = {
+        r["as_of_date"]: r["days_inactive"]
+        for r in built.rows("SELECT as_of_date, days_inactive FROM {rs}.dormant_users WHERE user_id = 4")
+    }
     assert dormant_days == {FIRST + timedelta(days=n): n for n in range(7, 91)}
     # Activity after the as-of day does not count: on D-1, user 8's events of D are in the future.
     r = built.dormant(ago(1))[8]
@@ -128,8 +149,13 @@ def test_a_carried_list_of_last_actions_equals_one_computed_from_the_events(buil
     User 17's oldest action (ago(100)) leaves the 90-day lookback on ago(9), while the user stays dormant.
     """
     built.user(17, OLD)
-    built.events([(17, at(ago(100), 10), "login", {"device": "web"}), (17, at(ago(60), 10), "comment", {"project_name": "Q1"}),
-                  (17, at(ago(40), 10), "create_task", {"task_title": "Plan"})])
+    built.events(
+        [
+            (17, at(ago(100), 10), "login", {"device": "web"}),
+            (17, at(ago(60), 10), "comment", {"project_name": "Q1"}),
+            (17, at(ago(40), 10), "create_task", {"task_title": "Plan"}),
+        ]
+    )
     assert run_job(instance, JOB, FIRST.isoformat(), D.isoformat(), quiet=True).success
     carried = {day: built.dormant(day)[17]["last_actions"] for day in (ago(10), ago(9), ago(8), D)}
     assert [a["event_type"] for a in carried[ago(10)]] == ["create_task", "comment", "login"]
@@ -145,14 +171,21 @@ def test_a_carried_list_of_last_actions_equals_one_computed_from_the_events(buil
 
 
 def test_thresholds_are_configurable(built: Scenario, instance):
-    result = run_job(instance, JOB, D.isoformat(), quiet=True, run_config=dormant_config(
-        dormant_after_days=6, lost_after_days=89, min_account_age_days=30, last_actions=5, decline_min_events=4))
+    result = run_job(
+        instance,
+        JOB,
+        D.isoformat(),
+        quiet=True,
+        run_config=dormant_config(
+            dormant_after_days=6, lost_after_days=89, min_account_age_days=30, last_actions=5, decline_min_events=4
+        ),
+    )
     assert result.success
     dormant = built.dormant(D)
-    assert dormant[2]["reason"] == "inactive"    # 6 days now suffice
-    assert 3 not in dormant                      # 90 days is lost at 89
-    assert dormant[9]["reason"] == "declining"   # 4 earlier events now suffice
-    assert 14 not in dormant                     # 7 days old is too young at 30
+    assert dormant[2]["reason"] == "inactive"  # 6 days now suffice
+    assert 3 not in dormant  # 90 days is lost at 89
+    assert dormant[9]["reason"] == "declining"  # 4 earlier events now suffice
+    assert 14 not in dormant  # 7 days old is too young at 30
     assert len(dormant[16]["last_actions"]) == 5
     assert materialization_metadata(result, "dormant_users")["thresholds"]["lost_after_days"] == 89
 

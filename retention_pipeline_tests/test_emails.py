@@ -6,23 +6,23 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 AS_OF = date(2026, 5, 20)  # the partition day; the run happens the next morning
-MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
+MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=UTC)
 API_KEY = "re_test_key_123"
 SECRET = "test-unsubscribe-secret"
 EPISODE_START = AS_OF - timedelta(days=11)  # the world's users enter dormant_users (declining) that day
@@ -49,11 +49,16 @@ def build_world(db) -> dict:
         if user_id == 4:
             kinds["bounced"] = user_id
         s.user(user_id, at(AS_OF - timedelta(days=60)), email=email, name=name)
-        s.events((user_id, at(AS_OF - timedelta(days=d)), "create_project", {"project_name": f"Plan {user_id}"}, None)
-                 for d in range(30, 14, -1))
+        s.events(
+            (user_id, at(AS_OF - timedelta(days=d)), "create_project", {"project_name": f"Plan {user_id}"}, None)
+            for d in range(30, 14, -1)
+        )
     with db.begin() as conn:
-        suppress = sa.text(db.render(
-            "INSERT INTO {rs}.email_suppressions (email, reason, source, created_at) VALUES (lower(:email), :reason, 'test', :t)"))
+        suppress = sa.text(
+            db.render(
+                "INSERT INTO {rs}.email_suppressions (email, reason, source, created_at) VALUES (lower(:email), :reason, 'test', :t)"
+            )
+        )
         conn.execute(suppress, {"email": "user3@example.com", "reason": "unsubscribed", "t": MORNING_AFTER})
         conn.execute(suppress, {"email": "USER4@example.com", "reason": "bounced", "t": MORNING_AFTER})
     return kinds
@@ -68,10 +73,17 @@ def expected_recipients(kinds: dict, returned: set[int] = frozenset()) -> set[st
 
 def sends(db) -> list[dict]:
     with db.engine().connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT user_id, step, status, variant, email, payload, provider_message_id, episode_start, suppression "
-            "FROM {rs}.email_sends ORDER BY user_id, id"
-        ))).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT user_id, step, status, variant, email, payload, provider_message_id, episode_start, suppression "
+                        "FROM {rs}.email_sends ORDER BY user_id, id"
+                    )
+                )
+            ).mappings()
+        ]
 
 
 @pytest.fixture
@@ -82,15 +94,24 @@ def fake_resend():
 
 @pytest.fixture
 def sender(fake_resend):
-    return ResendSender(api_key=API_KEY, api_url=fake_resend.url, requests_per_second=50, backoff_base_seconds=0.05,
-                        timeout_seconds=5)
+    return ResendSender(
+        api_key=API_KEY, api_url=fake_resend.url, requests_per_second=50, backoff_base_seconds=0.05, timeout_seconds=5
+    )
 
 
 def run_day(instance, sender, first: date, last: date | None = None, assets=None, run_config=None):
     if sender is not None and (assets is None or "reengagement_emails" in assets):
         run_config = live_campaign(run_config)
-    return run_job(instance, "daily_retention_job", first.isoformat(), (last or first).isoformat(),
-                   resources={"email_sender": sender} if sender else None, assets=assets, run_config=run_config, quiet=True)
+    return run_job(
+        instance,
+        "daily_retention_job",
+        first.isoformat(),
+        (last or first).isoformat(),
+        resources={"email_sender": sender} if sender else None,
+        assets=assets,
+        run_config=run_config,
+        quiet=True,
+    )
 
 
 def test_every_eligible_user_gets_exactly_one_email_and_a_rerun_sends_nothing(app_db_env, instance, fake_resend, sender):
@@ -110,7 +131,10 @@ def test_every_eligible_user_gets_exactly_one_email_and_a_rerun_sends_nothing(ap
     ledger = sends(db)
     by_user = {row["user_id"]: row for row in ledger}
     assert {r["episode_start"] for r in ledger} == {EPISODE_START}
-    assert {u for u, r in by_user.items() if r["status"] == "holdout"} == {u for u in range(1, 81) if held_out(u)} - {kinds["invalid_email"], 5}
+    assert {u for u, r in by_user.items() if r["status"] == "holdout"} == {u for u in range(1, 81) if held_out(u)} - {
+        kinds["invalid_email"],
+        5,
+    }
     assert all(r["provider_message_id"] for r in ledger if r["status"] == "sent")
     assert {kinds["invalid_email"], 5}.isdisjoint(by_user)
     # Suppressed addresses are assigned like everyone else (in either arm), recorded with why, never sent.
@@ -190,7 +214,8 @@ def test_step_two_goes_only_to_users_still_dormant_after_the_delay(app_db_env, i
     assert set(step_two) == step_one_assigned - set(came_back)
     suppressed = {kinds["unsubscribed"], kinds["bounced"]}
     assert {u for u, status in step_two.items() if status == "sent"} == {
-        u for u in step_two if not in_holdout("winback", 2, u, EPISODE_START, 0.1)} - suppressed
+        u for u in step_two if not in_holdout("winback", 2, u, EPISODE_START, 0.1)
+    } - suppressed
     # Those who came back went quiet again (11 days by the end): a new episode starts at step 1,
     # outside the 14-day frequency cap.
     new_episode = {r["user_id"] for r in ledger if r["step"] == 1 and r["episode_start"] > EPISODE_START}
@@ -203,10 +228,16 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
     db = app_db_env
     kinds = build_world(db)
     clock.set_now(MORNING_AFTER)
-    assert run_day(instance, None, AS_OF - timedelta(days=40), AS_OF, assets=["daily_activity_snapshots", "dormant_users"]).success
+    assert run_day(
+        instance, None, AS_OF - timedelta(days=40), AS_OF, assets=["daily_activity_snapshots", "dormant_users"]
+    ).success
     # The server accepts on arrival and answers 30 s later: the run is killed while it waits.
     with FakeResend(api_key=API_KEY, rate=50, latency_seconds=30) as slow:
-        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             from datetime import date
             from dagster import DagsterInstance
             from retention_pipeline.outreach.senders import ResendSender
@@ -216,7 +247,10 @@ def test_a_kill_between_send_and_record_never_sends_twice(app_db_env, instance, 
             with DagsterInstance.ephemeral() as instance:
                 run_job(instance, "daily_retention_job", {AS_OF.isoformat()!r}, resources={{"email_sender": sender}},
                         assets=["reengagement_emails"], run_config=live_campaign(), quiet=True)
-        """)], env=os.environ | {"RETENTION_NOW": MORNING_AFTER.isoformat()})
+        """),
+            ],
+            env=os.environ | {"RETENTION_NOW": MORNING_AFTER.isoformat()},
+        )
         deadline = time.monotonic() + 60
         while not slow.accepted and time.monotonic() < deadline:
             time.sleep(0.1)

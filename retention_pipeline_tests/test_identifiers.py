@@ -58,12 +58,23 @@ def test_renamed_tables_and_columns_are_read_through_the_source_views(pg_conn, p
         """)
     pg_conn.commit()
     source = SourceTables(
-        users_table="app.accounts", users_id="account_id", users_email="mail", users_name="full_name",
-        users_created_at="joined", users_stripe_customer_id="stripe_id",
-        events_table="app.activity", events_id="event_id", events_user_id="account_id", events_event_type="kind",
-        events_occurred_at="at", events_properties="props",
-        sessions_table="app.logins", sessions_id="login_id", sessions_user_id="account_id",
-        sessions_started_at="began", sessions_last_seen_at="seen",
+        users_table="app.accounts",
+        users_id="account_id",
+        users_email="mail",
+        users_name="full_name",
+        users_created_at="joined",
+        users_stripe_customer_id="stripe_id",
+        events_table="app.activity",
+        events_id="event_id",
+        events_user_id="account_id",
+        events_event_type="kind",
+        events_occurred_at="at",
+        events_properties="props",
+        sessions_table="app.logins",
+        sessions_id="login_id",
+        sessions_user_id="account_id",
+        sessions_started_at="began",
+        sessions_last_seen_at="seen",
     )
     db = AppDatabase(url=pg_server.url(pg_database), retention_schema="growth", source=source)
     install_schema(db)
@@ -93,12 +104,23 @@ def test_mixed_case_names_work_end_to_end_as_written(pg_conn, pg_server, pg_data
         """)
     pg_conn.commit()
     source = SourceTables(
-        users_table="App.Users", users_id="UserId", users_email="Email", users_name="Name",
-        users_created_at="CreatedAt", users_stripe_customer_id="StripeId",
-        events_table="App.Events", events_id="EventId", events_user_id="UserId", events_event_type="Kind",
-        events_occurred_at="At", events_properties="Props",
-        sessions_table="App.Sessions", sessions_id="SessionId", sessions_user_id="UserId",
-        sessions_started_at="Began", sessions_last_seen_at="Seen",
+        users_table="App.Users",
+        users_id="UserId",
+        users_email="Email",
+        users_name="Name",
+        users_created_at="CreatedAt",
+        users_stripe_customer_id="StripeId",
+        events_table="App.Events",
+        events_id="EventId",
+        events_user_id="UserId",
+        events_event_type="Kind",
+        events_occurred_at="At",
+        events_properties="Props",
+        sessions_table="App.Sessions",
+        sessions_id="SessionId",
+        sessions_user_id="UserId",
+        sessions_started_at="Began",
+        sessions_last_seen_at="Seen",
     )
     db = AppDatabase(url=pg_server.url(pg_database), retention_schema="Growth", source=source)
     try:
@@ -107,7 +129,9 @@ def test_mixed_case_names_work_end_to_end_as_written(pg_conn, pg_server, pg_data
             cur.execute("""INSERT INTO "App"."Events" VALUES (2, 7, 'export', '2026-02-03 09:00+00', '{}')""")
         pg_conn.commit()
         drain_activity_queue(db)  # the trigger queues; the pipeline folds the queue into user_activity
-        assert [tuple(r) for r in db.fetch_all("SELECT id, email, name FROM {rs}.source_users")] == [(7, "ada@example.com", "Ada")]
+        assert [tuple(r) for r in db.fetch_all("SELECT id, email, name FROM {rs}.source_users")] == [
+            (7, "ada@example.com", "Ada")
+        ]
         assert [tuple(r) for r in db.fetch_all("SELECT user_id, last_event_type, event_count FROM {rs}.user_activity")] == [
             (7, "export", 2)
         ]

@@ -35,7 +35,9 @@ def test_a_redirecting_launch_is_rejected_before_the_run_starts(instance, app_db
 def test_the_statement_timeout_can_be_set_per_run_and_the_rest_comes_from_the_environment(app_db_env):
     config = app_db_config({"statement_timeout_seconds": 45})
     validate_run_config(defs.resolve_job_def("daily_retention_job"), config)
-    with build_resources({"app_db": defs.resources["app_db"]}, resource_config={"app_db": config["resources"]["app_db"]}) as built:
+    with build_resources(
+        {"app_db": defs.resources["app_db"]}, resource_config={"app_db": config["resources"]["app_db"]}
+    ) as built:
         db = built.app_db
         assert db.url == app_db_env.url and db.statement_timeout_seconds == 45
         assert db.scalar("SHOW statement_timeout") == "45s"

@@ -1,7 +1,7 @@
 """The code location stands apart from the local harness (retention_pipeline/local/), and installs without it.
 
 - Loading `retention_pipeline.definitions` imports no harness module and no harness package.
-- Outside local/, only cli.py imports local/; no domain imports another domain's private names or SQL text.
+- Outside local/, only the cli package imports local/; no domain imports another domain's private names or SQL text.
 - No module of the package is over 400 lines.
 - The wheel, installed on its own into a fresh virtual environment, pulls in none of the harness's
   distributions, passes `dagster definitions validate`, and its CLI says in one line that a harness
@@ -76,12 +76,12 @@ def test_only_the_cli_imports_the_local_harness():
     offenders = [
         f"{path.relative_to(PROJECT_ROOT)} imports {module}"
         for path in _modules()
-        if not _module_name(path).startswith("retention_pipeline.local") and path.name != "cli.py"
+        if not _module_name(path).startswith(("retention_pipeline.local", "retention_pipeline.cli"))
         for module, _ in _imports(path)
         if module == "retention_pipeline.local" or module.startswith("retention_pipeline.local.")
     ]
     assert offenders == []
-    assert any(module.startswith("retention_pipeline.local") for module, _ in _imports(PACKAGE / "cli.py"))
+    assert any(module.startswith("retention_pipeline.local") for module, _ in _imports(PACKAGE / "cli" / "__init__.py"))
 
 
 def test_no_domain_imports_another_domains_private_names_or_sql_text():
@@ -91,8 +91,11 @@ def test_no_domain_imports_another_domains_private_names_or_sql_text():
         for module, names in _imports(path):
             if not module.startswith("retention_pipeline.") or _domain(module) in (None, own):
                 continue
-            offenders += [f"{path.relative_to(PROJECT_ROOT)} imports {module}.{name}" for name in names
-                          if name.startswith("_") or name.endswith("_SQL")]
+            offenders += [
+                f"{path.relative_to(PROJECT_ROOT)} imports {module}.{name}"
+                for name in names
+                if name.startswith("_") or name.endswith("_SQL")
+            ]
     assert offenders == []
 
 
@@ -105,7 +108,11 @@ def test_no_module_is_over_400_lines():
 def test_the_wheel_installs_without_the_harness_and_validates(tmp_path: Path):
     uv = shutil.which("uv")
     assert uv, "uv is the project's installer (see .ci/run); it must be on PATH"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETENTION_", "DAGSTER_", "VIRTUAL_ENV", "STRIPE_", "RESEND_", "SMTP_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RETENTION_", "DAGSTER_", "VIRTUAL_ENV", "STRIPE_", "RESEND_", "SMTP_"))
+    }
 
     def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, env=kwargs.pop("env", env), timeout=600, **kwargs)
@@ -126,10 +133,20 @@ def test_the_wheel_installs_without_the_harness_and_validates(tmp_path: Path):
 
     # As a deployment runs it: its own instance directory, thresholds file and state folder; no checkout on sys.path.
     (tmp_path / "dagster_home").mkdir()
-    deployed = env | {"DAGSTER_HOME": str(tmp_path / "dagster_home"), "RETENTION_CONFIG": str(PROJECT_ROOT / "retention.yaml"),
-                      "RETENTION_STATE_DIR": str(tmp_path / "state")}
-    validated = run(str(venv / "bin" / "dagster"), "definitions", "validate", "-m", "retention_pipeline.definitions",
-                    env=deployed, cwd=tmp_path)
+    deployed = env | {
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "RETENTION_CONFIG": str(PROJECT_ROOT / "retention.yaml"),
+        "RETENTION_STATE_DIR": str(tmp_path / "state"),
+    }
+    validated = run(
+        str(venv / "bin" / "dagster"),
+        "definitions",
+        "validate",
+        "-m",
+        "retention_pipeline.definitions",
+        env=deployed,
+        cwd=tmp_path,
+    )
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert "Validation successful" in validated.stdout + validated.stderr
 

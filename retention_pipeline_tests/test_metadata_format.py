@@ -1,22 +1,23 @@
 """Rates and lifts in the UI's metadata: percentages with the interval as text, raw floats kept for plots."""
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from retention_pipeline.outcomes.format import lift_text, percent, signed_percent
 from retention_pipeline.local.runner import run_job
+from retention_pipeline.outcomes.format import lift_text, percent, signed_percent
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario, materialization_metadata
 
 SEND_DAY = date(2026, 4, 10)
-SENT_AT = datetime(2026, 4, 11, 9, 0, tzinfo=timezone.utc)
+SENT_AT = datetime(2026, 4, 11, 9, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("value", "text"), [(0.0923, "9.2%"), (0.0, "0.0%"), (1.0, "100.0%"), (None, "n/a"),
-                                             (float("nan"), "n/a")])
+@pytest.mark.parametrize(
+    ("value", "text"), [(0.0923, "9.2%"), (0.0, "0.0%"), (1.0, "100.0%"), (None, "n/a"), (float("nan"), "n/a")]
+)
 def test_percent_shows_a_rate_with_one_decimal(value, text):
     assert percent(value) == text
 
@@ -40,15 +41,32 @@ def test_outcomes_and_performance_metadata_show_percentages_and_keep_the_floats(
     for user_id in sorted(returned):
         s.event(user_id, SENT_AT + timedelta(days=2))
     with db.begin() as conn:
-        conn.execute(sa.text(db.render("""
+        conn.execute(
+            sa.text(
+                db.render("""
             INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
                 segment_reason, mrr_cents, created_at, sent_at)
             VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'x@example.com', 'inactive', 0, :t,
-                    CASE WHEN :status = 'sent' THEN CAST(:t AS timestamptz) END)""")),
-            [{"user_id": u, "day": SEND_DAY, "t": SENT_AT, "status": "sent" if u <= 20 else "holdout",
-              "variant": "recap" if u <= 20 else "holdout"} for u in range(1, 31)])
-    result = run_job(instance, "daily_retention_job", (SEND_DAY + timedelta(days=20)).isoformat(),
-                     assets=["reengagement_outcomes", "campaign_performance"], quiet=True)
+                    CASE WHEN :status = 'sent' THEN CAST(:t AS timestamptz) END)""")
+            ),
+            [
+                {
+                    "user_id": u,
+                    "day": SEND_DAY,
+                    "t": SENT_AT,
+                    "status": "sent" if u <= 20 else "holdout",
+                    "variant": "recap" if u <= 20 else "holdout",
+                }
+                for u in range(1, 31)
+            ],
+        )
+    result = run_job(
+        instance,
+        "daily_retention_job",
+        (SEND_DAY + timedelta(days=20)).isoformat(),
+        assets=["reengagement_outcomes", "campaign_performance"],
+        quiet=True,
+    )
     assert result.success
     outcomes = materialization_metadata(result, "reengagement_outcomes")
     assert outcomes["return_rate_treated_7d"] == pytest.approx(0.4)

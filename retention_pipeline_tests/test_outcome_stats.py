@@ -112,22 +112,37 @@ def test_stratified_variant_lift_in_performance_rows_has_the_right_sign():
     day1, day2 = date(2026, 4, 1), date(2026, 4, 2)
     # Thompson moved the mix from recap (day 1, base rate 10%) to nudge (day 2, base rate 50%). Within
     # each day both variants beat the holdout by 1 point.
-    counts = pd.DataFrame([
-        ("winback", 1, "recap", "inactive", 7, True, day1, 900, 99, 0),
-        ("winback", 1, "nudge", "inactive", 7, True, day1, 100, 11, 0),
-        ("winback", 1, "holdout", "inactive", 7, False, day1, 100, 10, 0),
-        ("winback", 1, "recap", "inactive", 7, True, day2, 100, 51, 0),
-        ("winback", 1, "nudge", "inactive", 7, True, day2, 900, 459, 0),
-        ("winback", 1, "holdout", "inactive", 7, False, day2, 100, 50, 0),
-    ], columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned", "recovered_mrr_cents"])
+    counts = pd.DataFrame(
+        [
+            ("winback", 1, "recap", "inactive", 7, True, day1, 900, 99, 0),
+            ("winback", 1, "nudge", "inactive", 7, True, day1, 100, 11, 0),
+            ("winback", 1, "holdout", "inactive", 7, False, day1, 100, 10, 0),
+            ("winback", 1, "recap", "inactive", 7, True, day2, 100, 51, 0),
+            ("winback", 1, "nudge", "inactive", 7, True, day2, 900, 459, 0),
+            ("winback", 1, "holdout", "inactive", 7, False, day2, 100, 50, 0),
+        ],
+        columns=[
+            "campaign",
+            "step",
+            "variant",
+            "segment",
+            "window_days",
+            "treated",
+            "day",
+            "users",
+            "returned",
+            "recovered_mrr_cents",
+        ],
+    )
     counts["delivered_users"], counts["delivered_returned"] = counts["users"], counts["returned"]  # every email delivered
     rows = {(r["variant"], r["segment"]): r for r in performance_rows(counts, day2)}
     recap = rows[("recap", "all")]
     assert recap["lift"] == pytest.approx(150 / 1000 - 60 / 200) and recap["lift_ci_high"] < 0, "pooled: wrong sign"
     assert recap["adjusted_lift"] == pytest.approx(0.01)
     assert recap["adjusted_ci_low"] < 0.01 < recap["adjusted_ci_high"]
-    assert {type(recap[k]) for k in ("lift", "lift_ci_low", "p_value", "adjusted_lift", "adjusted_ci_low")} == {float}, \
+    assert {type(recap[k]) for k in ("lift", "lift_ci_low", "p_value", "adjusted_lift", "adjusted_ci_low")} == {float}, (
         "plain floats: the rows are bound as SQL parameters"
+    )
     assert rows[("nudge", "all")]["lift"] > 0.15 and rows[("nudge", "all")]["adjusted_lift"] == pytest.approx(0.01)
     overall = rows[("all", "all")]
     assert overall["adjusted_lift"] == pytest.approx(0.01), "the holdout share is the same each day"

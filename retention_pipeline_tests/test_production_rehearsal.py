@@ -14,21 +14,22 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._grpc.client import DagsterGrpcClient
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+from dagster._grpc.client import DagsterGrpcClient
 
+from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.settings import PROJECT_ROOT, STATE_DIR
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import rehearsal
+from retention_pipeline_tests.faults import wait_until
 from retention_pipeline_tests.rehearsal import (
     APP_DATABASE,
     APP_ROLE,
@@ -41,7 +42,6 @@ from retention_pipeline_tests.rehearsal import (
     Services,
     StandIns,
 )
-from retention_pipeline_tests.faults import wait_until
 from retention_pipeline_tests.ui_support import GraphQL, free_port
 
 SCHEDULE = "daily_morning_schedule"
@@ -76,8 +76,8 @@ _SAME_DAY_BUDGET = timedelta(minutes=30)
 def _wait_past_midnight() -> None:
     """Both ticks ask for yesterday by the real clock, and the send guard compares the partition with today:
     the whole rehearsal must see one 'yesterday', so it does not start shortly before midnight."""
-    now = datetime.now(timezone.utc)
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
     if midnight - now < _SAME_DAY_BUDGET:
         time.sleep((midnight - now).total_seconds() + 5)
 
@@ -87,12 +87,12 @@ def _instance(dagster_home: Path) -> DagsterInstance:
 
 
 def _schedule_ticks(instance: DagsterInstance) -> list:
-    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
-              if s.instigator_name == SCHEDULE]
+    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE) if s.instigator_name == SCHEDULE]
     if not states:
         return []
-    return sorted((t for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id)),
-                  key=lambda tick: tick.timestamp)
+    return sorted(
+        (t for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id)), key=lambda tick: tick.timestamp
+    )
 
 
 def _finished_run(instance: DagsterInstance, run_id: str, services: Services, timeout: float):
@@ -116,8 +116,14 @@ def _run_block(blocks: dict[str, str], name: str, stand_ins: StandIns, env: dict
     for as_written in rehearsal.command_lines(blocks[name]):
         line = stand_ins.apply(as_written)
         started = time.monotonic()
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", f"{environment}\n{line}"], cwd=PROJECT_ROOT,
-                                env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f"{environment}\n{line}"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         took[" ".join(as_written.split()[:4])] = round(time.monotonic() - started, 1)
         with (LOG_DIR / "commands.log").open("a") as log:
             log.write(f"$ {line}\n{result.stdout}{result.stderr}\n")
@@ -138,8 +144,13 @@ def _fetch(socket_dir: Path, database: str, user: str, query: str, params=None) 
 
 
 def _ledger(socket_dir: Path, day) -> list[tuple]:
-    return _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE, "SELECT user_id, email, status, provider_message_id "
-                  "FROM retention.email_sends WHERE as_of_date = %s", (day,))
+    return _fetch(
+        socket_dir,
+        APP_DATABASE,
+        PIPELINE_ROLE,
+        "SELECT user_id, email, status, provider_message_id FROM retention.email_sends WHERE as_of_date = %s",
+        (day,),
+    )
 
 
 def _recipients(fake: FakeResend) -> Counter:
@@ -154,9 +165,16 @@ def test_the_readme_production_section_is_what_the_rehearsal_runs(tmp_path):
     """Fast, and in every run of the suite: the five blocks are there, every stand-in replaces something, the
     SQL file the page runs for Dagster's storage is the one it shows, and nothing but the stand-ins changes."""
     blocks = rehearsal.production_blocks()
-    stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path, config_path=tmp_path / "retention.yaml",
-                         resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
-                         webserver_port=3100)
+    stand_ins = StandIns(
+        socket_dir=Path("/run/pg"),
+        dagster_home=tmp_path,
+        config_path=tmp_path / "retention.yaml",
+        resend_key="re_x",
+        stripe_key="sk_x",
+        unsubscribe_secret="s",
+        code_server_port=4100,
+        webserver_port=3100,
+    )
     stand_ins.check_all_used(blocks)
     storage_sql = (PROJECT_ROOT / "deploy" / "dagster-storage.sql").read_text()
     assert f"```sql\n{storage_sql}```" in rehearsal.production_section()
@@ -174,9 +192,16 @@ def test_the_readmes_campaign_file_step_fills_the_footer_identity_of_the_shipped
     file: the copy validates and carries a sender and a postal address, and nothing else differs."""
     blocks = rehearsal.production_blocks()
     config_path = tmp_path / "retention.yaml"
-    stand_ins = StandIns(socket_dir=Path("/run/pg"), dagster_home=tmp_path / "dagster_home", config_path=config_path,
-                         resend_key="re_x", stripe_key="sk_x", unsubscribe_secret="s", code_server_port=4100,
-                         webserver_port=3100)
+    stand_ins = StandIns(
+        socket_dir=Path("/run/pg"),
+        dagster_home=tmp_path / "dagster_home",
+        config_path=config_path,
+        resend_key="re_x",
+        stripe_key="sk_x",
+        unsubscribe_secret="s",
+        code_server_port=4100,
+        webserver_port=3100,
+    )
     writes = [line for line in rehearsal.command_lines(stand_ins.apply(blocks["once"])) if "$RETENTION_CONFIG" in line]
     assert len(writes) == 2 and writes[0].startswith("sed "), writes
     environment = stand_ins.apply(blocks["environment"])
@@ -186,11 +211,24 @@ def test_the_readmes_campaign_file_step_fills_the_footer_identity_of_the_shipped
     copy = yaml.safe_load(config_path.read_text())
     campaign = copy["plan_reengagement_sends"]
     assert campaign["postal_address"].strip() and campaign["sender_name"].strip(), campaign
-    assert copy == {**shipped, "plan_reengagement_sends": {**shipped["plan_reengagement_sends"], **{
-        key: campaign[key] for key in ("sender_name", "postal_address")}}}
-    loaded = subprocess.run([sys.executable, "-c", "from retention_pipeline.outreach.campaign import CampaignConfig; "
-                             "print(CampaignConfig().postal_address)"], env={**os.environ, "RETENTION_CONFIG": str(config_path)},
-                            capture_output=True, text=True, timeout=120)
+    assert copy == {
+        **shipped,
+        "plan_reengagement_sends": {
+            **shipped["plan_reengagement_sends"],
+            **{key: campaign[key] for key in ("sender_name", "postal_address")},
+        },
+    }
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from retention_pipeline.outreach.campaign import CampaignConfig; print(CampaignConfig().postal_address)",
+        ],
+        env={**os.environ, "RETENTION_CONFIG": str(config_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert loaded.returncode == 0 and loaded.stdout.strip() == campaign["postal_address"], loaded.stderr[-2000:]
 
 
@@ -207,20 +245,26 @@ def test_production_rehearsal(pg_server, monkeypatch):
     dagster_home.parent.mkdir(parents=True)
 
     blocks = rehearsal.production_blocks()
-    day = datetime.now(timezone.utc).date() - timedelta(days=1)  # what the morning tick asks for
+    day = datetime.now(UTC).date() - timedelta(days=1)  # what the morning tick asks for
     history = AppHistory.build(day)
 
     rehearsal.drop_everything(socket_dir)
     watch = ConnectionWatch(socket_dir)
     services = None
     try:
-        with FakeResend(api_key=RESEND_KEY, rate=2) as fake, \
-                LocalStripe(state_file=dagster_home.parent / "localstripe.pickle") as stripe_server:
+        with (
+            FakeResend(api_key=RESEND_KEY, rate=2) as fake,
+            LocalStripe(state_file=dagster_home.parent / "localstripe.pickle") as stripe_server,
+        ):
             stand_ins = StandIns(
-                socket_dir=socket_dir, dagster_home=dagster_home, config_path=dagster_home.parent / "retention.yaml",
+                socket_dir=socket_dir,
+                dagster_home=dagster_home,
+                config_path=dagster_home.parent / "retention.yaml",
                 resend_key=RESEND_KEY,
-                stripe_key=LOCALSTRIPE_API_KEY, unsubscribe_secret=secrets.token_urlsafe(24),
-                code_server_port=free_port(), webserver_port=free_port(),
+                stripe_key=LOCALSTRIPE_API_KEY,
+                unsubscribe_secret=secrets.token_urlsafe(24),
+                code_server_port=free_port(),
+                webserver_port=free_port(),
                 extra_env={"RESEND_API_URL": fake.url, "STRIPE_API_BASE": stripe_server.api_base},
             )
             stand_ins.check_all_used(blocks)
@@ -235,7 +279,7 @@ def test_production_rehearsal(pg_server, monkeypatch):
             watch.start()  # from here on, only the roles under test touch the app's and Dagster's databases
 
             # docs/deployment.md: once; the app's web process goes on writing as soon as the trigger is in place.
-            written_at = datetime.now(timezone.utc)
+            written_at = datetime.now(UTC)
 
             def app_writes_after_install(line: str) -> None:
                 if "trigger install" in line:
@@ -265,8 +309,12 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
             # The first morning's tick; the schedule is then stopped in the webserver, as an operator pauses it,
             # so that the second morning (below) comes only after the first run has finished.
-            first = wait_until(lambda: _tick_with_run(instance, services, after=0), 300,
-                               f"a tick of {SCHEDULE} that launches a run", interval=2.0)
+            first = wait_until(
+                lambda: _tick_with_run(instance, services, after=0),
+                300,
+                f"a tick of {SCHEDULE} that launches a run",
+                interval=2.0,
+            )
             _set_schedule(graphql, instance, running=False)
             run = _finished_run(instance, first.run_ids[0], services, 1200)
             took["first tick -> run done"] = round(run_end(instance, run) - first.timestamp, 1)
@@ -276,14 +324,23 @@ def test_production_rehearsal(pg_server, monkeypatch):
             assert not failed_checks, f"asset checks failed: {failed_checks}"
 
             # user_activity is current: the trigger saw every event the web role inserted.
-            activity = _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE,
-                              "SELECT user_id, last_activity_at, event_count FROM retention.user_activity ORDER BY 1")
-            truth = _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE,
-                           "SELECT user_id, max(occurred_at), count(*) FROM events WHERE user_id IS NOT NULL "
-                           "GROUP BY 1 ORDER BY 1")
-            assert activity == truth, (f"user_activity differs from the events table: {len(activity)} users tracked, "
-                                       f"{len(truth)} in events; first differences "
-                                       f"{sorted(set(activity) ^ set(truth))[:4]}")
+            activity = _fetch(
+                socket_dir,
+                APP_DATABASE,
+                PIPELINE_ROLE,
+                "SELECT user_id, last_activity_at, event_count FROM retention.user_activity ORDER BY 1",
+            )
+            truth = _fetch(
+                socket_dir,
+                APP_DATABASE,
+                PIPELINE_ROLE,
+                "SELECT user_id, max(occurred_at), count(*) FROM events WHERE user_id IS NOT NULL GROUP BY 1 ORDER BY 1",
+            )
+            assert activity == truth, (
+                f"user_activity differs from the events table: {len(activity)} users tracked, "
+                f"{len(truth)} in events; first differences "
+                f"{sorted(set(activity) ^ set(truth))[:4]}"
+            )
 
             # Each email of the ledger reached the Resend-like server exactly once, in one request per batch.
             ledger = _ledger(socket_dir, day)
@@ -294,8 +351,10 @@ def test_production_rehearsal(pg_server, monkeypatch):
             # The live sends carry the footer identity of the deployment's retention.yaml (RETENTION_CONFIG).
             identity = yaml.safe_load(stand_ins.config_path.read_text())["plan_reengagement_sends"]
             assert identity["postal_address"], identity
-            assert all(identity["postal_address"] in a.email["text"] and identity["sender_name"] in a.email["text"]
-                       for a in fake.accepted), fake.accepted[0].email["text"]
+            assert all(
+                identity["postal_address"] in a.email["text"] and identity["sender_name"] in a.email["text"]
+                for a in fake.accepted
+            ), fake.accepted[0].email["text"]
             assert _emails_metadata(instance, run.run_id)["thresholds"]["postal_address"] == identity["postal_address"]
             assert {a.id for a in fake.accepted} == {row[3] for row in sent.values()}
             batches = Counter(r.idempotency_key for r in fake.requests if r.path.startswith("/emails/batch"))
@@ -304,8 +363,16 @@ def test_production_rehearsal(pg_server, monkeypatch):
             assert emails["send_results_this_run"] == {"sent": len(sent)}, emails
 
             # The user who came back today (an INSERT by the web role) was dormant on the day but got nothing.
-            dormant = {r[0] for r in _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE,
-                                            "SELECT user_id FROM retention.dormant_users WHERE as_of_date = %s", (day,))}
+            dormant = {
+                r[0]
+                for r in _fetch(
+                    socket_dir,
+                    APP_DATABASE,
+                    PIPELINE_ROLE,
+                    "SELECT user_id FROM retention.dormant_users WHERE as_of_date = %s",
+                    (day,),
+                )
+            }
             assert history.returning_user in dormant
             assert history.returning_user not in {r[0] for r in ledger}
             assert emails["skipped_by_reason"].get("returned", 0) >= 1, emails
@@ -315,8 +382,12 @@ def test_production_rehearsal(pg_server, monkeypatch):
             requests_before = len(fake.requests)
             restarted_at = time.time()
             _set_schedule(graphql, instance, running=True)
-            second = wait_until(lambda: _tick_with_run(instance, services, after=restarted_at), 300,
-                                f"a tick of {SCHEDULE} after it was started again", interval=2.0)
+            second = wait_until(
+                lambda: _tick_with_run(instance, services, after=restarted_at),
+                300,
+                f"a tick of {SCHEDULE} after it was started again",
+                interval=2.0,
+            )
             stopped_at = _set_schedule(graphql, instance, running=False)
             again = _finished_run(instance, second.run_ids[0], services, 1200)
             assert again.tags.get("dagster/partition") == day.isoformat(), again.tags
@@ -344,7 +415,8 @@ def test_production_rehearsal(pg_server, monkeypatch):
         assert not superusers, f"superuser connections: {superusers}"
         assert (APP_DATABASE, PIPELINE_ROLE) in watch.seen and (DAGSTER_DATABASE, DAGSTER_ROLE) in watch.seen, watch.seen
         assert set(watch.seen) <= {(APP_DATABASE, r) for r in (APP_ROLE, APP_WRITER_ROLE, PIPELINE_ROLE)} | {
-            (DAGSTER_DATABASE, DAGSTER_ROLE)}, watch.seen
+            (DAGSTER_DATABASE, DAGSTER_ROLE)
+        }, watch.seen
         _assert_ownership(socket_dir)
     finally:
         if services is not None:  # a failure above: the services' logs are in test-artifacts/rehearsal
@@ -358,8 +430,9 @@ def test_production_rehearsal(pg_server, monkeypatch):
 
 
 def _failed_checks(instance: DagsterInstance, run_id: str) -> list[str]:
-    evaluations = [e.dagster_event.event_specific_data
-                   for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)]
+    evaluations = [
+        e.dagster_event.event_specific_data for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
     assert evaluations, f"run {run_id} evaluated no asset check"
     return [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed]
 
@@ -370,8 +443,11 @@ def _tick_with_run(instance: DagsterInstance, services: Services, after: float):
 
 
 def _emails_metadata(instance: DagsterInstance, run_id: str) -> dict:
-    events = [e for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-              if e.asset_materialization.asset_key == AssetKey("reengagement_emails")]
+    events = [
+        e
+        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        if e.asset_materialization.asset_key == AssetKey("reengagement_emails")
+    ]
     assert len(events) == 1, f"run {run_id}: {len(events)} materializations of reengagement_emails"
     return {key: value.value for key, value in events[0].asset_materialization.metadata.items()}
 
@@ -380,14 +456,19 @@ def _set_schedule(graphql: GraphQL, instance: DagsterInstance, running: bool) ->
     """Start or stop the morning schedule through the webserver, as the UI's toggle does; returns when."""
     if running:
         repository = graphql(_REPOSITORIES)["repositoriesOrError"]["nodes"][0]
-        selector = {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"],
-                    "scheduleName": SCHEDULE}
+        selector = {
+            "repositoryLocationName": repository["location"]["name"],
+            "repositoryName": repository["name"],
+            "scheduleName": SCHEDULE,
+        }
         outcome = graphql(_START_SCHEDULE, {"selector": selector})["startSchedule"]
     else:
-        state = next(s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
-                     if s.instigator_name == SCHEDULE)
-        outcome = graphql(_STOP_SCHEDULE, {"origin": state.instigator_origin_id,
-                                           "selector": state.selector_id})["stopRunningSchedule"]
+        state = next(
+            s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE) if s.instigator_name == SCHEDULE
+        )
+        outcome = graphql(_STOP_SCHEDULE, {"origin": state.instigator_origin_id, "selector": state.selector_id})[
+            "stopRunningSchedule"
+        ]
     assert outcome.get("scheduleState", {}).get("status") == ("RUNNING" if running else "STOPPED"), outcome
     return time.time()
 
@@ -422,24 +503,42 @@ def _webserver_answers(stand_ins: StandIns, services: Services) -> bool:
 
 def _assert_ownership(socket_dir: Path) -> None:
     """The pipeline's schema and everything in it belong to its role; Dagster's tables to Dagster's."""
-    owners = _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE, """
+    owners = _fetch(
+        socket_dir,
+        APP_DATABASE,
+        PIPELINE_ROLE,
+        """
         SELECT 'schema', n.nspname, pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = 'retention'
         UNION ALL
         SELECT 'relation', c.relname, pg_get_userbyid(c.relowner)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'retention'
         UNION ALL
         SELECT 'function', p.proname, pg_get_userbyid(p.proowner)
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'retention'""")
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'retention'""",
+    )
     assert any(kind == "schema" for kind, _, _ in owners) and any(kind == "function" for kind, _, _ in owners)
     assert {owner for _, _, owner in owners} == {PIPELINE_ROLE}, [o for o in owners if o[2] != PIPELINE_ROLE]
-    app_tables = _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE,
-                        "SELECT relname, pg_get_userbyid(relowner) FROM pg_class WHERE relname IN ('users', 'events', "
-                        "'auth_sessions') AND relnamespace = 'public'::regnamespace")
+    app_tables = _fetch(
+        socket_dir,
+        APP_DATABASE,
+        PIPELINE_ROLE,
+        "SELECT relname, pg_get_userbyid(relowner) FROM pg_class WHERE relname IN ('users', 'events', "
+        "'auth_sessions') AND relnamespace = 'public'::regnamespace",
+    )
     assert {owner for _, owner in app_tables} == {APP_ROLE} and len(app_tables) == 3, app_tables
-    dagster_tables = _fetch(socket_dir, DAGSTER_DATABASE, DAGSTER_ROLE,
-                            "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
-                            "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'")
+    dagster_tables = _fetch(
+        socket_dir,
+        DAGSTER_DATABASE,
+        DAGSTER_ROLE,
+        "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'",
+    )
     assert dagster_tables and {owner for _, owner in dagster_tables} == {DAGSTER_ROLE}, dagster_tables
-    roles = _fetch(socket_dir, APP_DATABASE, PIPELINE_ROLE,
-                   "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = ANY(%s)", (list(rehearsal.ROLES),))
+    roles = _fetch(
+        socket_dir,
+        APP_DATABASE,
+        PIPELINE_ROLE,
+        "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = ANY(%s)",
+        (list(rehearsal.ROLES),),
+    )
     assert len(roles) == 4 and not any(superuser for _, superuser in roles), roles

@@ -20,36 +20,40 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import DagsterInstance
 
 from retention_pipeline import clock
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.tokens import verify_unsubscribe_token
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import run_job
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, UNSUBSCRIBE_SECRET, record, send_resources
 from retention_pipeline_tests.scenario import Scenario, at, check_metadata, live_campaign, materialization_metadata
 
 NOON = at(AS_OF)
-NO_HOLDOUT = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}})
+NO_HOLDOUT = live_campaign(
+    {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"holdout_share": 0.0}}}}}}
+)
 
 ORDINARY = range(1, 41)
 INVALID_EMAILS = {
     101: "",
     102: "not-an-address",
     103: "a@b",
-    104: "x@example.com\r\nBcc: victim@example.com",   # header injection
-    105: "bell\x07@example.com",                        # a control character
+    104: "x@example.com\r\nBcc: victim@example.com",  # header injection
+    105: "bell\x07@example.com",  # a control character
     106: " spaced@example.com ",
-    107: "l" * 250 + "@example.com",                    # longer than 254
+    107: "l" * 250 + "@example.com",  # longer than 254
     108: "Name <named@example.com>",
 }
 NAMES = {
-    111: None, 112: "", 113: " \t ",                    # missing names
+    111: None,
+    112: "",
+    113: " \t ",  # missing names
     121: "<script>alert(1)</script>",
     122: "Eve\r\nBcc: evil@example.com",
     123: "\x1b[31mRed\x07 Riding\u2028Hood",
@@ -60,12 +64,23 @@ DUPLICATE_EVENTS, BEFORE_SIGNUP, FUTURE_EVENT = 141, 151, 161
 UNKNOWN_USER = 999_999
 NULL_USER_EVENTS, UNKNOWN_USER_EVENTS = 3, 2
 HUGE = "x" * 1_000_000
-FUTURE = datetime(2027, 1, 1, 12, tzinfo=timezone.utc)
+FUTURE = datetime(2027, 1, 1, 12, tzinfo=UTC)
 
 
 def _user_ids() -> list[int]:
-    return [*ORDINARY, *INVALID_EMAILS, *NAMES, HTML_PROPERTY, CONTROL_PROPERTY, HUGE_PROPERTIES, SELF_PROPERTY,
-            NON_OBJECT_PROPERTIES, DUPLICATE_EVENTS, BEFORE_SIGNUP, FUTURE_EVENT]
+    return [
+        *ORDINARY,
+        *INVALID_EMAILS,
+        *NAMES,
+        HTML_PROPERTY,
+        CONTROL_PROPERTY,
+        HUGE_PROPERTIES,
+        SELF_PROPERTY,
+        NON_OBJECT_PROPERTIES,
+        DUPLICATE_EVENTS,
+        BEFORE_SIGNUP,
+        FUTURE_EVENT,
+    ]
 
 
 def _populate(db: AppDatabase) -> None:
@@ -74,8 +89,10 @@ def _populate(db: AppDatabase) -> None:
         created = NOON - timedelta(days=20 if user_id == BEFORE_SIGNUP else 60)
         email = INVALID_EMAILS.get(user_id, f"user{user_id}@example.com")
         name = NAMES[user_id] if user_id in NAMES else f"User {user_id}"
-        db.execute("INSERT INTO users (id, email, name, created_at) VALUES (:id, :email, :name, :created)",
-                   {"id": user_id, "email": email, "name": name, "created": created})
+        db.execute(
+            "INSERT INTO users (id, email, name, created_at) VALUES (:id, :email, :name, :created)",
+            {"id": user_id, "email": email, "name": name, "created": created},
+        )
         # Active from 30 to 16 days before AS_OF, then dormant; the last action (15 days before) may carry
         # hostile properties.
         rows = [(user_id, NOON - timedelta(days=d), "comment", {"project_name": f"Plan {user_id}"}) for d in range(30, 15, -1)]
@@ -108,14 +125,28 @@ def bad_world(pg_server):
     out = {"name": name, "db": db}
     with DagsterInstance.ephemeral() as instance, clock.frozen_at(MORNING_AFTER):
         # build_dormant_world ran the snapshot; run it again here to keep its result (check metadata).
-        out["snapshot"] = run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=40)).isoformat(), AS_OF.isoformat(),
-                                  resources={"app_db": db}, assets=["daily_activity_snapshots"], quiet=True)
+        out["snapshot"] = run_job(
+            instance,
+            "daily_retention_job",
+            (AS_OF - timedelta(days=40)).isoformat(),
+            AS_OF.isoformat(),
+            resources={"app_db": db},
+            assets=["daily_activity_snapshots"],
+            quiet=True,
+        )
         with FakeResend(rate=0) as server:
             resources = send_resources(db.url, server.url)
-            out["emails"] = run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources=resources,
-                                    assets=["reengagement_emails"], run_config=NO_HOLDOUT, quiet=True)
+            out["emails"] = run_job(
+                instance,
+                "daily_retention_job",
+                AS_OF.isoformat(),
+                resources=resources,
+                assets=["reengagement_emails"],
+                run_config=NO_HOLDOUT,
+                quiet=True,
+            )
             out["delivered"] = faults.recipients(server)
-            out["accepted"] = dict(zip(out["delivered"], (a.email for a in server.accepted)))
+            out["accepted"] = dict(zip(out["delivered"], (a.email for a in server.accepted), strict=False))
             out["requests"] = server.requests
     yield out
     db.engine().dispose()
@@ -156,7 +187,9 @@ def test_an_event_in_the_future_counts_in_no_past_day_and_is_not_a_return(bad_wo
     """A clock-skewed event (2027) is in no snapshot before its day, does not make the user look active
     on the as-of day, and the send-time re-check (bounded by the run's clock) does not take it for a return."""
     db = bad_world["db"]
-    assert db.scalar("SELECT max(activity_date) FROM {rs}.daily_activity WHERE user_id = :u", {"u": FUTURE_EVENT}) == AS_OF - timedelta(days=15)
+    assert db.scalar(
+        "SELECT max(activity_date) FROM {rs}.daily_activity WHERE user_id = :u", {"u": FUTURE_EVENT}
+    ) == AS_OF - timedelta(days=15)
     dormant = _dormant(db, FUTURE_EVENT)
     assert dormant["days_inactive"] == 15 and dormant["last_activity_at"] < NOON
     assert f"user{FUTURE_EVENT}@example.com" in bad_world["accepted"]
@@ -173,7 +206,9 @@ def test_events_before_sign_up_are_kept_and_counted_in_the_check(bad_world):
 
 def test_duplicate_events_make_one_row_per_user_day_and_one_email(bad_world):
     db = bad_world["db"]
-    per_day = db.fetch_all("SELECT activity_date, event_count FROM {rs}.daily_activity WHERE user_id = :u", {"u": DUPLICATE_EVENTS})
+    per_day = db.fetch_all(
+        "SELECT activity_date, event_count FROM {rs}.daily_activity WHERE user_id = :u", {"u": DUPLICATE_EVENTS}
+    )
     ordinary = dict(db.fetch_all("SELECT activity_date, event_count FROM {rs}.daily_activity WHERE user_id = 1"))
     assert len(per_day) == 16 and all(count == 2 * ordinary[day] for day, count in per_day)  # counted as they arrive
     assert db.scalar("SELECT count(*) - count(DISTINCT (activity_date, user_id)) FROM {rs}.daily_activity") == 0
@@ -187,8 +222,10 @@ def test_invalid_or_empty_email_addresses_are_skipped_and_counted_never_sent(bad
     assert metadata["skipped_by_reason"].get("invalid_email") == len(INVALID_EMAILS)
     sent_to = " ".join(json.dumps(e) for e in bad_world["accepted"].values())
     assert "victim@example.com" not in sent_to and "named@example.com" not in sent_to
-    assert bad_world["db"].scalar("SELECT count(*) FROM {rs}.email_sends WHERE user_id = ANY(:ids)",
-                                  {"ids": list(INVALID_EMAILS)}) == 0
+    assert (
+        bad_world["db"].scalar("SELECT count(*) FROM {rs}.email_sends WHERE user_id = ANY(:ids)", {"ids": list(INVALID_EMAILS)})
+        == 0
+    )
     record("bad_input", "invalid email addresses skipped and counted", {"value": metadata["skipped_by_reason"]["invalid_email"]})
 
 
@@ -200,7 +237,7 @@ def test_a_missing_name_falls_back_to_a_greeting_without_a_name(bad_world, user_
 
 
 def _no_controls(text: str) -> bool:
-    return not any(ord(ch) < 32 and ch not in "\n\t" or 0x7f <= ord(ch) <= 0x9f or ch in "\u2028\u2029" for ch in text)
+    return not any(ord(ch) < 32 and ch not in "\n\t" or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029" for ch in text)
 
 
 @pytest.mark.parametrize("user_id", [121, 122, 123, HTML_PROPERTY, CONTROL_PROPERTY])
@@ -255,38 +292,58 @@ def _failed_run(instance):
     return failures, retries
 
 
-@pytest.mark.parametrize("config, field", [
-    ({"dormant_after_days": -3}, "dormant_after_days"),
-    ({"decline_ratio": 1.5}, "decline_ratio"),
-    ({"decline_ratio": -0.2}, "decline_ratio"),
-    ({"lost_after_days": 5}, "lost_after_days"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"dormant_after_days": -3}, "dormant_after_days"),
+        ({"decline_ratio": 1.5}, "decline_ratio"),
+        ({"decline_ratio": -0.2}, "decline_ratio"),
+        ({"lost_after_days": 5}, "lost_after_days"),
+    ],
+)
 def test_invalid_dormancy_thresholds_fail_clearly_before_writing(bad_world, instance, config, field):
     db = bad_world["db"]
     before = db.fetch_all("SELECT * FROM {rs}.dormant_users ORDER BY as_of_date, user_id")
     with clock.frozen_at(MORNING_AFTER), pytest.raises(Exception) as failure:
-        run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"app_db": db}, assets=["dormant_users"],
-                run_config={"ops": {"dormant_users": {"config": config}}}, quiet=True)
+        run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"app_db": db},
+            assets=["dormant_users"],
+            run_config={"ops": {"dormant_users": {"config": config}}},
+            quiet=True,
+        )
     failures, retries = _failed_run(instance)
     assert f"Invalid DormancyThresholds: {field}" in str(failure.value)
     assert len(failures) == 1 and retries == []  # a typo is not retried like a database hiccup
     assert db.fetch_all("SELECT * FROM {rs}.dormant_users ORDER BY as_of_date, user_id") == before
 
 
-@pytest.mark.parametrize("config, field", [
-    ({"cooldown_days": -1}, "cooldown_days"),
-    ({"max_send_lag_days": -2}, "max_send_lag_days"),
-    ({"holdout_share": 1.5}, "holdout_share"),
-    ({"min_exploration_share": -0.1}, "min_exploration_share"),
-    ({"steps": [{"step": 1, "delay_days": -1, "variants": ["recap"]}]}, "delay_days"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"cooldown_days": -1}, "cooldown_days"),
+        ({"max_send_lag_days": -2}, "max_send_lag_days"),
+        ({"holdout_share": 1.5}, "holdout_share"),
+        ({"min_exploration_share": -0.1}, "min_exploration_share"),
+        ({"steps": [{"step": 1, "delay_days": -1, "variants": ["recap"]}]}, "delay_days"),
+    ],
+)
 def test_invalid_campaign_config_fails_clearly_before_writing_or_sending(bad_world, instance, config, field):
     db = bad_world["db"]
     before = db.fetch_all("SELECT * FROM {rs}.email_sends ORDER BY id")
     run_config = live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config}}}}})
     with FakeResend(rate=0) as server, clock.frozen_at(MORNING_AFTER), pytest.raises(Exception) as failure:
-        run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources=send_resources(db.url, server.url),
-                assets=["reengagement_emails"], run_config=run_config, quiet=True)
+        run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources=send_resources(db.url, server.url),
+            assets=["reengagement_emails"],
+            run_config=run_config,
+            quiet=True,
+        )
     failures, retries = _failed_run(instance)
     assert "Invalid CampaignConfig" in str(failure.value) and field in str(failure.value)
     assert len(failures) == 1 and retries == []
@@ -294,22 +351,38 @@ def test_invalid_campaign_config_fails_clearly_before_writing_or_sending(bad_wor
     assert db.fetch_all("SELECT * FROM {rs}.email_sends ORDER BY id") == before
 
 
-@pytest.mark.parametrize("command", [
-    "import retention_pipeline.definitions",                    # what `dagster dev` loads
-    "from retention_pipeline.cli import main; main(['--help'])",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "import retention_pipeline.definitions",  # what `dagster dev` loads
+        "from retention_pipeline.cli import main; main(['--help'])",
+    ],
+)
 def test_an_unknown_timezone_is_a_clear_settings_error_at_start_up(command):
-    completed = subprocess.run([sys.executable, "-c", command], env=os.environ | {"RETENTION_TIMEZONE": "Mars/Olympus"},
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", command],
+        env=os.environ | {"RETENTION_TIMEZONE": "Mars/Olympus"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode != 0
     last = completed.stderr.strip().splitlines()[-1]
-    assert last == ("retention_pipeline.errors.SettingsError: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA "
-                    "timezone; use a name like 'UTC' or 'Europe/Berlin'."), completed.stderr[-2000:]
+    assert last == (
+        "retention_pipeline.errors.SettingsError: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA "
+        "timezone; use a name like 'UTC' or 'Europe/Berlin'."
+    ), completed.stderr[-2000:]
 
 
 def test_the_console_script_reports_an_unknown_timezone_in_one_line():
-    completed = subprocess.run([sys.executable, "-c", "from retention_pipeline.entry import main; main()", "demo"],
-                               env=os.environ | {"RETENTION_TIMEZONE": "Mars/Olympus"}, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", "from retention_pipeline.entry import main; main()", "demo"],
+        env=os.environ | {"RETENTION_TIMEZONE": "Mars/Olympus"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 2
-    assert completed.stderr.strip() == ("error: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA timezone; "
-                                        "use a name like 'UTC' or 'Europe/Berlin'.")
+    assert completed.stderr.strip() == (
+        "error: RETENTION_TIMEZONE='Mars/Olympus' is not a known IANA timezone; use a name like 'UTC' or 'Europe/Berlin'."
+    )

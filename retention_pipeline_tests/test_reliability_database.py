@@ -18,15 +18,15 @@ import shutil
 import threading
 import time
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from dagster import DagsterInstance
 
 from retention_pipeline.local import demo_data
 from retention_pipeline.local.embedded import EmbeddedPostgres
-from retention_pipeline.resources import AppDatabase
 from retention_pipeline.local.runner import run_job
+from retention_pipeline.resources import AppDatabase
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests import faults
@@ -37,8 +37,10 @@ DAYS = (LAST - FIRST).days + 1
 USERS = 60
 # The (day, user) the blocker holds: absent from the old rows, present in the new ones.
 BLOCKED_KEY = (LAST, 7)
-COLUMNS = "activity_date, user_id, event_count, distinct_event_types, sessions_started, session_minutes, " \
-          "first_event_at, last_event_at, top_event_type"
+COLUMNS = (
+    "activity_date, user_id, event_count, distinct_event_types, sessions_started, session_minutes, "
+    "first_event_at, last_event_at, top_event_type"
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +67,24 @@ def world(db_server):
     install_schema(db)
     db.execute(
         "INSERT INTO users (id, email, name, created_at) "
-        "SELECT g, 'u' || g || '@example.com', 'U ' || g, '2025-01-01T00:00:00Z' FROM generate_series(1, :n) g", {"n": USERS})
+        "SELECT g, 'u' || g || '@example.com', 'U ' || g, '2025-01-01T00:00:00Z' FROM generate_series(1, :n) g",
+        {"n": USERS},
+    )
     db.execute(
         "INSERT INTO events (id, user_id, event_type, occurred_at, properties) "
         "SELECT row_number() OVER (), u, (ARRAY['login', 'comment', 'create_task'])[1 + (u + d) % 3], "
         "       CAST(:first AS timestamptz) + make_interval(days => d, hours => 8 + (u % 10), mins => k * 7), NULL "
         "FROM generate_series(1, :n) u, generate_series(0, :days - 1) d, generate_series(0, (u + d) % 4) k "
         "WHERE NOT (u = :blocked_user AND d = :days - 1)",  # v1 has no row for BLOCKED_KEY; v2 has
-        {"blocked_user": BLOCKED_KEY[1], "n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), timezone.utc)})
+        {"blocked_user": BLOCKED_KEY[1], "n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), UTC)},
+    )
     db.execute(
         "INSERT INTO auth_sessions (id, user_id, started_at, last_seen_at) "
         "SELECT row_number() OVER (), u, CAST(:first AS timestamptz) + make_interval(days => d, hours => 9), "
         "       CAST(:first AS timestamptz) + make_interval(days => d, hours => 9, mins => u % 50) "
         "FROM generate_series(1, :n) u, generate_series(0, :days - 1, 2) d",
-        {"n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), timezone.utc)})
+        {"n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), UTC)},
+    )
     with DagsterInstance.ephemeral() as instance:
         assert backfill(instance, db).success
     db.engine().dispose()
@@ -87,8 +93,15 @@ def world(db_server):
 
 def backfill(instance, db: AppDatabase, raise_on_error: bool = True):
     try:
-        return run_job(instance, "daily_retention_job", FIRST.isoformat(), LAST.isoformat(), resources={"app_db": db},
-                       assets=["daily_activity_snapshots"], quiet=True)
+        return run_job(
+            instance,
+            "daily_retention_job",
+            FIRST.isoformat(),
+            LAST.isoformat(),
+            resources={"app_db": db},
+            assets=["daily_activity_snapshots"],
+            quiet=True,
+        )
     except Exception:
         if raise_on_error:
             raise
@@ -101,7 +114,8 @@ def add_late_events(db: AppDatabase) -> None:
         "INSERT INTO events (id, user_id, event_type, occurred_at) "
         "SELECT 10000000 + row_number() OVER (), u, 'upload_file', CAST(:first AS timestamptz) + make_interval(days => d, hours => 20) "
         "FROM generate_series(1, :n) u, generate_series(0, :days - 1) d",
-        {"n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), timezone.utc)})
+        {"n": USERS, "days": DAYS, "first": datetime.combine(FIRST, datetime.min.time(), UTC)},
+    )
 
 
 def range_rows(server: EmbeddedPostgres, name: str, lock: bool = False) -> list[tuple]:
@@ -112,8 +126,11 @@ def range_rows(server: EmbeddedPostgres, name: str, lock: bool = False) -> list[
         with conn.cursor() as cur:
             if lock:
                 cur.execute("LOCK TABLE retention.daily_activity IN ACCESS EXCLUSIVE MODE")
-            cur.execute(f"SELECT {COLUMNS} FROM retention.daily_activity WHERE activity_date BETWEEN %s AND %s "
-                        "ORDER BY activity_date, user_id", (FIRST, LAST))
+            cur.execute(
+                f"SELECT {COLUMNS} FROM retention.daily_activity WHERE activity_date BETWEEN %s AND %s "
+                "ORDER BY activity_date, user_id",
+                (FIRST, LAST),
+            )
             return cur.fetchall()
     finally:
         conn.rollback()
@@ -145,8 +162,11 @@ class Case:
         """Hold, uncommitted, a row with a key the backfill inserts: its INSERT will wait there."""
         self.blocker = self.server.connect(self.name)
         with self.blocker.cursor() as cur:
-            cur.execute("INSERT INTO retention.daily_activity (activity_date, user_id, event_count, distinct_event_types, "
-                        "sessions_started, session_minutes) VALUES (%s, %s, 0, 0, 0, 0)", BLOCKED_KEY)
+            cur.execute(
+                "INSERT INTO retention.daily_activity (activity_date, user_id, event_count, distinct_event_types, "
+                "sessions_started, session_minutes) VALUES (%s, %s, 0, 0, 0, 0)",
+                BLOCKED_KEY,
+            )
 
     def unblock(self) -> None:
         if self.blocker is not None:
@@ -158,8 +178,11 @@ class Case:
             self.blocker = None
 
     def waiting_backfills(self) -> list[dict]:
-        return [b for b in faults.backends(self.server, self.name)
-                if b["application_name"] == "retention_pipeline" and b["wait_event_type"] == "Lock"]
+        return [
+            b
+            for b in faults.backends(self.server, self.name)
+            if b["application_name"] == "retention_pipeline" and b["wait_event_type"] == "Lock"
+        ]
 
     def verdict(self, rows: list[tuple]) -> str:
         return "old" if rows == self.old else "new" if rows == self.new else "HALF-WRITTEN"
@@ -202,7 +225,7 @@ def test_postgres_restarted_mid_backfill_rolls_back_and_the_retry_equals_a_clean
             thread, box = in_thread(lambda: backfill(instance, case.db))
             wait_until(case.waiting_backfills, 60, "the backfill to be mid-INSERT")
             restarted_at = time.monotonic()
-            db_server.stop()   # pg_ctl -m fast stop: every session is cut off, open transactions roll back
+            db_server.stop()  # pg_ctl -m fast stop: every session is cut off, open transactions roll back
             db_server.start()
             after_crash = range_rows(db_server, case.name, lock=True)  # before the retry can write
             restart_seconds = time.monotonic() - restarted_at
@@ -212,11 +235,20 @@ def test_postgres_restarted_mid_backfill_rolls_back_and_the_retry_equals_a_clean
             assert result is not None and result.success, box
             retries = step_events(result, "STEP_UP_FOR_RETRY")
             final = range_rows(db_server, case.name)
-        record("database_faults", "PostgreSQL restarted (pg_ctl -m fast stop + start) mid-INSERT", {
-            "faults": "1 restart", "attempts": 1 + len(retries), "days": DAYS, "rows_checked": len(final),
-            "after_crash": case.verdict(after_crash), "final": case.verdict(final), "restart_seconds": round(restart_seconds, 2),
-            "rows_lost": len(set(case.new) - set(final)),
-        })
+        record(
+            "database_faults",
+            "PostgreSQL restarted (pg_ctl -m fast stop + start) mid-INSERT",
+            {
+                "faults": "1 restart",
+                "attempts": 1 + len(retries),
+                "days": DAYS,
+                "rows_checked": len(final),
+                "after_crash": case.verdict(after_crash),
+                "final": case.verdict(final),
+                "restart_seconds": round(restart_seconds, 2),
+                "rows_lost": len(set(case.new) - set(final)),
+            },
+        )
         assert case.verdict(after_crash) in ("old", "new"), "the crash left the range half-written"
         assert retries, "the run must have met the restart"
         assert "connection" in str(retries[0].event_specific_data.error).lower()
@@ -225,7 +257,9 @@ def test_postgres_restarted_mid_backfill_rolls_back_and_the_retry_equals_a_clean
         case.drop()
 
 
-def test_a_terminated_backend_fails_the_run_clearly_with_the_old_rows_intact_and_a_rerun_equals_a_clean_run(db_server, world, broken):
+def test_a_terminated_backend_fails_the_run_clearly_with_the_old_rows_intact_and_a_rerun_equals_a_clean_run(
+    db_server, world, broken
+):
     """The backend is terminated on every attempt (pg_terminate_backend from another session), so the
     retries run out: the run fails, saying what happened; the range still holds the old rows."""
     case = Case(db_server, world, "terminate")
@@ -249,19 +283,32 @@ def test_a_terminated_backend_fails_the_run_clearly_with_the_old_rows_intact_and
                 time.sleep(0.02)
             assert box.get("result") == "failed", box
             runs = instance.get_runs()
-            failure = [e for e in instance.all_logs(runs[0].run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"]
+            failure = [
+                e
+                for e in instance.all_logs(runs[0].run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+            ]
             assert len(failure) == 1
             message = str(failure[0].dagster_event.event_specific_data.error)
             after_failure = range_rows(db_server, case.name)
             case.unblock()
             assert backfill(instance, case.db).success
             final = range_rows(db_server, case.name)
-        record("database_faults", "backend terminated (pg_terminate_backend) on every attempt", {
-            "faults": f"{terminated} terminations", "attempts": terminated, "days": DAYS, "rows_checked": len(final),
-            "after_each_termination": observed, "after_failure": case.verdict(after_failure), "final": case.verdict(final),
-            "error": next((line for line in message.splitlines() if "connection to PostgreSQL" in line), message)[:400],
-            "rows_lost": len(set(case.new) - set(final)),
-        })
+        record(
+            "database_faults",
+            "backend terminated (pg_terminate_backend) on every attempt",
+            {
+                "faults": f"{terminated} terminations",
+                "attempts": terminated,
+                "days": DAYS,
+                "rows_checked": len(final),
+                "after_each_termination": observed,
+                "after_failure": case.verdict(after_failure),
+                "final": case.verdict(final),
+                "error": next((line for line in message.splitlines() if "connection to PostgreSQL" in line), message)[:400],
+                "rows_lost": len(set(case.new) - set(final)),
+            },
+        )
         assert terminated == 4  # the first attempt and 3 retries
         assert set(observed) == {"old"} and case.verdict(after_failure) == "old", observed
         # A clear error: what happened, that nothing was written, what to do; not a wall of SQL.
@@ -292,8 +339,11 @@ def test_the_atomicity_check_catches_a_snapshot_that_commits_between_delete_and_
             case.unblock()
             thread.join(120)
         verdict = case.verdict(after_crash)
-        record("broken_variants", "snapshot committing between its DELETE and INSERT (backend terminated mid-INSERT)", {
-            "detected": f"range {verdict} after the fault: {len(after_crash)} of {len(case.old)} rows present"})
+        record(
+            "broken_variants",
+            "snapshot committing between its DELETE and INSERT (backend terminated mid-INSERT)",
+            {"detected": f"range {verdict} after the fault: {len(after_crash)} of {len(case.old)} rows present"},
+        )
         assert verdict == "HALF-WRITTEN" and len(after_crash) < len(case.old)
     finally:
         case.drop()
@@ -310,21 +360,33 @@ def test_two_overlapping_backfills_of_the_same_range_equal_one_clean_run(db_serv
             case.block()
             ctx = forkserver()
             results = ctx.Queue()
-            children = [ctx.Process(target=faults.child_snapshot_run, args=(case.db.url, FIRST.isoformat(), LAST.isoformat()),
-                                    kwargs={"results": results, "break_mode": BREAK if BREAK == "no_replace_lock" else ""})
-                        for _ in range(2)]
+            children = [
+                ctx.Process(
+                    target=faults.child_snapshot_run,
+                    args=(case.db.url, FIRST.isoformat(), LAST.isoformat()),
+                    kwargs={"results": results, "break_mode": BREAK if BREAK == "no_replace_lock" else ""},
+                )
+                for _ in range(2)
+            ]
             for child in children:
                 child.start()
-            wait_until(lambda: len(case.waiting_backfills()) == 2, 90, "both backfills to be inside the database")
+            wait_until(lambda case=case: len(case.waiting_backfills()) == 2, 90, "both backfills to be inside the database")
             case.unblock()
             for child in children:
                 child.join(120)
             outcomes = [results.get(timeout=5) for _ in children]
             final = range_rows(db_server, case.name)
-            record("concurrent_backfills", f"round_{round_}", {
-                "runs": outcomes, "rows_checked": len(final), "rows_lost": len(set(case.new) - set(final)),
-                "rows_differing": len(set(final) ^ set(case.new)), "final": case.verdict(final),
-            })
+            record(
+                "concurrent_backfills",
+                f"round_{round_}",
+                {
+                    "runs": outcomes,
+                    "rows_checked": len(final),
+                    "rows_lost": len(set(case.new) - set(final)),
+                    "rows_differing": len(set(final) ^ set(case.new)),
+                    "final": case.verdict(final),
+                },
+            )
             assert [o["success"] for o in outcomes] == [True, True], outcomes
             assert final == case.new
             assert [o["retries"] for o in outcomes] == [0, 0], f"a backfill failed on the other's rows first: {outcomes}"
@@ -348,10 +410,19 @@ def test_a_statement_timeout_fails_at_once_without_a_retry_and_writes_nothing(db
         assert len(failures) == 1 and not [e for e in logs if e.event_type_value == "STEP_UP_FOR_RETRY"]
         message = str(failures[0].event_specific_data.error)
         after = range_rows(db_server, case.name)
-        record("database_faults", "statement timeout (1 s) while stuck behind a lock", {
-            "faults": "1 timeout", "attempts": 1, "days": DAYS, "rows_checked": len(after), "after_failure": case.verdict(after),
-            "error": next((line for line in message.splitlines() if "statement timeout" in line), message)[:400], "rows_lost": 0,
-        })
+        record(
+            "database_faults",
+            "statement timeout (1 s) while stuck behind a lock",
+            {
+                "faults": "1 timeout",
+                "attempts": 1,
+                "days": DAYS,
+                "rows_checked": len(after),
+                "after_failure": case.verdict(after),
+                "error": next((line for line in message.splitlines() if "statement timeout" in line), message)[:400],
+                "rows_lost": 0,
+            },
+        )
         assert "exceeded the statement timeout of 1 s" in message and "Nothing was written" in message
         assert after == case.old
     finally:

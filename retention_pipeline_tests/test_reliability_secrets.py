@@ -24,12 +24,12 @@ from dagster._serdes import serialize_value
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
 from retention_pipeline.billing.resource import StripeResource
+from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.outreach.tokens import make_unsubscribe_token, new_send_ref
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import AS_OF, MORNING_AFTER, record
 from retention_pipeline_tests.scenario import live_campaign
@@ -58,8 +58,14 @@ class RefusingStripe:
             def do_GET(self):
                 presented = self.headers.get("Authorization", "")
                 seen.append(presented)
-                body = json.dumps({"error": {"type": "invalid_request_error",
-                                             "message": f"Invalid API Key provided: {presented.removeprefix('Bearer ')}"}}).encode()
+                body = json.dumps(
+                    {
+                        "error": {
+                            "type": "invalid_request_error",
+                            "message": f"Invalid API Key provided: {presented.removeprefix('Bearer ')}",
+                        }
+                    }
+                ).encode()
                 self.send_response(401)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -117,25 +123,47 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
     monkeypatch.setenv("RESEND_API_KEY", RESEND_SECRET)
     monkeypatch.setenv("STRIPE_API_KEY", STRIPE_SECRET)
     errors = []
-    with DagsterInstance.ephemeral() as instance, FakeResend(api_key=RESEND_SECRET, rate=0) as good, \
-            FakeResend(api_key="re_some_other_key", rate=0) as wrong_key, FakeResend(rate=0) as echoing, \
-            FakeStripe(n_subscriptions=3) as stripe_ok, RefusingStripe() as stripe_refusing, \
-            clock.frozen_at(MORNING_AFTER):
+    with (
+        DagsterInstance.ephemeral() as instance,
+        FakeResend(api_key=RESEND_SECRET, rate=0) as good,
+        FakeResend(api_key="re_some_other_key", rate=0) as wrong_key,
+        FakeResend(rate=0) as echoing,
+        FakeStripe(n_subscriptions=3) as stripe_ok,
+        RefusingStripe() as stripe_refusing,
+        clock.frozen_at(MORNING_AFTER),
+    ):
         # 1. The whole daily job, the key wired as production wires it (EnvVar), and it succeeds.
         sender = ResendSender(api_key=EnvVar("RESEND_API_KEY"), api_url=good.url, requests_per_second=50)
-        result = run_job(instance, "daily_retention_job", AS_OF.isoformat(),
-                         resources={"app_db": world, "email_sender": sender}, run_config=live_campaign())
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"app_db": world, "email_sender": sender},
+            run_config=live_campaign(),
+        )
         assert result.success and len(good.accepted) > 0
         # 2. A key the provider refuses (403), given as a literal: the run fails.
         # 3. A provider that echoes the key back in its 401 error message.
-        echoing.script(*[ScriptedResponse(401, {"statusCode": 401, "name": "invalid_api_key",
-                                                "message": f"API key {RESEND_SECRET} is invalid"})] * 3)
+        echoing.script(
+            *[
+                ScriptedResponse(
+                    401, {"statusCode": 401, "name": "invalid_api_key", "message": f"API key {RESEND_SECRET} is invalid"}
+                )
+            ]
+            * 3
+        )
         for server in (wrong_key, echoing):
             world.execute("DELETE FROM {rs}.email_sends")
             literal = ResendSender(api_key=RESEND_SECRET, api_url=server.url, requests_per_second=50)
             try:
-                run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"app_db": world, "email_sender": literal},
-                        assets=["reengagement_emails"], run_config=live_campaign())
+                run_job(
+                    instance,
+                    "daily_retention_job",
+                    AS_OF.isoformat(),
+                    resources={"app_db": world, "email_sender": literal},
+                    assets=["reengagement_emails"],
+                    run_config=live_campaign(),
+                )
                 raise AssertionError("the run with a refused key succeeded")
             except Exception as exc:  # noqa: BLE001 (what the operator sees)
                 errors.append("".join(traceback.format_exception(exc)))
@@ -143,8 +171,12 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
         # 4. Stripe: a snapshot that works (EnvVar), then an API that refuses the (literal) key with a 401
         #    whose message quotes the key back.
         for api_base, key in ((stripe_ok.api_base, EnvVar("STRIPE_API_KEY")), (stripe_refusing.url, STRIPE_SECRET)):
-            run = materialize([stripe_subscriptions], instance=instance, raise_on_error=False, resources={
-                "app_db": world, "stripe": StripeResource(api_key=key, api_base=api_base, max_network_retries=0)})
+            run = materialize(
+                [stripe_subscriptions],
+                instance=instance,
+                raise_on_error=False,
+                resources={"app_db": world, "stripe": StripeResource(api_key=key, api_base=api_base, max_network_retries=0)},
+            )
             assert run.success is (api_base == stripe_ok.api_base)
         assert stripe_ok.authorization_headers and set(stripe_ok.authorization_headers) == {f"Bearer {STRIPE_SECRET}"}
         assert stripe_refusing.seen == [f"Bearer {STRIPE_SECRET}"]
@@ -152,15 +184,27 @@ def test_no_secret_reaches_the_event_log_metadata_run_config_errors_or_console(w
     failures = [k for k, v in stored.items() if k.endswith("event_log") and '"STEP_FAILURE"' in v]
     assert len(failures) >= 3  # the two refused Resend keys and the refused Stripe key
     console = capfd.readouterr()
-    places = {**stored, "raised errors": "\n".join(errors), "console stdout": console.out, "console stderr": console.err,
-              "ledger": json.dumps([dict(r._mapping) for r in world.fetch_all("SELECT * FROM {rs}.email_sends")], default=str)}
+    places = {
+        **stored,
+        "raised errors": "\n".join(errors),
+        "console stdout": console.out,
+        "console stderr": console.err,
+        "ledger": json.dumps([dict(r._mapping) for r in world.fetch_all("SELECT * FROM {rs}.email_sends")], default=str),
+    }
     leaks = {place: _leaks(text) for place, text in places.items() if _leaks(text)}
-    record("secrets", None, {
-        "secrets": len(SECRETS), "places": len([p for p in places if not p.endswith("entries")]),
-        "runs": len([p for p in stored if p.endswith("event_log")]),
-        "log_events": sum(int(v) for k, v in stored.items() if k.endswith("entries")),
-        "failed_runs_searched": len(failures), "leaks": sum(len(v) for v in leaks.values()), "where": leaks,
-    })
+    record(
+        "secrets",
+        None,
+        {
+            "secrets": len(SECRETS),
+            "places": len([p for p in places if not p.endswith("entries")]),
+            "runs": len([p for p in stored if p.endswith("event_log")]),
+            "log_events": sum(int(v) for k, v in stored.items() if k.endswith("entries")),
+            "failed_runs_searched": len(failures),
+            "leaks": sum(len(v) for v in leaks.values()),
+            "where": leaks,
+        },
+    )
     assert leaks == {}
     # The refusals say what to do, without the key.
     assert "RESEND_API_KEY" in errors[0] and "RESEND_API_KEY" in errors[1]
@@ -192,9 +236,11 @@ def _receipts(db) -> list:
 
 def test_unsubscribe_refuses_tokens_from_the_future_or_signed_with_another_key(client, app_db):
     ref = new_send_ref()
-    app_db.execute("INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, "
-                   "email, created_at, unsubscribe_ref) VALUES ('winback', 1, 1, :d, :d, 'recap', 'sent', 'a@example.com', :t, :r)",
-                   {"d": NOW.date(), "t": NOW, "r": ref})
+    app_db.execute(
+        "INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, "
+        "email, created_at, unsubscribe_ref) VALUES ('winback', 1, 1, :d, :d, 'recap', 'sent', 'a@example.com', :t, :r)",
+        {"d": NOW.date(), "t": NOW, "r": ref},
+    )
     future = make_unsubscribe_token(UNSUBSCRIBE_SECRET, ref, NOW.date() + timedelta(days=1))
     other_key = make_unsubscribe_token(WEBHOOK_SECRET, ref, NOW.date())  # key confusion
     for token in (future, other_key, "x" * 5000):
@@ -229,8 +275,9 @@ def test_webhook_refuses_restamped_replays_future_timestamps_and_oversized_bodie
     assert client.post(WEBHOOK, data=body, headers=wrong, content_type="application/json").status_code == 400
     # More than 1 MB: refused before the signature is even computed.
     huge = b'{"type": "email.bounced", "pad": "' + b"x" * (1024 * 1024) + b'"}'
-    response = client.post(WEBHOOK, data=huge, headers=sign_svix(WEBHOOK_SECRET, "msg_4", NOW, huge),
-                           content_type="application/json")
+    response = client.post(
+        WEBHOOK, data=huge, headers=sign_svix(WEBHOOK_SECRET, "msg_4", NOW, huge), content_type="application/json"
+    )
     assert response.status_code == 413
     assert _suppressions(app_db) == [] and _receipts(app_db) == []
     # The genuine delivery, in time, works once; its replay (same svix-id) has no second effect.
@@ -267,5 +314,6 @@ def test_the_embedded_server_listens_on_no_tcp_port(pg_server):
     with socket.socket() as probe:
         probe.settimeout(1)
         assert probe.connect_ex(("127.0.0.1", 5432)) != 0 or not any(
-            c.laddr and c.laddr.port == 5432 for p in processes for c in getattr(p, "net_connections", p.connections)(kind="inet"))
+            c.laddr and c.laddr.port == 5432 for p in processes for c in getattr(p, "net_connections", p.connections)(kind="inet")
+        )
     record("embedded_server", None, {"tcp_listeners": len(inet), "processes_checked": len(processes), "unix_sockets": len(unix)})

@@ -22,8 +22,8 @@ from datetime import timedelta
 import pytest
 
 from retention_pipeline import clock
-from retention_pipeline.resources import AppDatabase
 from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.resources import AppDatabase
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import (
     API_KEY,
@@ -76,8 +76,16 @@ def trial_db(pg_server, send_world, monkeypatch):
     pg_server.drop_database(name)
 
 
-def crash_and_rerun(pg_server, name: str, db: AppDatabase, instance, expected: set[str], rng: random.Random,
-                    kill_point: str, rekey_rerun: bool = False) -> dict:
+def crash_and_rerun(
+    pg_server,
+    name: str,
+    db: AppDatabase,
+    instance,
+    expected: set[str],
+    rng: random.Random,
+    kill_point: str,
+    rekey_rerun: bool = False,
+) -> dict:
     """Start a send run in a child, SIGKILL it at `kill_point`, re-run in-process; what happened."""
     if kill_point == "before_first_request":
         # Half of these kill at a random moment of the run's first seconds (usually while it plans), half
@@ -93,8 +101,11 @@ def crash_and_rerun(pg_server, name: str, db: AppDatabase, instance, expected: s
     else:
         raise ValueError(kill_point)
     with GatedResend(api_key=API_KEY, rate=50, latency_seconds=LATENCY, **holds) as server:
-        child = forkserver().Process(target=child_send_run, args=(db.url, server.url, MORNING_AFTER.isoformat()),
-                                     kwargs={"break_mode": BREAK if BREAK == "no_unique_guard" else ""})
+        child = forkserver().Process(
+            target=child_send_run,
+            args=(db.url, server.url, MORNING_AFTER.isoformat()),
+            kwargs={"break_mode": BREAK if BREAK == "no_unique_guard" else ""},
+        )
         child.start()
         started = time.monotonic()
         if kill_point == "before_first_request":
@@ -102,9 +113,15 @@ def crash_and_rerun(pg_server, name: str, db: AppDatabase, instance, expected: s
         elif kill_point == "in_flight_after_accept":
             wait_until(lambda: batch in server.held or not child.is_alive(), 90, f"batch {batch} to be accepted")
         else:
-            wait_until(lambda: server.held or not child.is_alive()
-                       or (batch in server.decided and time.monotonic() >= server.decided[batch] + LATENCY + delay),
-                       90, f"the answer to batch {batch}")
+            wait_until(
+                lambda: (
+                    server.held
+                    or not child.is_alive()
+                    or (batch in server.decided and time.monotonic() >= server.decided[batch] + LATENCY + delay)
+                ),
+                90,
+                f"the answer to batch {batch}",
+            )
         assert child.is_alive(), f"the send run ended (exit code {child.exitcode}) before the kill point {kill_point}"
         child.kill()
         child.join(10)
@@ -149,8 +166,9 @@ def test_sigkill_during_the_send_step_then_a_rerun_emails_everyone_exactly_once(
     name, db = trial_db
     rng = random.Random(f"crash-trial-{trial}")
     kill_point = KILL_POINTS[trial % len(KILL_POINTS)]
-    outcome = crash_and_rerun(pg_server, name, db, instance, send_world["expected"], rng, kill_point,
-                              rekey_rerun=BREAK == "rekey_rerun")
+    outcome = crash_and_rerun(
+        pg_server, name, db, instance, send_world["expected"], rng, kill_point, rekey_rerun=BREAK == "rekey_rerun"
+    )
     record("crash_trials", f"{trial:02d}", outcome)
     assert outcome["problems"] == [], outcome
     if kill_point == "in_flight_after_accept":
@@ -161,45 +179,80 @@ def test_sigkill_during_the_send_step_then_a_rerun_emails_everyone_exactly_once(
 def test_the_crash_check_catches_a_rerun_that_does_not_reuse_idempotency_keys(pg_server, send_world, trial_db, instance):
     """The checker is not vacuous: with fresh keys on the re-run, the batch in flight goes out twice."""
     name, db = trial_db
-    outcome = crash_and_rerun(pg_server, name, db, instance, send_world["expected"], random.Random("broken-rekey"),
-                              "in_flight_after_accept", rekey_rerun=True)
+    outcome = crash_and_rerun(
+        pg_server,
+        name,
+        db,
+        instance,
+        send_world["expected"],
+        random.Random("broken-rekey"),
+        "in_flight_after_accept",
+        rekey_rerun=True,
+    )
     assert outcome["duplicates"] > 0 and any(p.startswith("duplicates") for p in outcome["problems"]), outcome
-    record("broken_variants", "re-run with fresh idempotency keys (kill after acceptance)",
-           {"detected": f"{outcome['duplicates']} duplicate emails reported by the exactly-once check",
-            "duplicates": outcome["duplicates"]})
+    record(
+        "broken_variants",
+        "re-run with fresh idempotency keys (kill after acceptance)",
+        {
+            "detected": f"{outcome['duplicates']} duplicate emails reported by the exactly-once check",
+            "duplicates": outcome["duplicates"],
+        },
+    )
 
 
 def test_the_crash_check_catches_a_rerun_that_ignores_pending_batches(pg_server, send_world, trial_db, instance, monkeypatch):
     """... and with the reconcile step disabled, the batches of the killed run are lost."""
     name, db = trial_db
     faults.apply_break("no_reconcile", monkeypatch.setattr)
-    outcome = crash_and_rerun(pg_server, name, db, instance, send_world["expected"], random.Random("broken-reconcile"),
-                              "between_batches")
+    outcome = crash_and_rerun(
+        pg_server, name, db, instance, send_world["expected"], random.Random("broken-reconcile"), "between_batches"
+    )
     assert outcome["lost"] > 0 and outcome["pending_left"] > 0, outcome
-    record("broken_variants", "re-run without the reconcile step (kill between batches)",
-           {"detected": f"{outcome['lost']} eligible users never emailed, {outcome['pending_left']} rows left pending",
-            "lost": outcome["lost"]})
+    record(
+        "broken_variants",
+        "re-run without the reconcile step (kill between batches)",
+        {
+            "detected": f"{outcome['lost']} eligible users never emailed, {outcome['pending_left']} rows left pending",
+            "lost": outcome["lost"],
+        },
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_provider_failing_20_percent_of_calls_still_gets_every_email_exactly_once(seed, trial_db, send_world, instance):
     """429, 500, hangs past the client's timeout and 500-after-accepting, at 20 % of calls, in batches of 10."""
     name, db = trial_db
-    with FakeResend(api_key=API_KEY, rate=50, fault_rate=0.2, seed=seed, hang_seconds=1.5,
-                    fault_kinds=("429", "500", "hang", "500_after_accept")) as server:
+    with FakeResend(
+        api_key=API_KEY,
+        rate=50,
+        fault_rate=0.2,
+        seed=seed,
+        hang_seconds=1.5,
+        fault_kinds=("429", "500", "hang", "500_after_accept"),
+    ) as server:
         clock.set_now(MORNING_AFTER)
         result = run_send(instance, db.url, server.url, timeout_seconds=1.0, max_batch_size=10)
         assert result.success
         problems = exactly_once_violations(server, db, send_world["expected"])
         delivered = recipients(server)
         outcomes = Counter(r.outcome for r in server.requests)
-        faults_injected = sum(n for kind, n in outcomes.items() if kind in ("fault_429", "fault_500", "hang", "accepted_then_500"))
-        record("flaky_provider", f"seed_{seed}", {
-            "calls": len(server.requests), "faults": dict(outcomes), "faults_injected": faults_injected,
-            "emails_sent": len(delivered), "duplicates": len(delivered) - len(set(delivered)),
-            "lost": len(send_world["expected"] - set(delivered)), "problems": problems,
-            "batches": len({r["batch_key"] for r in ledger(db) if r["batch_key"]}),
-        })
+        faults_injected = sum(
+            n for kind, n in outcomes.items() if kind in ("fault_429", "fault_500", "hang", "accepted_then_500")
+        )
+        record(
+            "flaky_provider",
+            f"seed_{seed}",
+            {
+                "calls": len(server.requests),
+                "faults": dict(outcomes),
+                "faults_injected": faults_injected,
+                "emails_sent": len(delivered),
+                "duplicates": len(delivered) - len(set(delivered)),
+                "lost": len(send_world["expected"] - set(delivered)),
+                "problems": problems,
+                "batches": len({r["batch_key"] for r in ledger(db) if r["batch_key"]}),
+            },
+        )
         assert problems == []
         assert faults_injected >= 3, outcomes  # the run really met faults
         assert max(Counter(r["batch_key"] for r in ledger(db) if r["batch_key"]).values()) <= 10
@@ -213,10 +266,14 @@ def test_two_send_runs_for_the_same_day_at_once_send_each_email_once(round_, pg_
     ctx = forkserver()
     start, results = ctx.Event(), ctx.Queue()
     with FakeResend(api_key=API_KEY, rate=50, latency_seconds=0.2) as server:
-        children = [ctx.Process(target=child_send_run, args=(db.url, server.url, MORNING_AFTER.isoformat()),
-                                kwargs={"start": start, "results": results,
-                                        "break_mode": BREAK if BREAK == "no_unique_guard" else ""})
-                    for _ in range(2)]
+        children = [
+            ctx.Process(
+                target=child_send_run,
+                args=(db.url, server.url, MORNING_AFTER.isoformat()),
+                kwargs={"start": start, "results": results, "break_mode": BREAK if BREAK == "no_unique_guard" else ""},
+            )
+            for _ in range(2)
+        ]
         for child in children:
             child.start()
         time.sleep(0.3)
@@ -227,8 +284,15 @@ def test_two_send_runs_for_the_same_day_at_once_send_each_email_once(round_, pg_
         assert [c.exitcode for c in children] == [0, 0], summaries
         problems = exactly_once_violations(server, db, send_world["expected"])
         delivered = recipients(server)
-        record("concurrent_sends", f"round_{round_}", {
-            "emails_sent": len(delivered), "duplicates": len(delivered) - len(set(delivered)),
-            "runs": summaries, "requests": len(server.requests), "problems": problems,
-        })
+        record(
+            "concurrent_sends",
+            f"round_{round_}",
+            {
+                "emails_sent": len(delivered),
+                "duplicates": len(delivered) - len(set(delivered)),
+                "runs": summaries,
+                "requests": len(server.requests),
+                "problems": problems,
+            },
+        )
         assert problems == [], summaries

@@ -1,7 +1,7 @@
 """Revenue kept against the holdout: the daily history of Stripe subscription snapshots, and the
 incremental MRR of a campaign step at 30 and 60 days after assignment, with its 95% interval."""
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -10,26 +10,28 @@ from dagster import materialize
 
 from retention_pipeline import clock
 from retention_pipeline.billing.assets import stripe_subscriptions
+from retention_pipeline.billing.resource import StripeResource
 from retention_pipeline.local.localstripe import (
     LOCALSTRIPE_API_KEY,
     LocalStripe,
 )
-from retention_pipeline.billing.resource import StripeResource
-from retention_pipeline.outcomes.stats import incremental_mrr, lift
 from retention_pipeline.local.runner import run_job
+from retention_pipeline.outcomes.stats import incremental_mrr, lift
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import materialization_metadata
 
 ASSIGNED = date(2026, 4, 10)
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_incremental_mrr_is_the_retention_difference_times_mrr_at_risk():
     result = incremental_mrr(37, 41, 14, 20, mrr_at_risk_cents=40_500)
     retention = lift(37, 41, 14, 20)
     assert result.incremental_mrr_cents == pytest.approx((37 / 41 - 14 / 20) * 40_500)
-    assert (result.ci_low_cents, result.ci_high_cents) == (pytest.approx(retention.ci_low * 40_500),
-                                                           pytest.approx(retention.ci_high * 40_500))
+    assert (result.ci_low_cents, result.ci_high_cents) == (
+        pytest.approx(retention.ci_low * 40_500),
+        pytest.approx(retention.ci_high * 40_500),
+    )
     assert result.ci_low_cents < result.incremental_mrr_cents < result.ci_high_cents
     assert incremental_mrr(5, 10, 0, 0, 1000).incremental_mrr_cents is None, "no holdout: nothing to compare"
 
@@ -38,15 +40,22 @@ def test_revenue_history_keeps_one_snapshot_per_day_and_replaces_the_same_day(ap
     with LocalStripe() as server:
         client = stripe.StripeClient(LOCALSTRIPE_API_KEY, base_addresses={"api": server.api_base})
         product = client.v1.products.create(params={"name": "Team"})
-        plan = client.v1.plans.create(params={"id": "team-month", "amount": 2900, "currency": "usd", "interval": "month",
-                                              "product": product.id})
+        plan = client.v1.plans.create(
+            params={"id": "team-month", "amount": 2900, "currency": "usd", "interval": "month", "product": product.id}
+        )
         subscriptions = []
         for user_id in (1, 2, 3):
-            app_db.execute("INSERT INTO users (id, email, name, created_at) VALUES (:id, :e, 'U', now())",
-                           {"id": user_id, "e": f"user{user_id}@example.com"})
-            customer = client.v1.customers.create(params={
-                "email": f"user{user_id}@example.com", "metadata": {"user_id": str(user_id)},
-                "source": {"object": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "cvc": "123"}})
+            app_db.execute(
+                "INSERT INTO users (id, email, name, created_at) VALUES (:id, :e, 'U', now())",
+                {"id": user_id, "e": f"user{user_id}@example.com"},
+            )
+            customer = client.v1.customers.create(
+                params={
+                    "email": f"user{user_id}@example.com",
+                    "metadata": {"user_id": str(user_id)},
+                    "source": {"object": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+                }
+            )
             subscriptions.append(client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"plan": plan.id}]}))
         resources = {"app_db": app_db, "stripe": StripeResource(api_key=LOCALSTRIPE_API_KEY, api_base=server.api_base)}
         first_morning = datetime(2026, 5, 1, 9, tzinfo=UTC)
@@ -57,8 +66,10 @@ def test_revenue_history_keeps_one_snapshot_per_day_and_replaces_the_same_day(ap
             with clock.frozen_at(datetime(2026, 5, 2, hour, tzinfo=UTC)):
                 result = materialize([stripe_subscriptions], resources=resources, instance=instance)
             assert result.success
-    history = app_db.fetch_all("SELECT snapshot_date, user_id, status, mrr_cents, snapshot_at FROM {rs}.stripe_subscription_history "
-                               "ORDER BY snapshot_date, user_id")
+    history = app_db.fetch_all(
+        "SELECT snapshot_date, user_id, status, mrr_cents, snapshot_at FROM {rs}.stripe_subscription_history "
+        "ORDER BY snapshot_date, user_id"
+    )
     by_day = {}
     for row in history:
         by_day.setdefault(row.snapshot_date, {})[row.user_id] = (row.status, row.mrr_cents)
@@ -73,23 +84,42 @@ def test_revenue_history_keeps_one_snapshot_per_day_and_replaces_the_same_day(ap
 
 def _ledger(db, rows: list[tuple[int, str, int]]) -> None:
     with db.begin() as conn:
-        conn.execute(sa.text(db.render("""
+        conn.execute(
+            sa.text(
+                db.render("""
             INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
                 segment_reason, mrr_cents, created_at)
-            VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'x@example.com', 'inactive', :mrr, :t)""")),
-            [{"user_id": u, "status": status, "mrr": mrr, "day": ASSIGNED, "variant": "holdout" if status == "holdout" else "recap",
-              "t": datetime.combine(ASSIGNED + timedelta(days=1), time(9), UTC)} for u, status, mrr in rows])
+            VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'x@example.com', 'inactive', :mrr, :t)""")
+            ),
+            [
+                {
+                    "user_id": u,
+                    "status": status,
+                    "mrr": mrr,
+                    "day": ASSIGNED,
+                    "variant": "holdout" if status == "holdout" else "recap",
+                    "t": datetime.combine(ASSIGNED + timedelta(days=1), time(9), UTC),
+                }
+                for u, status, mrr in rows
+            ],
+        )
 
 
 def _history(db, snapshot_date: date, subscriptions: list[tuple[int, str, datetime | None]]) -> None:
     with db.begin() as conn:
-        conn.execute(sa.text(db.render("""
+        conn.execute(
+            sa.text(
+                db.render("""
             INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, customer_id, user_id, status,
                 mrr_cents, cancel_at_period_end, canceled_at, ended_at, snapshot_at)
             VALUES (:d, :sub, :cus, :user_id, :status, CASE WHEN :status = 'active' THEN 1000 ELSE 0 END, false, :ended, :ended,
-                    CAST(:d AS timestamp) AT TIME ZONE 'UTC' + interval '9 hours')""")),
-            [{"d": snapshot_date, "sub": f"sub_{u}_{i}", "cus": f"cus_{u}", "user_id": u, "status": status, "ended": ended}
-             for i, (u, status, ended) in enumerate(subscriptions)])
+                    CAST(:d AS timestamp) AT TIME ZONE 'UTC' + interval '9 hours')""")
+            ),
+            [
+                {"d": snapshot_date, "sub": f"sub_{u}_{i}", "cus": f"cus_{u}", "user_id": u, "status": status, "ended": ended}
+                for i, (u, status, ended) in enumerate(subscriptions)
+            ],
+        )
 
 
 def test_revenue_kept_and_incremental_mrr_against_the_holdout_per_step(app_db_env, instance):
@@ -97,17 +127,25 @@ def test_revenue_kept_and_incremental_mrr_against_the_holdout_per_step(app_db_en
     install_schema(db)
     treated = list(range(1, 41))
     holdout = list(range(41, 61))
-    _ledger(db, [(u, "sent", 1000) for u in treated] + [(u, "holdout", 2000) for u in holdout]
-            + [(61, "sent", 0),            # not paying: not at risk
-               (62, "failed", 500),        # as assigned: a failed send stays treated
-               (63, "dry_run", 700)])      # never assigned to a real send
-    early_cancel = datetime(2026, 5, 1, 12, tzinfo=UTC)      # before day 30 (2026-05-10)
-    late_cancel = datetime(2026, 5, 11, 12, tzinfo=UTC)      # after day 30 began
+    _ledger(
+        db,
+        [(u, "sent", 1000) for u in treated]
+        + [(u, "holdout", 2000) for u in holdout]
+        + [
+            (61, "sent", 0),  # not paying: not at risk
+            (62, "failed", 500),  # as assigned: a failed send stays treated
+            (63, "dry_run", 700),
+        ],
+    )  # never assigned to a real send
+    early_cancel = datetime(2026, 5, 1, 12, tzinfo=UTC)  # before day 30 (2026-05-10)
+    late_cancel = datetime(2026, 5, 11, 12, tzinfo=UTC)  # after day 30 began
     everyone = treated + holdout + [61, 62, 63]
     _history(db, date(2026, 4, 11), [(u, "active", None) for u in everyone])
     lost = {1, 2, 3, 4, 41, 42, 43, 44, 45, 46}
-    day_31 = [(u, "canceled", early_cancel) if u in lost else (u, "canceled", late_cancel) if u == 5 else (u, "active", None)
-              for u in everyone]
+    day_31 = [
+        (u, "canceled", early_cancel) if u in lost else (u, "canceled", late_cancel) if u == 5 else (u, "active", None)
+        for u in everyone
+    ]
     day_31.append((7, "canceled", early_cancel))  # a second, ended subscription does not undo the running one
     _history(db, date(2026, 5, 12), day_31)
 

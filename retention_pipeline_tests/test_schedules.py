@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from dagster import RunRequest, SkipReason, build_schedule_context
@@ -15,7 +15,7 @@ from dagster import RunRequest, SkipReason, build_schedule_context
 from retention_pipeline.definitions import defs
 from retention_pipeline.jobs import daily_morning_schedule, weekly_segments_schedule
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def evaluate(schedule, when: datetime):
@@ -45,9 +45,9 @@ def test_definitions():
     "when, expected",
     [
         (datetime(2025, 3, 18, 9, 0, tzinfo=UTC), "2025-03-17"),
-        (datetime(2025, 3, 1, 9, 0, tzinfo=UTC), "2025-02-28"),   # across a month end
-        (datetime(2025, 1, 2, 9, 0, tzinfo=UTC), "2025-01-01"),   # the first partition
-        (datetime(2026, 1, 1, 9, 0, tzinfo=UTC), "2025-12-31"),   # across a year end
+        (datetime(2025, 3, 1, 9, 0, tzinfo=UTC), "2025-02-28"),  # across a month end
+        (datetime(2025, 1, 2, 9, 0, tzinfo=UTC), "2025-01-01"),  # the first partition
+        (datetime(2026, 1, 1, 9, 0, tzinfo=UTC), "2025-12-31"),  # across a year end
         (datetime(2025, 3, 18, 0, 0, tzinfo=UTC), "2025-03-17"),  # midnight: the day just ended
         (datetime(2025, 3, 18, 23, 59, tzinfo=UTC), "2025-03-17"),
     ],

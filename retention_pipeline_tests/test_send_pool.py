@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retention_pipeline.outreach.allocation import in_holdout
-from retention_pipeline.local.runner import run_job
-from retention_pipeline.settings import STATE_DIR
 from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
+from retention_pipeline.outreach.allocation import in_holdout
+from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests import faults
 from retention_pipeline_tests.faults import API_KEY, MORNING_AFTER, create_database, forkserver, send_resources
 from retention_pipeline_tests.scenario import live_campaign, materialization_metadata
@@ -46,8 +46,9 @@ PACE = 1.8
 
 N_USERS = faults.users_for_eligible(ELIGIBLE)
 # Holdouts hash campaign and user, so each campaign has its own eligible users.
-EXPECTED = {c: sum(not in_holdout(c, 1, u, faults.EPISODE_START, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1))
-            for c in CAMPAIGNS}
+EXPECTED = {
+    c: sum(not in_holdout(c, 1, u, faults.EPISODE_START, faults.HOLDOUT_SHARE) for u in range(1, N_USERS + 1)) for c in CAMPAIGNS
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,17 @@ def child_run(env: dict, db_url: str, api_url: str, campaign: str, start, result
 
     start.wait(60)
     with DagsterInstance.get() as instance:
-        result = run_job(instance, "daily_retention_job", faults.AS_OF.isoformat(),
-                         resources=send_resources(db_url, api_url, requests_per_second=PACE, max_batch_size=BATCH),
-                         run_config=live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {
-                             "config": {"campaign": campaign}}}}}}),
-                         assets=["reengagement_emails"], quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            faults.AS_OF.isoformat(),
+            resources=send_resources(db_url, api_url, requests_per_second=PACE, max_batch_size=BATCH),
+            run_config=live_campaign(
+                {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"campaign": campaign}}}}}}
+            ),
+            assets=["reengagement_emails"],
+            quiet=True,
+        )
         metadata = materialization_metadata(result, "reengagement_emails") if result.success else {}
         results.put({"campaign": campaign, "success": result.success, "emails_sent": metadata.get("emails_sent")})
     sys.exit(0 if result.success else 1)
@@ -105,8 +112,10 @@ def two_concurrent_runs(pg_server, pool_world: str, dagster_yaml: dict) -> dict:
         ctx = forkserver()
         start, results = ctx.Event(), ctx.Queue()
         with FakeResend(api_key=API_KEY, rate=2) as server:
-            workers = [ctx.Process(target=child_run, args=(env, pg_server.url(db), server.url, campaign, start, results))
-                       for db, campaign in zip(databases, CAMPAIGNS, strict=True)]
+            workers = [
+                ctx.Process(target=child_run, args=(env, pg_server.url(db), server.url, campaign, start, results))
+                for db, campaign in zip(databases, CAMPAIGNS, strict=True)
+            ]
             for worker in workers:
                 worker.start()
             start.set()
@@ -115,8 +124,13 @@ def two_concurrent_runs(pg_server, pool_world: str, dagster_yaml: dict) -> dict:
             summaries = sorted((results.get(timeout=10) for _ in workers), key=lambda s: s["campaign"])
             requests = list(server.requests)
             accepted = list(server.accepted)
-        return {"pool_config": pool_config, "summaries": summaries, "exit_codes": [w.exitcode for w in workers],
-                "requests": requests, "accepted": accepted}
+        return {
+            "pool_config": pool_config,
+            "summaries": summaries,
+            "exit_codes": [w.exitcode for w in workers],
+            "requests": requests,
+            "accepted": accepted,
+        }
     finally:
         for db in databases:
             pg_server.drop_database(db)

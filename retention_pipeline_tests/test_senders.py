@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 from retention_pipeline.outreach.senders import (
     BatchOutcome,
     OutboxSender,
@@ -36,7 +37,6 @@ from retention_pipeline.outreach.senders import (
     to_resend_params,
 )
 from retention_pipeline.schema import install_schema
-from retention_pipeline.local.fake_resend import FakeResend, ScriptedResponse
 
 KEY = "re_Sup3rSecret_test_key_4b1d"
 
@@ -61,8 +61,14 @@ def make_batch(size: int, batch: str) -> list[OutgoingEmail]:
 
 
 def fast_sender(fake: FakeResend, **overrides) -> ResendSender:
-    settings = dict(api_key=KEY, api_url=fake.url, requests_per_second=1000.0, timeout_seconds=1.0,
-                    backoff_base_seconds=0.02, backoff_max_seconds=0.2)
+    settings = dict(
+        api_key=KEY,
+        api_url=fake.url,
+        requests_per_second=1000.0,
+        timeout_seconds=1.0,
+        backoff_base_seconds=0.02,
+        backoff_max_seconds=0.2,
+    )
     settings.update(overrides)
     return ResendSender(**settings)
 
@@ -85,9 +91,20 @@ def assert_each_accepted_once(fake: FakeResend, sent: dict[str, tuple[list[Outgo
 def standalone_resend(log_file: Path, *args: str) -> Iterator[str]:
     """The fake as its own process (no GIL shared with the client: steadier timing); yields its URL."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "retention_pipeline.local.fake_resend", "--port", "0", "--log", str(log_file),
-         "--api-key", KEY, *args],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "retention_pipeline.local.fake_resend",
+            "--port",
+            "0",
+            "--log",
+            str(log_file),
+            "--api-key",
+            KEY,
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         banner = server.stdout.readline()
@@ -127,8 +144,11 @@ def test_many_batches_every_email_accepted_exactly_once(fake: FakeResend):
 
     first = fake.accepted[0].email
     assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert first["tags"] == [{"name": "campaign", "value": "win_back__2025"},
-                             {"name": "step", "value": "1"}, {"name": "variant", "value": "b"}]
+    assert first["tags"] == [
+        {"name": "campaign", "value": "win_back__2025"},
+        {"name": "step", "value": "1"},
+        {"name": "variant", "value": "b"},
+    ]
     assert first["text"] and first["html"] and first["from"] == "Acme <hello@acme.example>"
 
 
@@ -141,8 +161,11 @@ def test_to_resend_params_shape():
         "html": "<p>Hello user 7</p>",
         "text": "Hello user 7",
         "headers": make_email(7).headers,
-        "tags": [{"name": "campaign", "value": "win_back__2025"}, {"name": "step", "value": "1"},
-                 {"name": "variant", "value": "b"}],
+        "tags": [
+            {"name": "campaign", "value": "win_back__2025"},
+            {"name": "step", "value": "1"},
+            {"name": "variant", "value": "b"},
+        ],
     }
     bare = OutgoingEmail("a@b.example", "c@d.example", "s", "<p>h</p>", "h", {}, {"é x": ""})
     assert to_resend_params(bare)["tags"] == [{"name": "__x", "value": "_"}]
@@ -254,8 +277,11 @@ def test_bad_keys_raise_configuration_errors_that_never_show_the_key(fake: FakeR
         fast_sender(fake, api_key=wrong).send_batch(make_batch(1, "c"), "k-403")
     assert "RESEND_API_KEY" in str(forbidden.value) and "403" in str(forbidden.value)
 
-    fake.script(ScriptedResponse(401, {"statusCode": 401, "name": "missing_api_key",
-                                       "message": "Missing API key in the authorization header."}))
+    fake.script(
+        ScriptedResponse(
+            401, {"statusCode": 401, "name": "missing_api_key", "message": "Missing API key in the authorization header."}
+        )
+    )
     with pytest.raises(SenderConfigurationError) as unauthorized:
         fast_sender(fake).send_batch(make_batch(1, "c"), "k-401")
     assert "401" in str(unauthorized.value)
@@ -276,8 +302,11 @@ def test_the_key_appears_in_no_repr_message_or_log(fake: FakeResend, caplog):
 
     # A server that echoes the key back in its error messages.
     echo = {"statusCode": 500, "name": "application_error", "message": f"Upstream failure for Bearer {KEY}"}
-    fake.script(ScriptedResponse(500, echo), ScriptedResponse(500, echo),
-                ScriptedResponse(403, {"statusCode": 403, "name": "validation_error", "message": f"{KEY} may not send"}))
+    fake.script(
+        ScriptedResponse(500, echo),
+        ScriptedResponse(500, echo),
+        ScriptedResponse(403, {"statusCode": 403, "name": "validation_error", "message": f"{KEY} may not send"}),
+    )
     caplog.set_level(logging.DEBUG)
     with pytest.raises(TransientSendError) as exhausted:
         sender.send_batch(make_batch(1, "e"), "k-echo")
@@ -320,7 +349,7 @@ def test_10000_emails_at_20_per_second_are_paced_and_never_rate_limited(tmp_path
     assert [o.attempts for o in outcomes] == [1] * 100  # never rate-limited
     records = logged(log_file)
     assert len(records) == 10_000 and len({r["email"]["to"][0] for r in records}) == 10_000
-    assert [o.provider_ids for o in outcomes] == [[r["id"] for r in records[b * 100:(b + 1) * 100]] for b in range(100)]
+    assert [o.provider_ids for o in outcomes] == [[r["id"] for r in records[b * 100 : (b + 1) * 100]] for b in range(100)]
     assert elapsed >= 4.95, f"{elapsed:.2f} s: calls were not paced"
 
 
@@ -371,8 +400,7 @@ def test_senders_with_different_keys_in_concurrent_threads_each_use_their_own():
     with FakeResend(api_key=KEY, rate=0) as first, FakeResend(api_key=other_key, rate=0) as second:
         senders = [fast_sender(first), fast_sender(second, api_key=other_key)]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            outcomes = list(pool.map(
-                lambda i: senders[i % 2].send_batch(make_batch(5, f"mix{i}"), f"mix-{i}"), range(20)))
+            outcomes = list(pool.map(lambda i: senders[i % 2].send_batch(make_batch(5, f"mix{i}"), f"mix-{i}"), range(20)))
         assert all(o.error is None and o.attempts == 1 for o in outcomes)
         assert len(first.accepted) == len(second.accepted) == 50
         assert {r.status for r in first.requests + second.requests} == {200}
@@ -410,8 +438,9 @@ for b in range(10):
 def test_standalone_server_counts_what_went_out_across_a_killed_client(tmp_path: Path):
     log_file = tmp_path / "sent.jsonl"
     with standalone_resend(log_file, "--rate", "0") as url:
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, url], stdout=subprocess.PIPE, text=True,
-                                  cwd=Path(__file__).resolve().parent.parent)
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, url], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
+        )
         try:
             lines = [client.stdout.readline() for _ in range(3)]
             assert lines == ["sent 0\n", "sent 1\n", "sent 2\n"], lines
@@ -447,14 +476,15 @@ def test_outbox_writes_rows_and_eml_files_idempotently(app_db, tmp_path: Path):
     assert outcome.provider_ids == [outbox_message_id("outbox-key-1", p) for p in range(3)]
     rows = app_db.fetch_all("SELECT * FROM {rs}.email_outbox ORDER BY position")
     assert [(r.idempotency_key, r.position, r.message_id, r.to_address) for r in rows] == [
-        ("outbox-key-1", p, outcome.provider_ids[p], emails[p].to) for p in range(3)]
+        ("outbox-key-1", p, outcome.provider_ids[p], emails[p].to) for p in range(3)
+    ]
     assert rows[0].headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert rows[0].subject == emails[0].subject and rows[0].html == emails[0].html and rows[0].text_body == emails[0].text
 
     files = sorted(outbox.glob("*.eml"))
     assert [f.name for f in files] == sorted(f"{i}.eml" for i in outcome.provider_ids)
     assert [r.eml_path for r in rows] == [str(outbox.resolve() / f"{i}.eml") for i in outcome.provider_ids]
-    for row, sent in zip(rows, emails):
+    for row, sent in zip(rows, emails, strict=False):
         message = email.message_from_bytes(Path(row.eml_path).read_bytes(), policy=policy.default)
         assert message["To"] == sent.to and message["From"] == sent.from_address
         assert message["Subject"] == sent.subject
@@ -475,8 +505,15 @@ def test_outbox_writes_rows_and_eml_files_idempotently(app_db, tmp_path: Path):
 
     # The same key with another payload is refused like Resend's 409; a new key adds its rows.
     assert "different payload" in sender.send_batch(make_batch(3, "other"), "outbox-key-1").error
-    umlaut = OutgoingEmail("jürgen@example.com", "Acme <hello@acme.example>", "Wir vermissen dich, Jürgen ☕",
-                           "<p>Grüße</p>", "Grüße", make_email(9).headers, {"campaign": "é"})
+    umlaut = OutgoingEmail(
+        "jürgen@example.com",
+        "Acme <hello@acme.example>",
+        "Wir vermissen dich, Jürgen ☕",
+        "<p>Grüße</p>",
+        "Grüße",
+        make_email(9).headers,
+        {"campaign": "é"},
+    )
     second = sender.send_batch([make_email(8, "n"), umlaut], "outbox-key-2")
     assert len(second.provider_ids) == 2
     assert app_db.scalar("SELECT count(*) FROM {rs}.email_outbox") == 5

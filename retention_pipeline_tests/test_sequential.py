@@ -1,7 +1,7 @@
 """Auto-pause and "declare a winner" with an always-valid rule: error rate kept under daily looks,
 a minimum sample, paused for review with the holdout still accruing, resumable by config."""
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from benchmarks.sequential import false_pause_rate
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.local.fake_resend import FakeResend
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outcomes.stats import lift
 from retention_pipeline.outreach.allocation import (
     DayOutcome,
@@ -19,9 +21,7 @@ from retention_pipeline.outreach.allocation import (
     thompson_allocation,
 )
 from retention_pipeline.outreach.senders import ResendSender
-from retention_pipeline.local.runner import run_job
 from retention_pipeline.schema import install_schema
-from retention_pipeline.local.fake_resend import FakeResend
 from retention_pipeline_tests.scenario import Scenario, at, live_campaign, materialization_metadata
 
 FIRST = date(2026, 4, 1)
@@ -65,11 +65,26 @@ def test_always_valid_pause_stands_until_resumed_by_config():
     first = thompson_allocation("c", 1, FIRST, ["recap", "nudge"], harmful, 0.1)
     assert first.paused and first.decision == "paused_for_review" and first.reason.startswith("paused for review")
     # The next day the data no longer shows it (e.g. fewer rows read): the pause stands all the same.
-    later = thompson_allocation("c", 1, FIRST + timedelta(days=1), ["recap", "nudge"], [], 0.1,
-                                previous={"decision": first.decision, "reason": first.reason})
+    later = thompson_allocation(
+        "c",
+        1,
+        FIRST + timedelta(days=1),
+        ["recap", "nudge"],
+        [],
+        0.1,
+        previous={"decision": first.decision, "reason": first.reason},
+    )
     assert later.paused and later.reason == first.reason
-    resumed = thompson_allocation("c", 1, FIRST + timedelta(days=2), ["recap", "nudge"], harmful, 0.1,
-                                  previous={"decision": first.decision, "reason": first.reason}, resumed=True)
+    resumed = thompson_allocation(
+        "c",
+        1,
+        FIRST + timedelta(days=2),
+        ["recap", "nudge"],
+        harmful,
+        0.1,
+        previous={"decision": first.decision, "reason": first.reason},
+        resumed=True,
+    )
     assert not resumed.paused and resumed.decision == "resumed" and sum(resumed.shares.values()) == pytest.approx(1)
 
 
@@ -77,7 +92,11 @@ def test_always_valid_winner_is_declared_within_days_and_takes_the_sends():
     rule = SequentialRule()
     even = [DayOutcome(FIRST + timedelta(days=d), v, True, 135, 27) for d in range(10) for v in ("recap", "nudge")]
     assert sequential_winner(even, ["recap", "nudge"], rule) is None
-    better = [DayOutcome(FIRST + timedelta(days=d), v, True, 135, 54 if v == "nudge" else 27) for d in range(10) for v in ("recap", "nudge")]
+    better = [
+        DayOutcome(FIRST + timedelta(days=d), v, True, 135, 54 if v == "nudge" else 27)
+        for d in range(10)
+        for v in ("recap", "nudge")
+    ]
     winner, reason = sequential_winner(better, ["recap", "nudge"], rule)
     assert winner == "nudge" and "beats recap by +0.200" in reason
     allocation = thompson_allocation("c", 1, FIRST, ["recap", "nudge"], better, 0.1, rule)
@@ -89,13 +108,17 @@ def test_always_valid_winner_is_declared_within_days_and_takes_the_sends():
 def test_always_valid_winner_is_not_fooled_by_a_mix_that_shifts_over_time():
     # Equal variants; the base rate doubles on day 2 while the allocation moves to nudge. Pooled, nudge
     # looks 9 points better; within each day there is no difference.
-    rows = [DayOutcome(FIRST, "recap", True, 900, 90), DayOutcome(FIRST, "nudge", True, 100, 10),
-            DayOutcome(FIRST + timedelta(days=1), "recap", True, 100, 30), DayOutcome(FIRST + timedelta(days=1), "nudge", True, 900, 270)]
+    rows = [
+        DayOutcome(FIRST, "recap", True, 900, 90),
+        DayOutcome(FIRST, "nudge", True, 100, 10),
+        DayOutcome(FIRST + timedelta(days=1), "recap", True, 100, 30),
+        DayOutcome(FIRST + timedelta(days=1), "nudge", True, 900, 270),
+    ]
     assert sequential_winner(rows, ["recap", "nudge"], SequentialRule()) is None
 
 
 AS_OF = date(2026, 5, 20)
-MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=timezone.utc)
+MORNING_AFTER = datetime(2026, 5, 21, 9, 0, tzinfo=UTC)
 
 
 def _seed_harmful_outcomes(db) -> None:
@@ -104,27 +127,45 @@ def _seed_harmful_outcomes(db) -> None:
     for i in range(400):
         treated = i >= 100
         returned = (i % 10 == 0) if treated else (i % 2 == 0)
-        reference = datetime.combine(AS_OF - timedelta(days=20 + i % 5), time(9), timezone.utc)
-        rows.append({"send_id": 1_000_000 + i, "variant": "recap" if treated else "holdout", "treated": treated,
-                     "user_id": 500_000 + i, "reference_at": reference, "returned": returned})
+        reference = datetime.combine(AS_OF - timedelta(days=20 + i % 5), time(9), UTC)
+        rows.append(
+            {
+                "send_id": 1_000_000 + i,
+                "variant": "recap" if treated else "holdout",
+                "treated": treated,
+                "user_id": 500_000 + i,
+                "reference_at": reference,
+                "returned": returned,
+            }
+        )
     with db.begin() as conn:
-        conn.execute(sa.text(db.render("""
+        conn.execute(
+            sa.text(
+                db.render("""
             INSERT INTO {rs}.reengagement_outcomes (send_id, window_days, campaign, step, variant, treated, segment_reason,
                 user_id, mrr_cents, reference_at, window_end, returned, events, active_days, final, evaluated_as_of)
             VALUES (:send_id, 7, 'winback', 1, :variant, :treated, 'inactive', :user_id, 0, :reference_at,
-                    CAST(:reference_at AS timestamptz) + interval '7 days', :returned, 0, 0, true, :as_of)""")),
-            [row | {"as_of": AS_OF} for row in rows])
+                    CAST(:reference_at AS timestamptz) + interval '7 days', :returned, 0, 0, true, :as_of)""")
+            ),
+            [row | {"as_of": AS_OF} for row in rows],
+        )
 
 
 def _decisions(db, day: date) -> list[dict]:
-    return [dict(r._mapping) for r in db.fetch_all(
-        "SELECT variant, decision, step_paused, reason FROM {rs}.allocation_decisions WHERE as_of_date = :d AND step = 1",
-        {"d": day})]
+    return [
+        dict(r._mapping)
+        for r in db.fetch_all(
+            "SELECT variant, decision, step_paused, reason FROM {rs}.allocation_decisions WHERE as_of_date = :d AND step = 1",
+            {"d": day},
+        )
+    ]
 
 
 def _ledger(db, day: date) -> dict[int, str]:
-    return {r.user_id: r.status for r in db.fetch_all(
-        "SELECT user_id, status FROM {rs}.email_sends WHERE as_of_date = :d AND step = 1", {"d": day})}
+    return {
+        r.user_id: r.status
+        for r in db.fetch_all("SELECT user_id, status FROM {rs}.email_sends WHERE as_of_date = :d AND step = 1", {"d": day})
+    }
 
 
 def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_config(app_db_env, instance):
@@ -141,14 +182,28 @@ def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_c
     assert holdout, "the population must have holdout members"
 
     def plan_config(**extra) -> dict:
-        return live_campaign({"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
-            "adaptive_allocation": True, **extra}}}}}})
+        return live_campaign(
+            {
+                "ops": {
+                    "reengagement_emails": {
+                        "ops": {"plan_reengagement_sends": {"config": {"adaptive_allocation": True, **extra}}}
+                    }
+                }
+            }
+        )
 
     with FakeResend(api_key="re_k", rate=100) as provider:
         sender = ResendSender(api_key="re_k", api_url=provider.url, requests_per_second=100, backoff_base_seconds=0.01)
         clock.set_now(MORNING_AFTER)
-        result = run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=40)).isoformat(), AS_OF.isoformat(),
-                         run_config=plan_config(), resources={"email_sender": sender}, quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            (AS_OF - timedelta(days=40)).isoformat(),
+            AS_OF.isoformat(),
+            run_config=plan_config(),
+            resources={"email_sender": sender},
+            quiet=True,
+        )
         assert result.success
         assert provider.accepted == [], "a step paused for review sends nothing"
         assert _ledger(db, AS_OF) == {u: "holdout" for u in holdout}, "the holdout keeps accruing while paused"
@@ -160,8 +215,14 @@ def test_sequential_pause_for_review_keeps_the_holdout_accruing_and_resumes_by_c
 
         next_day = AS_OF + timedelta(days=1)
         clock.set_now(MORNING_AFTER + timedelta(days=1))
-        result = run_job(instance, "daily_retention_job", next_day.isoformat(), run_config=plan_config(resume_steps=[1]),
-                         resources={"email_sender": sender}, quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            next_day.isoformat(),
+            run_config=plan_config(resume_steps=[1]),
+            resources={"email_sender": sender},
+            quiet=True,
+        )
         assert result.success
         emailed = {u for u, status in _ledger(db, next_day).items() if status == "sent"}
         assert emailed == set(range(1, 121)) - holdout, "resumed: the users skipped while paused are emailed"

@@ -25,7 +25,10 @@ WELL_FORMED = "postgresql://retention@db.invalid/app"
 # so the test can check they are never echoed.
 BAD_SETTINGS = {
     "RETENTION_DATABASE_URL": ({"RETENTION_DATABASE_URL": "not a url", "DAGSTER_PG_URL": WELL_FORMED}, "not a database URL"),
-    "DAGSTER_PG_URL": ({"RETENTION_DATABASE_URL": WELL_FORMED, "DAGSTER_PG_URL": "postgresql+psycopg://u@h/dagster"}, "postgresql+psycopg"),
+    "DAGSTER_PG_URL": (
+        {"RETENTION_DATABASE_URL": WELL_FORMED, "DAGSTER_PG_URL": "postgresql+psycopg://u@h/dagster"},
+        "postgresql+psycopg",
+    ),
     "DAGSTER_HOME": ({"DAGSTER_HOME": "relative/dagster_home"}, "absolute"),
     "RETENTION_STATE_DIR": ({"RETENTION_STATE_DIR": str(PROJECT_ROOT / "README.md" / "state")}, "writable"),
     "RETENTION_TIMEZONE": ({"RETENTION_TIMEZONE": "Mars/Olympus"}, "IANA timezone"),
@@ -40,10 +43,15 @@ BAD_SETTINGS = {
     "RESEND_API_URL": ({"RESEND_API_URL": "api.resend.com"}, "http(s) URL"),
     "RETENTION_UNSUBSCRIBE_SECRET": ({"RETENTION_UNSUBSCRIBE_SECRET": "hunter2"}, "16 characters"),
     "RETENTION_DEBUG": ({"RETENTION_DEBUG": "yes"}, "0 or 1"),
-    "RETENTION_CONFIG": ({"RETENTION_CONFIG": str(PROJECT_ROOT / "no-such-retention.yaml")}, "no-such-retention.yaml: cannot read"),
+    "RETENTION_CONFIG": (
+        {"RETENTION_CONFIG": str(PROJECT_ROOT / "no-such-retention.yaml")},
+        "no-such-retention.yaml: cannot read",
+    ),
     "RETENTION_CAMPAIGNS_DIR": ({"RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "no-such-campaigns")}, "is not a directory"),
-    "RETENTION_UNSUBSCRIBE_OLD_SECRETS": ({"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,hunter2"},
-                                          "entry 2 is shorter than 16 characters"),
+    "RETENTION_UNSUBSCRIBE_OLD_SECRETS": (
+        {"RETENTION_UNSUBSCRIBE_OLD_SECRETS": "retired-key-0123456789,hunter2"},
+        "entry 2 is shorter than 16 characters",
+    ),
     "SMTP_HOST": ({"SMTP_HOST": "smtp.example.com:587"}, "not a host name"),
     "SMTP_PORT": ({"SMTP_PORT": "70000"}, "1-65535"),
     "SMTP_SECURITY": ({"SMTP_SECURITY": "tls"}, "starttls, ssl or none"),
@@ -51,8 +59,14 @@ BAD_SETTINGS = {
     "SMTP_PASSWORD": ({"SMTP_PASSWORD": "smtp-password-0123"}, "SMTP_USERNAME is not"),
     "SMTP_TLS_CA_FILE": ({"SMTP_TLS_CA_FILE": str(PROJECT_ROOT / "no-such-ca.pem")}, "readable file"),
 }
-SECRETS = ("STRIPE_API_KEY", "RESEND_API_KEY", "RETENTION_UNSUBSCRIBE_SECRET", "RETENTION_UNSUBSCRIBE_OLD_SECRETS",
-           "SMTP_USERNAME", "SMTP_PASSWORD")
+SECRETS = (
+    "STRIPE_API_KEY",
+    "RESEND_API_KEY",
+    "RETENTION_UNSUBSCRIBE_SECRET",
+    "RETENTION_UNSUBSCRIBE_OLD_SECRETS",
+    "SMTP_USERNAME",
+    "SMTP_PASSWORD",
+)
 
 # Other real misconfigurations of the same variables, beyond the one case each above.
 MORE_BAD_SETTINGS = [
@@ -109,7 +123,9 @@ def assert_one_line(completed: subprocess.CompletedProcess, *must_contain: str) 
 
 
 def test_every_documented_variable_has_a_bad_value_case():
-    assert documented_variables() == set(BAD_SETTINGS), "a variable of docs/configuration.md's table without a case here, or the reverse"
+    assert documented_variables() == set(BAD_SETTINGS), (
+        "a variable of docs/configuration.md's table without a case here, or the reverse"
+    )
 
 
 def test_the_cli_help_names_only_documented_variables():
@@ -134,27 +150,34 @@ def test_another_bad_value_is_one_line_naming_it(overrides, variable, reason, st
 def thresholds_file_with_an_unknown_key(folder) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "retention.yaml"
-    path.write_text((PROJECT_ROOT / "retention.yaml").read_text().replace("dormant_users:\n", "dormant_users:\n  dormant_afterdays: 7\n"))
+    path.write_text(
+        (PROJECT_ROOT / "retention.yaml").read_text().replace("dormant_users:\n", "dormant_users:\n  dormant_afterdays: 7\n")
+    )
     return str(path)
 
 
 def test_a_thresholds_file_with_an_unknown_key_is_one_line_before_anything_starts(state_dir):
     path = thresholds_file_with_an_unknown_key(state_dir)
-    line = assert_one_line(run_cli(["trigger", "install"], {"RETENTION_CONFIG": path}, state_dir),
-                           "RETENTION_CONFIG", f"{path}: unknown key(s) ['dormant_afterdays'] in dormant_users")
+    line = assert_one_line(
+        run_cli(["trigger", "install"], {"RETENTION_CONFIG": path}, state_dir),
+        "RETENTION_CONFIG",
+        f"{path}: unknown key(s) ['dormant_afterdays'] in dormant_users",
+    )
     assert line.endswith("fix the thresholds file, or point RETENTION_CONFIG at a valid one (unset = retention.yaml).")
 
 
 def test_a_thresholds_file_error_while_loading_the_definitions_is_one_line(state_dir):
     """As in `demo`, which imports the definitions in-process: here even without the up-front check."""
     path = thresholds_file_with_an_unknown_key(state_dir)
-    script = ("import retention_pipeline.cli as cli\n"
-              "cli.check_environment = lambda: None\n"
-              "@cli.main.command('load')\n"
-              "def load():\n"
-              "    import retention_pipeline.definitions\n"
-              "from retention_pipeline.entry import main\n"
-              "main(['load'])\n")
+    script = (
+        "import retention_pipeline.cli as cli\n"
+        "cli.check_environment = lambda: None\n"
+        "@cli.main.command('load')\n"
+        "def load():\n"
+        "    import retention_pipeline.definitions\n"
+        "from retention_pipeline.entry import main\n"
+        "main(['load'])\n"
+    )
     env = os.environ | {"RETENTION_STATE_DIR": str(state_dir), "RETENTION_CONFIG": path}
     completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert_one_line(completed, "RETENTION_CONFIG", f"{path}: unknown key(s) ['dormant_afterdays'] in dormant_users")
@@ -173,7 +196,9 @@ def test_an_unreachable_app_database_is_one_line(state_dir):
 
 def test_an_unreachable_dagster_database_is_one_line(state_dir, pg_server):
     reachable = f"postgresql://postgres@/postgres?host={pg_server.status.socket_dir}"
-    completed = run_cli(["dagster", "instance", "info"], {"RETENTION_DATABASE_URL": reachable, "DAGSTER_PG_URL": UNREACHABLE}, state_dir)
+    completed = run_cli(
+        ["dagster", "instance", "info"], {"RETENTION_DATABASE_URL": reachable, "DAGSTER_PG_URL": UNREACHABLE}, state_dir
+    )
     assert_one_line(completed, "DAGSTER_PG_URL", "cannot connect")
 
 
@@ -201,12 +226,14 @@ def test_dev_refuses_a_port_in_use(state_dir):
 
 
 def test_an_unexpected_error_is_one_line_pointing_at_retention_debug(state_dir):
-    script = ("import click, retention_pipeline.cli as cli\n"
-              "@cli.main.command('explode')\n"
-              "def explode():\n"
-              "    raise KeyError('no such thing')\n"
-              "from retention_pipeline.entry import main\n"
-              "main(['explode'])\n")
+    script = (
+        "import click, retention_pipeline.cli as cli\n"
+        "@cli.main.command('explode')\n"
+        "def explode():\n"
+        "    raise KeyError('no such thing')\n"
+        "from retention_pipeline.entry import main\n"
+        "main(['explode'])\n"
+    )
     env = os.environ | {"RETENTION_STATE_DIR": str(state_dir)}
     completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 1

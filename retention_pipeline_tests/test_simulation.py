@@ -5,10 +5,10 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from retention_pipeline.local import demo_data
 from retention_pipeline.errors import SettingsError
-from retention_pipeline.resources import AppDatabase
+from retention_pipeline.local import demo_data
 from retention_pipeline.local.simulation import SimulationConfig, SimulationConfigError, format_report, model_lift, run_simulation
+from retention_pipeline.resources import AppDatabase
 
 
 @pytest.fixture
@@ -88,8 +88,9 @@ def test_adaptive_allocation_shifts_sends_to_the_better_variant(fresh_db, instan
 def test_simulate_recovers_a_known_uplift_as_assigned_for_any_seed(fresh_db, instance, seed):
     """Small populations, a share of sends failing or unknown: the interval covers the intention-to-treat
     truth, failed and unknown sends are counted as emailed, and the fast model agrees with the pipeline."""
-    config = SimulationConfig(users=900, days=30, seed=seed, failed_send_share=0.15, unknown_send_share=0.05,
-                              unsubscribe_share=0.2)
+    config = SimulationConfig(
+        users=900, days=30, seed=seed, failed_send_share=0.15, unknown_send_share=0.05, unsubscribe_share=0.2
+    )
     result = run_simulation(fresh_db(), instance, config)
     print(format_report(result))
     row, truth = result.headline(7), result.truth
@@ -101,14 +102,16 @@ def test_simulate_recovers_a_known_uplift_as_assigned_for_any_seed(fresh_db, ins
     # Printed, not asserted: the fast model has no "declining" rule (its episodes start at 7 days of
     # inactivity; the pipeline catches most quitters earlier as declining), so its rows are not the same set.
     model = model_lift(config)
-    print(f"pipeline (inactive): treated {row['treated']}, holdout {row['holdout']}, lift {row['lift']:+.4f}; "
-          f"model: treated {model.treated}, holdout {model.holdout}, lift {model.measured.lift:+.4f}, "
-          f"truth {model.truth.intention_to_treat:+.4f}")
+    print(
+        f"pipeline (inactive): treated {row['treated']}, holdout {row['holdout']}, lift {row['lift']:+.4f}; "
+        f"model: treated {model.treated}, holdout {model.holdout}, lift {model.measured.lift:+.4f}, "
+        f"truth {model.truth.intention_to_treat:+.4f}"
+    )
     assert model.measured.ci_low <= model.truth.intention_to_treat <= model.measured.ci_high
 
 
-QUIT, COOLDOWN = 0.1, 45   # users who come back go quiet again within ~10 days; a long frequency cap
-UNSUBSCRIBE = 1.0          # nearly every delivered email ends in an unsubscribe: an extreme list, to make the bias plain
+QUIT, COOLDOWN = 0.1, 45  # users who come back go quiet again within ~10 days; a long frequency cap
+UNSUBSCRIBE = 1.0  # nearly every delivered email ends in an unsubscribe: an extreme list, to make the bias plain
 
 
 def test_symmetric_frequency_cap_keeps_the_model_on_the_truth_and_the_old_cap_is_caught():
@@ -122,7 +125,9 @@ def test_symmetric_frequency_cap_keeps_the_model_on_the_truth_and_the_old_cap_is
     print(f"fixed: {fixed.measured}, truth {fixed.truth}\nold: {old.measured}, truth {old.truth}")
     assert fixed.measured.ci_low <= fixed.truth.intention_to_treat <= fixed.measured.ci_high
     assert not old.measured.ci_low <= old.truth.intention_to_treat <= old.measured.ci_high, "the old bias went unseen"
-    assert old.truth.baseline_imbalance < fixed.truth.baseline_imbalance - 0.015, "the old cap gave the holdout likelier returners"
+    assert old.truth.baseline_imbalance < fixed.truth.baseline_imbalance - 0.015, (
+        "the old cap gave the holdout likelier returners"
+    )
 
 
 def test_symmetric_suppression_keeps_the_model_on_the_truth_and_the_old_filter_is_caught():
@@ -134,9 +139,11 @@ def test_symmetric_suppression_keeps_the_model_on_the_truth_and_the_old_filter_i
     config = SimulationConfig(users=5000, days=90, daily_quit_probability=QUIT, unsubscribe_share=UNSUBSCRIBE, seed=1)
     fixed = model_lift(config)
     old = model_lift(config, arm_per_user=True, suppress_before_assignment=True)
-    old_arms_only = model_lift(config, arm_per_user=True)   # the same arms, suppression recorded after the draw
-    print(f"fixed: {fixed.measured}, truth {fixed.truth}\nold: {old.measured}, truth {old.truth}\n"
-          f"old arms, suppression after the draw: {old_arms_only.measured}, truth {old_arms_only.truth}")
+    old_arms_only = model_lift(config, arm_per_user=True)  # the same arms, suppression recorded after the draw
+    print(
+        f"fixed: {fixed.measured}, truth {fixed.truth}\nold: {old.measured}, truth {old.truth}\n"
+        f"old arms, suppression after the draw: {old_arms_only.measured}, truth {old_arms_only.truth}"
+    )
     assert fixed.measured.ci_low <= fixed.truth.intention_to_treat <= fixed.measured.ci_high
     assert not old.measured.ci_low <= old.truth.intention_to_treat <= old.measured.ci_high, "the old bias went unseen"
     # The filter itself tilts the arms: with the same per-user arms, skipping before the draw moves the
@@ -145,15 +152,18 @@ def test_symmetric_suppression_keeps_the_model_on_the_truth_and_the_old_filter_i
     assert old.truth.baseline_imbalance < fixed.truth.baseline_imbalance - 0.015
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"days": 0}, "days must be at least 1 (got 0)"),
-    ({"true_uplift": -1.5}, "uplift must be between -1 and 1 (got -1.5)"),
-    ({"true_uplift": 1.2}, "uplift must be between -1 and 1 (got 1.2)"),
-    ({"base_return_7d": 1.3}, "base_return_7d is a probability in [0, 1] (got 1.3)"),
-    ({"failed_send_share": -0.1}, "failed_send_share is a probability in [0, 1] (got -0.1)"),
-    ({"unsubscribe_share": 1.5}, "unsubscribe_share is a probability in [0, 1] (got 1.5)"),
-    ({"base_return_7d": 0.2, "true_uplift": -0.5}, "base return 0.2 plus uplift -0.5 is not a probability"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"days": 0}, "days must be at least 1 (got 0)"),
+        ({"true_uplift": -1.5}, "uplift must be between -1 and 1 (got -1.5)"),
+        ({"true_uplift": 1.2}, "uplift must be between -1 and 1 (got 1.2)"),
+        ({"base_return_7d": 1.3}, "base_return_7d is a probability in [0, 1] (got 1.3)"),
+        ({"failed_send_share": -0.1}, "failed_send_share is a probability in [0, 1] (got -0.1)"),
+        ({"unsubscribe_share": 1.5}, "unsubscribe_share is a probability in [0, 1] (got 1.5)"),
+        ({"base_return_7d": 0.2, "true_uplift": -0.5}, "base return 0.2 plus uplift -0.5 is not a probability"),
+    ],
+)
 def test_nonsense_simulation_settings_are_rejected_with_one_clear_line(settings, message):
     with pytest.raises(SimulationConfigError) as caught:
         SimulationConfig(**settings)
@@ -177,8 +187,9 @@ def test_coverage_benchmark_writes_its_report(tmp_path):
     """`uv run python -m benchmarks.coverage`, tiny: every run lands in the report, with the coverage column."""
     from benchmarks.coverage import main as coverage
 
-    result = CliRunner().invoke(coverage, ["--seeds", "2", "--users", "300", "--days", "20", "--workers", "1",
-                                           "--results-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        coverage, ["--seeds", "2", "--users", "300", "--days", "20", "--workers", "1", "--results-dir", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     report = next(tmp_path.glob("*-coverage-per-episode.md")).read_text()
     assert "| +0.00 | every assignment (fixed) | 2 |" in report and "| +0.10 | every assignment (fixed) | 2 |" in report

@@ -16,9 +16,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from retention_pipeline import clock
 from retention_pipeline.definitions import email_sender
+from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.senders import OutgoingEmail, ResendSender, SenderConfigurationError, TransientSendError
 from retention_pipeline.outreach.senders.smtp import SmtpSender, smtp_message_id
-from retention_pipeline.local.runner import run_job
 from retention_pipeline_tests.scenario import live_campaign
 from retention_pipeline_tests.test_emails import AS_OF, MORNING_AFTER, build_world, expected_recipients, sends
 
@@ -67,8 +67,9 @@ def _free_port() -> int:
 def smtp_server():
     """A server that requires a login (over plain SMTP here; TLS has its own tests)."""
     mailbox = Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate,
-                            auth_required=True, auth_require_tls=False)
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate, auth_required=True, auth_require_tls=False
+    )
     controller.start()
     try:
         yield mailbox, controller.port
@@ -77,15 +78,25 @@ def smtp_server():
 
 
 def _sender(port: int, **options) -> SmtpSender:
-    settings = {"host": "127.0.0.1", "port": port, "security": "none", "username": USER, "password": PASSWORD,
-                "backoff_base_seconds": 0.01, "timeout_seconds": 5} | options
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "username": USER,
+        "password": PASSWORD,
+        "backoff_base_seconds": 0.01,
+        "timeout_seconds": 5,
+    } | options
     return SmtpSender(**settings)
 
 
 def _email(to: str = "jane@example.com") -> OutgoingEmail:
     return OutgoingEmail(
-        to=to, from_address="Acme <hello@acme.example>", subject="Pick up where you left off in Acme",
-        html="<p>Hi Jane,</p>", text="Hi Jane,",
+        to=to,
+        from_address="Acme <hello@acme.example>",
+        subject="Pick up where you left off in Acme",
+        html="<p>Hi Jane,</p>",
+        text="Hi Jane,",
         headers={"List-Unsubscribe": f"<{UNSUBSCRIBE}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         tags={"campaign": "winback", "step": "1", "variant": "recap"},
     )
@@ -107,7 +118,8 @@ def test_smtp_delivers_with_unsubscribe_headers_and_a_message_id_from_the_key(sm
     assert message.get_body(("html",)).get_content().strip() == "<p>Hi Jane,</p>"
     # The connection is reused for the next message; each message keeps its own id.
     assert sender.send_batch([_email("joe@example.com")], "winback-2026-05-20-s1-18").provider_ids == [
-        "<winback-2026-05-20-s1-18.0@acme.example>"]
+        "<winback-2026-05-20-s1-18.0@acme.example>"
+    ]
     assert mailbox.recipients() == ["jane@example.com", "joe@example.com"]
     assert PASSWORD not in repr(sender) and PASSWORD not in str(sender)
 
@@ -156,9 +168,28 @@ def test_smtp_batches_hold_one_message():
 @pytest.fixture
 def tls_files(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context, str(cert)
@@ -169,10 +200,14 @@ def test_smtp_tls_starttls_and_implicit_with_a_private_ca(tls_files, security):
     context, ca_file = tls_files
     mailbox = Mailbox()
     # aiosmtpd counts only STARTTLS as TLS for AUTH; with implicit TLS the whole connection is encrypted anyway.
-    tls = ({"tls_context": context, "require_starttls": True} if security == "starttls"
-           else {"ssl_context": context, "auth_require_tls": False})
-    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate,
-                            auth_required=True, **tls)
+    tls = (
+        {"tls_context": context, "require_starttls": True}
+        if security == "starttls"
+        else {"ssl_context": context, "auth_require_tls": False}
+    )
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate, auth_required=True, **tls
+    )
     controller.start()
     try:
         assert _sender(controller.port, security=security, tls_ca_file=ca_file).send_batch([_email()], "k").error is None
@@ -209,12 +244,26 @@ def test_daily_job_with_the_smtp_sender_delivers_each_email_once(app_db_env, ins
     mailbox.data_replies = ["451 4.3.0 Try again later"]  # the first message needs a retry
     sender = _sender(port)
     with clock.frozen_at(MORNING_AFTER):
-        result = run_job(instance, "daily_retention_job", (AS_OF - timedelta(days=40)).isoformat(), AS_OF.isoformat(),
-                         resources={"email_sender": sender}, run_config=live_campaign(), quiet=True)
+        result = run_job(
+            instance,
+            "daily_retention_job",
+            (AS_OF - timedelta(days=40)).isoformat(),
+            AS_OF.isoformat(),
+            resources={"email_sender": sender},
+            run_config=live_campaign(),
+            quiet=True,
+        )
         assert result.success
         # A re-run finds nothing pending and sends nothing again.
-        assert run_job(instance, "daily_retention_job", AS_OF.isoformat(), resources={"email_sender": sender},
-                       assets=["reengagement_emails"], run_config=live_campaign(), quiet=True).success
+        assert run_job(
+            instance,
+            "daily_retention_job",
+            AS_OF.isoformat(),
+            resources={"email_sender": sender},
+            assets=["reengagement_emails"],
+            run_config=live_campaign(),
+            quiet=True,
+        ).success
     delivered = mailbox.recipients()
     assert Counter(delivered).most_common(1)[0][1] == 1, "an email arrived twice"
     assert set(delivered) == expected_recipients(kinds) - {"user10@example.com"}

@@ -32,14 +32,16 @@ def test_one_row_per_user_day_with_figures(s: Scenario, instance):
     s.user(2, utc(2025, 1, 1))
     s.user(3, utc(2025, 1, 1))
     # User 1, 2025-03-03: 3 x create_task, 2 x comment (the mode is create_task) and two sessions.
-    s.events([
-        (1, utc(2025, 3, 3, 9, 0), "comment"),
-        (1, utc(2025, 3, 3, 9, 5), "create_task"),
-        (1, utc(2025, 3, 3, 10, 0), "create_task"),
-        (1, utc(2025, 3, 3, 23, 59, 59), "create_task"),
-        (1, utc(2025, 3, 3, 11, 0), "comment"),
-        (1, utc(2025, 3, 4, 0, 0), "upload_file"),  # midnight belongs to the next day
-    ])
+    s.events(
+        [
+            (1, utc(2025, 3, 3, 9, 0), "comment"),
+            (1, utc(2025, 3, 3, 9, 5), "create_task"),
+            (1, utc(2025, 3, 3, 10, 0), "create_task"),
+            (1, utc(2025, 3, 3, 23, 59, 59), "create_task"),
+            (1, utc(2025, 3, 3, 11, 0), "comment"),
+            (1, utc(2025, 3, 4, 0, 0), "upload_file"),  # midnight belongs to the next day
+        ]
+    )
     s.session(1, utc(2025, 3, 3, 9, 0), utc(2025, 3, 3, 9, 30))
     s.session(1, utc(2025, 3, 3, 22, 0), utc(2025, 3, 4, 0, 15))  # counted on its start day
     s.session(1, utc(2025, 3, 3, 23, 0), None)  # no last_seen_at: zero minutes
@@ -73,9 +75,15 @@ def test_one_row_per_user_day_with_figures(s: Scenario, instance):
 
 def test_orphan_events_are_counted_not_stored(s: Scenario, instance):
     s.user(1, utc(2025, 1, 1))
-    s.events([(1, utc(2025, 3, 3, 9), "a"), (None, utc(2025, 3, 3, 9), "view_pricing"),
-              (None, utc(2025, 3, 4, 9), "view_pricing"), (77, utc(2025, 3, 4, 9), "a"),
-              (None, utc(2025, 3, 6, 9), "outside_window")])
+    s.events(
+        [
+            (1, utc(2025, 3, 3, 9), "a"),
+            (None, utc(2025, 3, 3, 9), "view_pricing"),
+            (None, utc(2025, 3, 4, 9), "view_pricing"),
+            (77, utc(2025, 3, 4, 9), "a"),
+            (None, utc(2025, 3, 6, 9), "outside_window"),
+        ]
+    )
     s.session(78, utc(2025, 3, 3, 9), utc(2025, 3, 3, 10))  # session of an unknown user: no row either
     result = run_job(instance, JOB, "2025-03-03", "2025-03-04")
     assert result.success
@@ -129,8 +137,11 @@ def test_ninety_day_range_is_one_run(s: Scenario, instance):
     result = run_job(instance, JOB, "2025-01-01", "2025-03-31")
     assert result.success
     assert len(instance.get_runs()) == 1
-    snap = [e for e in result.get_asset_materialization_events()
-            if e.step_materialization_data.materialization.asset_key.path[-1] == "daily_activity_snapshots"]
+    snap = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.step_materialization_data.materialization.asset_key.path[-1] == "daily_activity_snapshots"
+    ]
     assert {e.step_materialization_data.materialization.partition for e in snap} == {d.isoformat() for d in days}
     rows = s.daily_activity()
     assert len(rows) == 90 + 30
@@ -164,8 +175,9 @@ def _runs_in_berlin(db_url: str, *key_ranges: list[str]) -> list[dict]:
     """Each key range as one run, in one subprocess whose project timezone is Europe/Berlin; returns
     success and the daily_activity rows after each run."""
     env = {**os.environ, "RETENTION_TIMEZONE": "Europe/Berlin", "RETENTION_DATABASE_URL": db_url}
-    done = subprocess.run([sys.executable, "-c", _DST_SCRIPT, json.dumps(key_ranges)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _DST_SCRIPT, json.dumps(key_ranges)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -173,13 +185,15 @@ def _runs_in_berlin(db_url: str, *key_ranges: list[str]) -> list[dict]:
 def test_dst_spring_forward_day_in_berlin(s: Scenario):
     """2026-03-29 has 23 hours in Europe/Berlin (clocks jump from 02:00 CET to 03:00 CEST)."""
     s.user(1, utc(2026, 1, 1))
-    s.events([
-        (1, utc(2026, 3, 28, 22, 30), "sat_late"),   # 23:30 CET on the 28th
-        (1, utc(2026, 3, 28, 23, 30), "sun_early"),  # 00:30 CET on the 29th
-        (1, utc(2026, 3, 29, 1, 30), "sun_jump"),    # 03:30 CEST on the 29th (just after the jump)
-        (1, utc(2026, 3, 29, 21, 30), "sun_late"),   # 23:30 CEST on the 29th
-        (1, utc(2026, 3, 29, 22, 30), "mon_early"),  # 00:30 CEST on the 30th
-    ])
+    s.events(
+        [
+            (1, utc(2026, 3, 28, 22, 30), "sat_late"),  # 23:30 CET on the 28th
+            (1, utc(2026, 3, 28, 23, 30), "sun_early"),  # 00:30 CET on the 29th
+            (1, utc(2026, 3, 29, 1, 30), "sun_jump"),  # 03:30 CEST on the 29th (just after the jump)
+            (1, utc(2026, 3, 29, 21, 30), "sun_late"),  # 23:30 CEST on the 29th
+            (1, utc(2026, 3, 29, 22, 30), "mon_early"),  # 00:30 CEST on the 30th
+        ]
+    )
     s.session(1, utc(2026, 3, 29, 21, 45), utc(2026, 3, 29, 21, 55))  # 23:45 CEST on the 29th
     single, neighbours = _runs_in_berlin(s.db.url, ["2026-03-29"], ["2026-03-28", "2026-03-30"])
 

@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from retention_pipeline.outreach.planning import record_success_definition, run_config_campaign
 from retention_pipeline.outreach.campaign import CampaignConfig
+from retention_pipeline.outreach.planning import record_success_definition, run_config_campaign
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.scenario import Scenario
 from retention_pipeline_tests.test_outcomes import (
@@ -26,10 +26,10 @@ def mixed_returns(app_db_env):
     for user_id in range(1, 5):
         s.user(user_id, SENT_AT - timedelta(days=90))
         add_send(db, user_id, user_id)
-    s.event(1, SENT_AT + timedelta(hours=1), "view_dashboard")                     # opened the app once
-    s.event(2, SENT_AT + timedelta(hours=2), "create_task")                        # real work, twice
+    s.event(1, SENT_AT + timedelta(hours=1), "view_dashboard")  # opened the app once
+    s.event(2, SENT_AT + timedelta(hours=2), "create_task")  # real work, twice
     s.event(2, SENT_AT + timedelta(days=2), "complete_task")
-    s.event(3, SENT_AT + timedelta(days=1), "complete_task")                       # real work, once
+    s.event(3, SENT_AT + timedelta(days=1), "complete_task")  # real work, once
     s.event(3, SENT_AT + timedelta(days=1, hours=1), "login")
     # user 4: never returns
     return db
@@ -55,7 +55,9 @@ def test_success_counts_only_meaningful_events_with_a_minimum(mixed_returns, ins
 
 
 def test_success_of_one_meaningful_event(mixed_returns, instance):
-    record_success_definition(mixed_returns, run_config_campaign(CampaignConfig(success_event_types=["create_task", "complete_task"])))
+    record_success_definition(
+        mixed_returns, run_config_campaign(CampaignConfig(success_event_types=["create_task", "complete_task"]))
+    )
     evaluate(instance, SEND_DAY + timedelta(days=20))
     o = outcomes(mixed_returns)
     assert [o[(u, 7)]["returned"] for u in (1, 2, 3, 4)] == [False, True, True, False]

@@ -14,9 +14,7 @@ import threading
 import time
 from datetime import timedelta
 
-import psycopg2
 import pytest
-import sqlalchemy as sa
 
 from retention_pipeline.activity.trigger import (
     TRIGGER_NAME,
@@ -25,8 +23,8 @@ from retention_pipeline.activity.trigger import (
     trigger_state,
     uninstall_trigger,
 )
-from retention_pipeline.resources import AppDatabase
 from retention_pipeline.local.runner import run_job
+from retention_pipeline.resources import AppDatabase
 from retention_pipeline.settings import STATE_DIR
 from retention_pipeline_tests.roles import connect_as, create_app_database, production_cluster, role_url
 from retention_pipeline_tests.scenario import check_metadata, utc
@@ -87,12 +85,19 @@ def test_install_needs_neither_superuser_nor_ownership(cluster, database, retent
     assert me == [{"rolsuper": False, "rolcreaterole": False, "rolcreatedb": False}]
     assert retention.scalar("SELECT tableowner FROM pg_tables WHERE tablename = 'events'") == "app"
     # The superuser's grants are recorded as the owner's.
-    assert retention.scalar("SELECT grantor FROM information_schema.table_privileges "
-                            "WHERE table_name = 'events' AND privilege_type = 'TRIGGER' AND grantee = 'retention'") == "app"
+    assert (
+        retention.scalar(
+            "SELECT grantor FROM information_schema.table_privileges "
+            "WHERE table_name = 'events' AND privilege_type = 'TRIGGER' AND grantee = 'retention'"
+        )
+        == "app"
+    )
     assert install_trigger(retention) == 0
     assert trigger_state(retention) == "enabled"
-    function = rows(retention, "SELECT pg_get_userbyid(proowner) AS owner, prosecdef, proconfig FROM pg_proc "
-                               "WHERE proname = 'track_user_activity'")
+    function = rows(
+        retention,
+        "SELECT pg_get_userbyid(proowner) AS owner, prosecdef, proconfig FROM pg_proc WHERE proname = 'track_user_activity'",
+    )
     assert function == [{"owner": "retention", "prosecdef": True, "proconfig": ["search_path=pg_catalog, pg_temp"]}]
     assert install_trigger(retention) == 0  # idempotent
     uninstall_trigger(retention)  # without owning events: dropping its function drops the trigger
@@ -108,7 +113,9 @@ def test_an_insert_only_role_keeps_activity_current(cluster, database, retention
     assert drain_activity_queue(retention) == 4
     assert rows(retention, TRACKED) == rows(retention, RECOMPUTED)
     assert [(r["user_id"], r["last_event_type"], r["event_count"]) for r in rows(retention, TRACKED)] == [
-        (1, "b", 3), (2, "c", 1)]
+        (1, "b", 3),
+        (2, "c", 1),
+    ]
 
 
 SUBXACT_SQL = """
@@ -126,8 +133,9 @@ def _subxacts_after_100_inserts(cluster, database, writer) -> tuple[int, bool]:
         pid = cur.fetchone()[0]
         base = 1_000_000 * (1 + next(_counter))
         for n in range(100):
-            cur.execute("INSERT INTO events (id, user_id, occurred_at, event_type) VALUES (%s, %s, %s, 'x')",
-                        (base + n, n % 7 + 1, T0))
+            cur.execute(
+                "INSERT INTO events (id, user_id, occurred_at, event_type) VALUES (%s, %s, %s, 'x')", (base + n, n % 7 + 1, T0)
+            )
     observer = cluster.connect(database)
     try:
         with observer.cursor() as cur:
@@ -184,8 +192,12 @@ def test_install_under_concurrent_inserts_equals_a_computation_from_scratch(clus
                 if n % 3:
                     batch = [(next(ids), n % 6000 + 1, T0 + timedelta(seconds=n % 50), f"new_{n % 4}")]
                 else:  # a batch with a tie on occurred_at and a late event
-                    batch = [(next(ids), n % 6000 + 1, T0, "tie"), (next(ids), n % 6000 + 1, T0, "tie2"),
-                             (next(ids), n % 6000 + 1, T0 - timedelta(days=3), "late"), (next(ids), None, T0, "anon")]
+                    batch = [
+                        (next(ids), n % 6000 + 1, T0, "tie"),
+                        (next(ids), n % 6000 + 1, T0, "tie2"),
+                        (next(ids), n % 6000 + 1, T0 - timedelta(days=3), "late"),
+                        (next(ids), None, T0, "anon"),
+                    ]
                 insert(writer, batch)
                 inserted.append((time.monotonic(), len(batch)))
         except Exception as exc:  # noqa: BLE001 - reported by the test below
@@ -205,12 +217,14 @@ def test_install_under_concurrent_inserts_equals_a_computation_from_scratch(clus
     drain_activity_queue(retention)
     assert rows(retention, TRACKED) == rows(retention, RECOMPUTED)
     assert retention.scalar("SELECT sum(events) FROM {rs}.trigger_event_counts") == retention.scalar(
-        "SELECT count(*) FROM events WHERE user_id IS NOT NULL")
+        "SELECT count(*) FROM events WHERE user_id IS NOT NULL"
+    )
 
 
 def _trigger_health(instance, retention) -> dict:
-    result = run_job(instance, "daily_retention_job", DAY, resources={"app_db": retention},
-                     assets=["daily_activity_snapshots"], quiet=True)
+    result = run_job(
+        instance, "daily_retention_job", DAY, resources={"app_db": retention}, assets=["daily_activity_snapshots"], quiet=True
+    )
     assert result.success
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "trigger_health")
     return {"passed": evaluation.passed, **check_metadata(result, "trigger_health")}
@@ -220,8 +234,13 @@ def test_trigger_health_fails_when_the_owner_disables_the_trigger(cluster, datab
     install_trigger(retention)
     insert(writer, [(1, 1, T0, "a"), (2, None, T0, "anon"), (3, 2, T0 + timedelta(hours=3), "b")])
     healthy = _trigger_health(instance, retention)
-    assert healthy == {"passed": True, "trigger": "enabled", "events_with_user": 2, "events_recorded_by_trigger": 2,
-                       "events_not_recorded": 0}
+    assert healthy == {
+        "passed": True,
+        "trigger": "enabled",
+        "events_with_user": 2,
+        "events_recorded_by_trigger": 2,
+        "events_not_recorded": 0,
+    }
 
     app = connect_as(cluster, database, "app")
     with app.cursor() as cur:
@@ -229,8 +248,13 @@ def test_trigger_health_fails_when_the_owner_disables_the_trigger(cluster, datab
     app.commit()
     insert(writer, [(4, 1, T0 + timedelta(hours=4), "missed")])
     disabled = _trigger_health(instance, retention)
-    assert disabled == {"passed": False, "trigger": "disabled", "events_with_user": 3, "events_recorded_by_trigger": 2,
-                        "events_not_recorded": 1}
+    assert disabled == {
+        "passed": False,
+        "trigger": "disabled",
+        "events_with_user": 3,
+        "events_recorded_by_trigger": 2,
+        "events_not_recorded": 1,
+    }
 
     # Enabled again by the owner: the trigger works, but the event it missed is still missing.
     with app.cursor() as cur:
@@ -251,4 +275,3 @@ def test_trigger_health_fails_without_the_trigger(database, retention, instance)
     uninstall_trigger(retention)
     health = _trigger_health(instance, retention)
     assert (health["passed"], health["trigger"]) == (False, "missing")
-

@@ -63,8 +63,9 @@ VIEWPORT = {"width": 1600, "height": 1000}
 
 def _unavailable(reason: str) -> None:
     if in_ci():
-        pytest.fail(f"{reason} CI must run the UI test: .ci/run installs Debian's chromium "
-                    "(apt-get install chromium).", pytrace=False)
+        pytest.fail(
+            f"{reason} CI must run the UI test: .ci/run installs Debian's chromium (apt-get install chromium).", pytrace=False
+        )
     pytest.skip(reason)
 
 
@@ -77,8 +78,11 @@ def chromium_path() -> str:
     path = find_chromium()
     if path is None:
         explicit = os.environ.get("RETENTION_CHROMIUM")
-        _unavailable(f"RETENTION_CHROMIUM={explicit} is not an executable." if explicit else
-                     "No Chromium found (/usr/bin/chromium or `chromium` on PATH; `apt-get install chromium`).")
+        _unavailable(
+            f"RETENTION_CHROMIUM={explicit} is not an executable."
+            if explicit
+            else "No Chromium found (/usr/bin/chromium or `chromium` on PATH; `apt-get install chromium`)."
+        )
     return path
 
 
@@ -142,8 +146,9 @@ def _dismiss_community_dialog(page) -> None:
 def _in_viewport(locator, page) -> bool:
     box = locator.bounding_box()
     size = page.viewport_size
-    return (bool(box) and box["width"] > 0 and box["height"] > 0
-            and 0 <= box["x"] < size["width"] and 0 <= box["y"] < size["height"])
+    return (
+        bool(box) and box["width"] > 0 and box["height"] > 0 and 0 <= box["x"] < size["width"] and 0 <= box["y"] < size["height"]
+    )
 
 
 def _on_screen(page, text: str) -> bool:
@@ -298,6 +303,7 @@ def test_schedules_are_running_and_checks_pass(page, dagster_ui, artifacts):
     _dismiss_community_dialog(page)
     for name in SCHEDULES:
         page.get_by_text(name, exact=True).wait_for()
+
     # The rows render first and their toggles fill in once each schedule's state has loaded.
     def toggles():
         return page.evaluate(_SWITCHES_JS, list(SCHEDULES))
@@ -513,7 +519,9 @@ def test_backfill_of_14_days_runs_as_one_run(page, dagster_ui, artifacts, backfi
     page.get_by_text("Succeeded", exact=True).first.wait_for()
     for asset in ("daily_activity_snapshots", "dormant_users"):
         # Asset name, progress, then the columns: targeted, in progress, succeeded, failed.
-        row = wait_until(lambda: _row_text(page, asset, r"completed(\s+\d+){4}"), 30, f"the {asset} row", interval=0.5)
+        row = wait_until(
+            lambda asset=asset: _row_text(page, asset, r"completed(\s+\d+){4}"), 30, f"the {asset} row", interval=0.5
+        )
         counts = [int(n) for n in re.findall(r"\d+", row.split("completed", 1)[1])]
         assert counts == [BACKFILL_DAYS, 0, BACKFILL_DAYS, 0], (asset, row)
     page.screenshot(path=str(artifacts / "02-backfill.png"))

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import hmac
+import itertools
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from retention_pipeline import clock
-from retention_pipeline.outreach.web import create_blueprint, mask_email
 from retention_pipeline.outreach.tokens import (
     InvalidSignature,
     InvalidToken,
@@ -25,6 +24,7 @@ from retention_pipeline.outreach.tokens import (
     verify_svix_signature,
     verify_unsubscribe_token,
 )
+from retention_pipeline.outreach.web import create_blueprint, mask_email
 from retention_pipeline.schema import install_schema
 from retention_pipeline_tests.web_app import create_app, sign_svix
 
@@ -33,7 +33,7 @@ OLD_SECRET = "retired-unsubscribe-secret"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-tests-0123456789").decode()
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"some-other-key-entirely-98765432").decode()
 ISSUED = date(2025, 3, 10)
-NOW = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 UNSUBSCRIBE = "/retention/unsubscribe"
 WEBHOOK = "/retention/webhooks/resend"
 ONE_CLICK = {"data": "List-Unsubscribe=One-Click", "content_type": "application/x-www-form-urlencoded"}
@@ -111,7 +111,9 @@ def test_token_rotation_old_key_still_verifies_unknown_key_id_refused():
         claim = verify_unsubscribe_token(rotated, legacy_token(secret, "Jane@Example.com", "winback", ISSUED), ISSUED)
         assert claim == UnsubscribeClaim(issued_on=ISSUED, email="jane@example.com", campaign="winback")
     with pytest.raises(InvalidToken, match="expired"):
-        verify_unsubscribe_token(rotated, legacy_token(OLD_SECRET, "a@example.com", "winback", ISSUED), ISSUED + timedelta(days=366))
+        verify_unsubscribe_token(
+            rotated, legacy_token(OLD_SECRET, "a@example.com", "winback", ISSUED), ISSUED + timedelta(days=366)
+        )
 
 
 def test_token_tampering_refused():
@@ -139,8 +141,21 @@ def test_token_tampering_refused():
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "garbage", "v1.abc", "v1..", "v2.eyJ9.AAAA", "v1.eyJ9.AAAA.extra", "v1.e=J9.AAAA", "v1.é.AAAA", "v1." + "A" * 5000,
-     "v2....", "v2.kid.AAAA.20250310.AAAA", f"v2.{key_id(SECRET)}.{REF}.2025031.AAAA", "v3.a.b.c.d"],
+    [
+        "",
+        "garbage",
+        "v1.abc",
+        "v1..",
+        "v2.eyJ9.AAAA",
+        "v1.eyJ9.AAAA.extra",
+        "v1.e=J9.AAAA",
+        "v1.é.AAAA",
+        "v1." + "A" * 5000,
+        "v2....",
+        "v2.kid.AAAA.20250310.AAAA",
+        f"v2.{key_id(SECRET)}.{REF}.2025031.AAAA",
+        "v3.a.b.c.d",
+    ],
 )
 def test_malformed_tokens_are_rejected(bad):
     with pytest.raises(InvalidToken):
@@ -248,7 +263,10 @@ def _sent(db, email: str, campaign: str = "winback", secret: str = SECRET, issue
 
 
 def _suppressions(db) -> list[tuple]:
-    return [tuple(r) for r in db.fetch_all("SELECT email, reason, source, detail, created_at FROM {rs}.email_suppressions ORDER BY email")]
+    return [
+        tuple(r)
+        for r in db.fetch_all("SELECT email, reason, source, detail, created_at FROM {rs}.email_suppressions ORDER BY email")
+    ]
 
 
 def _receipts(db) -> list[tuple]:
@@ -301,14 +319,29 @@ def _bad_tokens(db) -> dict[str, str]:
         "other_send": ".".join([version, kid, new_send_ref(), issued, signature]),
         "signed_but_no_such_send": make_unsubscribe_token(SECRET, new_send_ref(), ISSUED),
         "altered_legacy_email": _replace_payload(legacy, e="someone.else@example.com"),
-        "flipped_signature": ".".join([version, kid, ref, issued, signature[:5] + ("A" if signature[5] != "A" else "B") + signature[6:]]),
+        "flipped_signature": ".".join(
+            [version, kid, ref, issued, signature[:5] + ("A" if signature[5] != "A" else "B") + signature[6:]]
+        ),
         "malformed": "v2.this-is-not-a-token",
         "empty": "",
     }
 
 
-@pytest.mark.parametrize("kind", ["forged", "retired_key_not_configured", "other_send", "signed_but_no_such_send",
-                                  "altered_legacy_email", "flipped_signature", "malformed", "empty", "absent", "expired"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "forged",
+        "retired_key_not_configured",
+        "other_send",
+        "signed_but_no_such_send",
+        "altered_legacy_email",
+        "flipped_signature",
+        "malformed",
+        "empty",
+        "absent",
+        "expired",
+    ],
+)
 def test_bad_tokens_get_400_and_write_nothing(client, app_db, kind):
     if kind == "expired":
         token = _sent(app_db, "victim@example.com", issued_on=ISSUED)
@@ -348,7 +381,10 @@ def test_token_rotation_through_the_endpoint(app_db):
 def test_html_in_the_address_is_escaped(client, app_db):
     email = "<img/src=x/onerror=alert(1)>@<script>alert(1)</script>.example"
     token = _sent(app_db, email, "<b>campaign</b>")
-    for response in (client.get(UNSUBSCRIBE, query_string={"token": token}), client.post(UNSUBSCRIBE, query_string={"token": token})):
+    for response in (
+        client.get(UNSUBSCRIBE, query_string={"token": token}),
+        client.post(UNSUBSCRIBE, query_string={"token": token}),
+    ):
         html = response.get_data(as_text=True)
         assert response.status_code == 200
         assert "<script>" not in html and "<img" not in html
@@ -368,14 +404,24 @@ def _event(kind: str, *to: str, **data) -> dict:
 
 def test_webhook_bounced_and_complained_suppress(client, app_db):
     bounce = {"message": "mailbox does not exist", "subType": "General", "type": "Permanent"}
-    response = _deliver(client, _event("email.bounced", "Gone@Example.com", "Also Gone <also@example.com>", bounce=bounce), "msg_b")
+    response = _deliver(
+        client, _event("email.bounced", "Gone@Example.com", "Also Gone <also@example.com>", bounce=bounce), "msg_b"
+    )
     assert response.status_code == 200 and response.get_json() == {"status": "processed", "suppressed": 2}
     response = _deliver(client, _event("email.complained", "angry@example.com"), "msg_c")
     assert response.status_code == 200
     rows = {row[0]: row[1:4] for row in _suppressions(app_db)}
     assert rows == {
-        "gone@example.com": ("bounced", "resend_webhook", "email_id=em_123; bounce=Permanent/General; message=mailbox does not exist"),
-        "also@example.com": ("bounced", "resend_webhook", "email_id=em_123; bounce=Permanent/General; message=mailbox does not exist"),
+        "gone@example.com": (
+            "bounced",
+            "resend_webhook",
+            "email_id=em_123; bounce=Permanent/General; message=mailbox does not exist",
+        ),
+        "also@example.com": (
+            "bounced",
+            "resend_webhook",
+            "email_id=em_123; bounce=Permanent/General; message=mailbox does not exist",
+        ),
         "angry@example.com": ("complained", "resend_webhook", "email_id=em_123"),
     }
     assert _receipts(app_db) == [("msg_b", "email.bounced"), ("msg_c", "email.complained")]
@@ -428,7 +474,14 @@ def test_webhook_other_events_are_acknowledged_and_ignored(client, app_db):
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b'{"data": {}}', b'{"type": "email.bounced", "data": {"to": 5}}', b'{"type": "email.bounced"}', b"\xff\xfe"],
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"data": {}}',
+        b'{"type": "email.bounced", "data": {"to": 5}}',
+        b'{"type": "email.bounced"}',
+        b"\xff\xfe",
+    ],
 )
 def test_webhook_malformed_body_with_valid_signature_is_400(client, app_db, body):
     response = _deliver(client, None, "msg_bad", body=body)

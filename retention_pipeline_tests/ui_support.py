@@ -137,8 +137,13 @@ class DagsterUI:
         with open(log, "w") as stderr:
             result = subprocess.run(
                 cli_command("demo", "--users", str(users)),
-                cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                timeout=timeout, start_new_session=True,
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                timeout=timeout,
+                start_new_session=True,
             )
         self.timings["demo"] = time.monotonic() - started
         self.demo_output = result.stdout
@@ -153,8 +158,12 @@ class DagsterUI:
         self._dev_log = open(self.log_dir / "dev.log", "w")
         self.process = subprocess.Popen(
             cli_command("dev", "--port", str(self.port)),
-            cwd=PROJECT_ROOT, env=self.env, stdout=self._dev_log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=self._dev_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -193,8 +202,9 @@ class DagsterUI:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-                raise AssertionError(f"`retention-pipeline dev` ignored SIGTERM for {timeout:.0f} s:\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"`retention-pipeline dev` ignored SIGTERM for {timeout:.0f} s:\n{self.log_tail()}"
+                ) from None
         self.timings["dev_stop"] = time.monotonic() - started
         self._dev_log.close()
         self.process = None

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask
 
@@ -16,10 +16,13 @@ from retention_pipeline.outreach.web import create_blueprint
 from retention_pipeline.resources import AppDatabase
 
 
-def create_app(db: AppDatabase, unsubscribe_secret: str, webhook_secret: str | None = None,
-               old_unsubscribe_secrets: Iterable[str] | str = ()) -> Flask:
+def create_app(
+    db: AppDatabase, unsubscribe_secret: str, webhook_secret: str | None = None, old_unsubscribe_secrets: Iterable[str] | str = ()
+) -> Flask:
     app = Flask(__name__)
-    app.register_blueprint(create_blueprint(db, unsubscribe_secret, webhook_secret, old_unsubscribe_secrets=old_unsubscribe_secrets))
+    app.register_blueprint(
+        create_blueprint(db, unsubscribe_secret, webhook_secret, old_unsubscribe_secrets=old_unsubscribe_secrets)
+    )
     return app
 
 
@@ -27,7 +30,7 @@ def sign_svix(secret: str, svix_id: str, timestamp: int | datetime, body: bytes)
     """Headers of a delivery: base64 of HMAC-SHA256 over "{id}.{timestamp}.{body}", keyed with the base64
     part of the `whsec_` secret."""
     if isinstance(timestamp, datetime):
-        timestamp = (timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=timezone.utc)).timestamp()
+        timestamp = (timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)).timestamp()
     seconds = str(int(timestamp))
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signature = base64.b64encode(hmac.new(key, f"{svix_id}.{seconds}.".encode() + body, hashlib.sha256).digest()).decode()

@@ -4,7 +4,6 @@ import time
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -15,6 +14,7 @@ from dagster import (
     TimeWindow,
     asset,
 )
+from sqlalchemy import text
 
 from retention_pipeline.activity.checks import activity_check_results
 from retention_pipeline.activity.config import SnapshotConfig
@@ -87,16 +87,28 @@ GROUP BY activity_date ORDER BY activity_date
     check_specs=[
         # ERROR but not blocking: the day's analytics still go on; dormant_users' blocking
         # activity_ingested check is what keeps the emails from going out on such a day.
-        AssetCheckSpec("events_vs_trailing_median", asset="daily_activity_snapshots",
-                       description="The run's last day has events, at least min_events_share_of_median of the median "
-                                   "of the 7 days before (fails on an ingestion break)."),
-        AssetCheckSpec("orphan_events", asset="daily_activity_snapshots",
-                       description="Events in the window whose user_id is NULL or unknown: counted, not dropped silently (warns)."),
-        AssetCheckSpec("trigger_health", asset="daily_activity_snapshots",
-                       description="The events trigger is installed and enabled, and every event of the window "
-                                   "with a user id reached user_activity through it (fails otherwise)."),
-        AssetCheckSpec("not_empty", asset="daily_activity_snapshots",
-                       description="Every day of the window has at least one active user (warns on an empty day)."),
+        AssetCheckSpec(
+            "events_vs_trailing_median",
+            asset="daily_activity_snapshots",
+            description="The run's last day has events, at least min_events_share_of_median of the median "
+            "of the 7 days before (fails on an ingestion break).",
+        ),
+        AssetCheckSpec(
+            "orphan_events",
+            asset="daily_activity_snapshots",
+            description="Events in the window whose user_id is NULL or unknown: counted, not dropped silently (warns).",
+        ),
+        AssetCheckSpec(
+            "trigger_health",
+            asset="daily_activity_snapshots",
+            description="The events trigger is installed and enabled, and every event of the window "
+            "with a user id reached user_activity through it (fails otherwise).",
+        ),
+        AssetCheckSpec(
+            "not_empty",
+            asset="daily_activity_snapshots",
+            description="Every day of the window has at least one active user (warns on an empty day).",
+        ),
     ],
 )
 def daily_activity_snapshots(context: AssetExecutionContext, config: SnapshotConfig, app_db: AppDatabase) -> MaterializeResult:
@@ -124,8 +136,9 @@ def daily_activity_snapshots(context: AssetExecutionContext, config: SnapshotCon
     thresholds = thresholds_metadata(config, "daily_activity_snapshots")
     _record_day_figures(context, summary, run_days, params, thresholds)
     # The run's own timing, on its last partition only: on every partition it would plot as a daily figure.
-    context.add_asset_metadata({"sql_seconds": MetadataValue.float(round(sql_seconds, 3))},
-                               partition_key=run_days[-1].isoformat())
+    context.add_asset_metadata(
+        {"sql_seconds": MetadataValue.float(round(sql_seconds, 3))}, partition_key=run_days[-1].isoformat()
+    )
     return MaterializeResult(
         metadata={
             "trigger_events_drained": MetadataValue.int(drained),
@@ -162,20 +175,21 @@ def _record_day_figures(context: AssetExecutionContext, summary, run_days: list[
         if day in run_days:
             context.add_asset_metadata(figures, partition_key=day.isoformat())
         else:
-            context.log_event(AssetMaterialization(
-                asset_key=context.asset_key, partition=day.isoformat(),
-                description=f"Recomputed by the run of {run_days[-1]} (trailing window): late events counted.",
-                metadata=figures | thresholds | {"recomputed_by_partition": MetadataValue.text(run_days[-1].isoformat())},
-            ))
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=day.isoformat(),
+                    description=f"Recomputed by the run of {run_days[-1]} (trailing window): late events counted.",
+                    metadata=figures | thresholds | {"recomputed_by_partition": MetadataValue.text(run_days[-1].isoformat())},
+                )
+            )
         day += timedelta(days=1)
 
 
 def _summary_markdown(summary) -> str:
     lines = ["| day | users | active | events | sessions |", "|---|---:|---:|---:|---:|"]
     shown = list(summary)[-14:]
-    lines += [
-        f"| {r['activity_date']} | {r['users']} | {r['active_users']} | {r['events']} | {r['sessions']} |" for r in shown
-    ]
+    lines += [f"| {r['activity_date']} | {r['users']} | {r['active_users']} | {r['events']} | {r['sessions']} |" for r in shown]
     if len(summary) > len(shown):
         lines.append(f"\n_last {len(shown)} of {len(summary)} days shown_")
     return "\n".join(lines)

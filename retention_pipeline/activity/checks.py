@@ -71,11 +71,15 @@ SELECT (SELECT count(*) FROM {rs}.source_events e
 """
 
 
-_TRIGGER_REMEDY = ("user_activity misses events: the trigger on events is missing or disabled, or was. "
-                   "Run `retention-pipeline trigger install` as the retention role (recomputes user_activity).")
+_TRIGGER_REMEDY = (
+    "user_activity misses events: the trigger on events is missing or disabled, or was. "
+    "Run `retention-pipeline trigger install` as the retention role (recomputes user_activity)."
+)
 
 
-def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summary, min_events_share: float) -> list[AssetCheckResult]:
+def activity_check_results(
+    conn: Connection, db: AppDatabase, params: dict, summary, min_events_share: float
+) -> list[AssetCheckResult]:
     """`summary`: the window's rows of SUMMARY_SQL (per day: users, active_users, events, sessions)."""
     counts = conn.execute(text(db.render(_EVENT_COUNTS_SQL)), params).mappings().one()
     counted = sum(int(row["events"] or 0) for row in summary)
@@ -96,8 +100,9 @@ def activity_check_results(conn: Connection, db: AppDatabase, params: dict, summ
         AssetCheckResult(
             check_name="events_vs_trailing_median",
             passed=ingested,
-            description=None if ingested else (
-                f"{last_day}: {events} events, below {min_events_share:.0%} of the trailing 7-day median {median:g}"),
+            description=None
+            if ingested
+            else (f"{last_day}: {events} events, below {min_events_share:.0%} of the trailing 7-day median {median:g}"),
             metadata={
                 "day": MetadataValue.text(str(last_day)),
                 "events": MetadataValue.int(events),

@@ -170,11 +170,14 @@ def install_trigger(db: AppDatabase) -> int:
         run_script(conn, db.render(_function_sql(db)))
     if not _trigger_attached_and_enabled(db):
         events = db.source.q("events_table")
-        _with_short_lock(db, db.render(
-            f"CREATE OR REPLACE TRIGGER {TRIGGER_NAME} AFTER INSERT ON {events} "
-            f"REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT "
-            f"EXECUTE FUNCTION {{rs}}.{FUNCTION_NAME}()"
-        ))
+        _with_short_lock(
+            db,
+            db.render(
+                f"CREATE OR REPLACE TRIGGER {TRIGGER_NAME} AFTER INSERT ON {events} "
+                f"REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT "
+                f"EXECUTE FUNCTION {{rs}}.{FUNCTION_NAME}()"
+            ),
+        )
     _fill_from_events(db)
     drain_activity_queue(db)
     return db.scalar("SELECT count(*) FROM {rs}.user_activity")
@@ -205,8 +208,7 @@ def trigger_state(db: AppDatabase) -> str:
     row = db.fetch_all(
         "SELECT t.tgenabled, t.tgfoid = to_regprocedure(:function) AS ours FROM pg_trigger t "
         "WHERE t.tgrelid = to_regclass(:events) AND t.tgname = :name",
-        {"events": db.source.q("events_table"), "name": TRIGGER_NAME,
-         "function": db.render(f"{{rs}}.{FUNCTION_NAME}()")},
+        {"events": db.source.q("events_table"), "name": TRIGGER_NAME, "function": db.render(f"{{rs}}.{FUNCTION_NAME}()")},
     )
     if not row:
         return "missing"

@@ -18,9 +18,23 @@ from retention_pipeline.settings import PROJECT_TIMEZONE
 __all__ = ["stripe_subscriptions", "normalize_subscription"]
 
 _LOAD_COLUMNS = (
-    "subscription_id", "customer_id", "customer_email", "customer_user_id", "status", "plan_name", "product_name",
-    "billing_interval", "interval_count", "quantity", "mrr_cents", "currency", "cancel_at_period_end",
-    "current_period_end", "canceled_at", "ended_at", "trial_end",
+    "subscription_id",
+    "customer_id",
+    "customer_email",
+    "customer_user_id",
+    "status",
+    "plan_name",
+    "product_name",
+    "billing_interval",
+    "interval_count",
+    "quantity",
+    "mrr_cents",
+    "currency",
+    "cancel_at_period_end",
+    "current_period_end",
+    "canceled_at",
+    "ended_at",
+    "trial_end",
 )
 _LOAD_TABLE = sa.table("stripe_subscriptions_load", *(sa.column(name) for name in _LOAD_COLUMNS))
 
@@ -136,7 +150,9 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
     # Keyed by id: a subscription seen twice (it changed while the pages were read) is stored once.
     normalized = (normalize_subscription(subscription, product_names) for subscription in subscriptions)
     rows = list({row["subscription_id"]: row for row in normalized}.values())
-    context.log.info(f"Read {len(rows)} subscriptions in {pages} page(s) and {len(products)} products from {stripe.display_base}.")
+    context.log.info(
+        f"Read {len(rows)} subscriptions in {pages} page(s) and {len(products)} products from {stripe.display_base}."
+    )
 
     snapshot_at = clock.now()
     snapshot_date = snapshot_at.astimezone(ZoneInfo(PROJECT_TIMEZONE)).date()
@@ -200,8 +216,13 @@ def _preview_markdown(by_status, top) -> str:
     lines += [
         f"| {r['status']} | {r['subscriptions']} | {r['mrr_cents'] / 100:,.2f} | {r['cancel_at_period_end']} |" for r in by_status
     ]
-    lines += ["", "Largest MRR:", "", "| subscription | customer | user | mapped by | status | plan | interval | seats | MRR |",
-              "|---|---|---:|---|---|---|---|---:|---:|"]
+    lines += [
+        "",
+        "Largest MRR:",
+        "",
+        "| subscription | customer | user | mapped by | status | plan | interval | seats | MRR |",
+        "|---|---|---:|---|---|---|---|---:|---:|",
+    ]
     for r in top:
         interval = r["billing_interval"] if (r["interval_count"] or 1) == 1 else f"{r['interval_count']} {r['billing_interval']}"
         lines.append(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -50,7 +50,7 @@ def _id_of(value: Any) -> str | None:
 def _timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(int(value), tz=timezone.utc)
+    return datetime.fromtimestamp(int(value), tz=UTC)
 
 
 def _item_terms(item: Mapping[str, Any], product_names: Mapping[str, str]) -> dict[str, Any]:

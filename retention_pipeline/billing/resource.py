@@ -27,8 +27,7 @@ class StripeResource(ConfigurableResource):
     api_key: str = Field(
         repr=False,
         description=(
-            "Stripe secret key or restricted key (STRIPE_API_KEY) with read access to Subscriptions, "
-            "Customers and Products."
+            "Stripe secret key or restricted key (STRIPE_API_KEY) with read access to Subscriptions, Customers and Products."
         ),
     )
     api_base: str = Field(
@@ -36,7 +35,9 @@ class StripeResource(ConfigurableResource):
         description="Override of https://api.stripe.com for a local Stripe-compatible server (localstripe); empty = real Stripe.",
     )
     max_network_retries: int = Field(
-        default=3, ge=0, le=10,
+        default=3,
+        ge=0,
+        le=10,
         description="SDK retries of a request after a network error, a 409 or a 5xx (exponential backoff from 0.5 s).",
     )
     request_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one HTTP request to Stripe.")

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 
 import psycopg2
 import sqlalchemy as sa
+import stripe
 from dagster import AssetKey, DagsterInstance
 
-import stripe
-
 from retention_pipeline import clock
-from retention_pipeline.local import demo_data
-from retention_pipeline.local.stripe_seed import seed_demo_stripe
-from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
 from retention_pipeline.activity.trigger import install_trigger
+from retention_pipeline.local import demo_data
 from retention_pipeline.local.launcher import Environment, LauncherError
+from retention_pipeline.local.localstripe import LOCALSTRIPE_API_KEY, LocalStripe
+from retention_pipeline.local.runner import complete_week_keys, day_key, run_job
+from retention_pipeline.local.stripe_seed import seed_demo_stripe
 from retention_pipeline.outreach.campaigns import file_campaigns
 from retention_pipeline.resources import AppDatabase
-from retention_pipeline.local.runner import complete_week_keys, day_key, run_job
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE, STATE_DIR
 
@@ -45,24 +44,41 @@ def run_demo(env: Environment, seed: int, n_users: int, history_days: int, say: 
     timings = {}
     yesterday_of_as_of = as_of - timedelta(days=1)
     say(f"Backfilling daily activity snapshots {first_day} .. {yesterday_of_as_of} as one run ...")
-    timings["snapshots"] = _timed(lambda: run_job(
-        instance, "daily_retention_job", day_key(first_day), day_key(yesterday_of_as_of),
-        assets=["daily_activity_snapshots"], quiet=True))
+    timings["snapshots"] = _timed(
+        lambda: run_job(
+            instance,
+            "daily_retention_job",
+            day_key(first_day),
+            day_key(yesterday_of_as_of),
+            assets=["daily_activity_snapshots"],
+            quiet=True,
+        )
+    )
     # Before the dormant users: the earlier sends record each user's MRR at assignment from it, which
     # revenue kept compares against.
     say("Snapshotting Stripe subscriptions ...")
     timings["stripe"] = _timed(lambda: run_job(instance, "billing_snapshot_job", quiet=True))
     dormant_from = as_of - timedelta(days=DORMANT_HISTORY_DAYS)
     say(f"Backfilling dormant users {dormant_from} .. {yesterday_of_as_of} as one run ...")
-    timings["dormant"] = _timed(lambda: run_job(
-        instance, "daily_retention_job", day_key(dormant_from), day_key(yesterday_of_as_of), assets=["dormant_users"], quiet=True))
+    timings["dormant"] = _timed(
+        lambda: run_job(
+            instance,
+            "daily_retention_job",
+            day_key(dormant_from),
+            day_key(yesterday_of_as_of),
+            assets=["dormant_users"],
+            quiet=True,
+        )
+    )
     weeks = complete_week_keys(first_day, as_of)
     if weeks:
         say(f"Computing weekly segments for {len(weeks)} complete weeks ({weeks[0]} .. {weeks[-1]}) as one run ...")
         timings["segments"] = _timed(lambda: run_job(instance, "weekly_segments_job", weeks[0], weeks[-1], quiet=True))
     timings["earlier sends"] = _timed(lambda: _replay_earlier_sends(instance, as_of, say))
     say(f"Running the daily job for {as_of} ...")
-    timings["daily"] = _timed(lambda: run_job(instance, "daily_retention_job", day_key(as_of), run_config=DEMO_RUN_CONFIG, quiet=True))
+    timings["daily"] = _timed(
+        lambda: run_job(instance, "daily_retention_job", day_key(as_of), run_config=DEMO_RUN_CONFIG, quiet=True)
+    )
     return _report(db, as_of, weeks[-1] if weeks else None, seeded, timings, env, _email_metadata(instance))
 
 
@@ -82,17 +98,30 @@ EARLIER_SEND_DAYS = (31, 21, 14)
 
 # The demo campaign counts real work as success, not any event. With campaign files each campaign.yaml says so.
 SUCCESS_EVENT_TYPES = ["create_task", "complete_task"]
-DEMO_RUN_CONFIG = None if file_campaigns() else {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
-    "success_event_types": SUCCESS_EVENT_TYPES}}}}}}
+DEMO_RUN_CONFIG = (
+    None
+    if file_campaigns()
+    else {
+        "ops": {
+            "reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {"success_event_types": SUCCESS_EVENT_TYPES}}}}
+        }
+    }
+)
 
 
 def _replay_earlier_sends(instance: DagsterInstance, as_of: date, say) -> None:
     for days_back in EARLIER_SEND_DAYS:
         day = as_of - timedelta(days=days_back)
         say(f"Replaying the emails of {day} with the clock set to the next morning ...")
-        with clock.frozen_at(datetime.combine(day + timedelta(days=1), clock_time(9), timezone.utc)):
-            run_job(instance, "daily_retention_job", day_key(day), assets=["reengagement_emails"], run_config=DEMO_RUN_CONFIG,
-                    quiet=True)
+        with clock.frozen_at(datetime.combine(day + timedelta(days=1), clock_time(9), UTC)):
+            run_job(
+                instance,
+                "daily_retention_job",
+                day_key(day),
+                assets=["reengagement_emails"],
+                run_config=DEMO_RUN_CONFIG,
+                quiet=True,
+            )
 
 
 def _timed(fn) -> float:
@@ -124,10 +153,13 @@ def _refuse_a_real_app(conn) -> None:
         raise LauncherError(
             "RETENTION_DATABASE_URL points at a database whose `users` table holds rows the demo did not seed. "
             "`demo` only runs on its own demo data: unset RETENTION_DATABASE_URL for the embedded demo, or run the "
-            "pipeline on this database with `retention-pipeline dev` (README: Pointing it at a real app database).")
+            "pipeline on this database with `retention-pipeline dev` (README: Pointing it at a real app database)."
+        )
 
 
-_SEED_INFO_DDL = "CREATE TABLE IF NOT EXISTS demo_seed_info (seed integer NOT NULL, as_of date NOT NULL, n_users integer NOT NULL)"
+_SEED_INFO_DDL = (
+    "CREATE TABLE IF NOT EXISTS demo_seed_info (seed integer NOT NULL, as_of date NOT NULL, n_users integer NOT NULL)"
+)
 
 
 def _seed_if_empty(db: AppDatabase, seed: int, n_users: int, as_of: date, say) -> dict | None:
@@ -242,13 +274,21 @@ def _outcome_lines(db: AppDatabase, as_of: date) -> list[str]:
         events = success.get(campaign)
         lines.append(f"  {campaign} (success = {'at least one ' + ' or '.join(events) + ' event' if events else 'any event'}):")
         for r in (r for r in rows if r.campaign == campaign):
-            interval = (f"lift {r.lift:+.1%} (95% CI {r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%}, p={r.p_value:.2f})"
-                        if r.lift is not None and r.lift_ci_low is not None else
-                        f"lift {r.lift:+.1%} (no interval)" if r.lift is not None else "no holdout to compare")
-            lines.append(f"    {r.window_days:>2}-day window  emailed {r.treated_returned}/{r.treated} returned ({r.treated_rate:.1%}), "
-                         f"holdout {r.holdout_returned}/{r.holdout} ({r.holdout_rate or 0:.1%}): {interval}")
-    lines.append("  (the demo's users do not react to emails, so no lift is expected here; "
-                 "`retention-pipeline simulate` measures a known one)")
+            interval = (
+                f"lift {r.lift:+.1%} (95% CI {r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%}, p={r.p_value:.2f})"
+                if r.lift is not None and r.lift_ci_low is not None
+                else f"lift {r.lift:+.1%} (no interval)"
+                if r.lift is not None
+                else "no holdout to compare"
+            )
+            lines.append(
+                f"    {r.window_days:>2}-day window  emailed {r.treated_returned}/{r.treated} returned ({r.treated_rate:.1%}), "
+                f"holdout {r.holdout_returned}/{r.holdout} ({r.holdout_rate or 0:.1%}): {interval}"
+            )
+    lines.append(
+        "  (the demo's users do not react to emails, so no lift is expected here; "
+        "`retention-pipeline simulate` measures a known one)"
+    )
     return lines
 
 
@@ -262,9 +302,11 @@ def _revenue_lines(db: AppDatabase, as_of: date) -> list[str]:
         if r.incremental_mrr_cents is None:
             lines.append(f"{head}: {r.treated + r.holdout} judged, {r.awaiting} awaiting a snapshot: no comparison yet")
             continue
-        lines.append(f"{head}: emailed {r.treated_kept}/{r.treated} kept, holdout {r.holdout_kept}/{r.holdout}; "
-                     f"MRR at risk ${r.mrr_at_risk_cents / 100:,.2f}, incremental MRR ${r.incremental_mrr_cents / 100:+,.2f} "
-                     f"(95% CI ${r.incremental_mrr_ci_low_cents / 100:+,.2f} .. ${r.incremental_mrr_ci_high_cents / 100:+,.2f})")
+        lines.append(
+            f"{head}: emailed {r.treated_kept}/{r.treated} kept, holdout {r.holdout_kept}/{r.holdout}; "
+            f"MRR at risk ${r.mrr_at_risk_cents / 100:,.2f}, incremental MRR ${r.incremental_mrr_cents / 100:+,.2f} "
+            f"(95% CI ${r.incremental_mrr_ci_low_cents / 100:+,.2f} .. ${r.incremental_mrr_ci_high_cents / 100:+,.2f})"
+        )
     return lines
 
 
@@ -272,19 +314,31 @@ def _email_lines(db: AppDatabase, as_of: date, emails: dict) -> list[str]:
     ledger: dict[str, dict[str, int]] = {}
     for r in db.fetch_all(_REPORT_SQL["ledger"], {"as_of": as_of}):
         ledger.setdefault(r.campaign, {})[r.status] = r.emails
-    per_campaign = emails.get("campaigns") or {name: {"skipped_by_reason": emails.get("skipped_by_reason") or {}}
-                                               for name in ledger}
+    per_campaign = emails.get("campaigns") or {
+        name: {"skipped_by_reason": emails.get("skipped_by_reason") or {}} for name in ledger
+    }
     sender = emails.get("sender", "?")
-    where = f"written to the outbox: {STATE_DIR / 'outbox'} (.eml files) and retention.email_outbox" if sender == "outbox" else f"sent through {sender}"
-    lines = [f"\nRe-engagement emails for {as_of}, per campaign in priority order ({where}; at most one email per "
-             "person within the frequency cap, across campaigns):"]
+    where = (
+        f"written to the outbox: {STATE_DIR / 'outbox'} (.eml files) and retention.email_outbox"
+        if sender == "outbox"
+        else f"sent through {sender}"
+    )
+    lines = [
+        f"\nRe-engagement emails for {as_of}, per campaign in priority order ({where}; at most one email per "
+        "person within the frequency cap, across campaigns):"
+    ]
     for name, figures in per_campaign.items():
         counts = ledger.get(name, {})
         skipped = figures.get("skipped_by_reason") or {}
-        lines.append(f"  {name:<17} emails {counts.get('sent', 0):>4,}  held out {counts.get('holdout', 0):>3,}  skipped "
-                     f"{sum(skipped.values()):,}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
+        lines.append(
+            f"  {name:<17} emails {counts.get('sent', 0):>4,}  held out {counts.get('holdout', 0):>3,}  skipped "
+            f"{sum(skipped.values()):,}"
+            + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else "")
+        )
         if counts.get("failed"):
             lines.append(f"  {'':<17} failed {counts['failed']:,} (see retention.email_sends.error)")
         if counts.get("suppressed"):
-            lines.append(f"  {'':<17} suppressed {counts['suppressed']:,} (assigned to the email, address suppressed: never sent)")
+            lines.append(
+                f"  {'':<17} suppressed {counts['suppressed']:,} (assigned to the email, address suppressed: never sent)"
+            )
     return lines

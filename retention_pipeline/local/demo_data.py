@@ -37,8 +37,19 @@ from retention_pipeline.local.demo_users import (
     stripe_customer_id,
 )
 
-__all__ = ["DEFAULT_PERSONA_MIX", "MIN_DAYS", "PERSONAS", "DemoPopulation", "DemoUser", "create_app_tables", "generate",
-           "iter_events", "iter_sessions", "load", "persona_counts"]
+__all__ = [
+    "DEFAULT_PERSONA_MIX",
+    "MIN_DAYS",
+    "PERSONAS",
+    "DemoPopulation",
+    "DemoUser",
+    "create_app_tables",
+    "generate",
+    "iter_events",
+    "iter_sessions",
+    "load",
+    "persona_counts",
+]
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -120,12 +131,23 @@ def load(conn, pop: DemoPopulation, schema: str = "public") -> dict[str, int]:
     with conn.cursor() as cur:
         _refuse_non_empty(cur, schema)
         counts = {
-            "users": _copy(cur, schema_id, "users", ("id", "email", "name", "created_at", "stripe_customer_id"),
-                           _user_lines(pop)),
-            "events": _copy(cur, schema_id, "events", ("id", "user_id", "event_type", "occurred_at", "properties"),
-                            _event_lines(iter_events(pop))),
-            "auth_sessions": _copy(cur, schema_id, "auth_sessions", ("id", "user_id", "started_at", "last_seen_at"),
-                                   _session_lines(iter_sessions(pop))),
+            "users": _copy(
+                cur, schema_id, "users", ("id", "email", "name", "created_at", "stripe_customer_id"), _user_lines(pop)
+            ),
+            "events": _copy(
+                cur,
+                schema_id,
+                "events",
+                ("id", "user_id", "event_type", "occurred_at", "properties"),
+                _event_lines(iter_events(pop)),
+            ),
+            "auth_sessions": _copy(
+                cur,
+                schema_id,
+                "auth_sessions",
+                ("id", "user_id", "started_at", "last_seen_at"),
+                _session_lines(iter_sessions(pop)),
+            ),
         }
         for table in ("users", "events", "auth_sessions"):
             # Fresh statistics, so the pipeline's first queries get sensible plans.

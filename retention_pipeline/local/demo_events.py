@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from array import array
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from retention_pipeline.local.demo_schedule import KIND_ACTIVE, KIND_ANONYMOUS, cumulative, unpack
 from retention_pipeline.local.demo_users import FIRST_NAMES, LAST_NAMES, DemoUser
@@ -13,28 +13,77 @@ ANONYMOUS_EVENT_TYPE = "view_pricing"
 
 # Vocabulary. Small word lists are enough to look real in a dashboard or an email preview.
 _PROJECT_NAMES = (
-    "Q3 plan", "Website relaunch", "Mobile app v2", "Hiring pipeline", "Onboarding revamp",
-    "Customer research", "Billing migration", "Brand refresh", "Sprint 14", "Data warehouse",
-    "Holiday campaign", "Office move", "API v3", "Support backlog", "Annual report", "Q4 OKRs",
-    "Partner portal", "Pricing page test", "Security audit", "Newsletter", "Conference booth",
-    "Design system", "Product launch", "Team offsite",
+    "Q3 plan",
+    "Website relaunch",
+    "Mobile app v2",
+    "Hiring pipeline",
+    "Onboarding revamp",
+    "Customer research",
+    "Billing migration",
+    "Brand refresh",
+    "Sprint 14",
+    "Data warehouse",
+    "Holiday campaign",
+    "Office move",
+    "API v3",
+    "Support backlog",
+    "Annual report",
+    "Q4 OKRs",
+    "Partner portal",
+    "Pricing page test",
+    "Security audit",
+    "Newsletter",
+    "Conference booth",
+    "Design system",
+    "Product launch",
+    "Team offsite",
 )
 _TASK_VERBS = ("Draft", "Review", "Update", "Fix", "Design", "Schedule", "Write", "Prepare", "Ship", "Test")
 _TASK_OBJECTS = (
-    "landing page copy", "budget sheet", "kickoff deck", "login bug", "onboarding email", "roadmap",
-    "vendor contract", "release notes", "user interviews", "sprint retro", "hero image", "FAQ page",
-    "invoice template", "press release", "QA checklist", "job description", "status report",
+    "landing page copy",
+    "budget sheet",
+    "kickoff deck",
+    "login bug",
+    "onboarding email",
+    "roadmap",
+    "vendor contract",
+    "release notes",
+    "user interviews",
+    "sprint retro",
+    "hero image",
+    "FAQ page",
+    "invoice template",
+    "press release",
+    "QA checklist",
+    "job description",
+    "status report",
 )
 _FILE_NAMES = (
-    "roadmap.pdf", "mockup-v3.png", "budget.xlsx", "meeting-notes.docx", "screenshot.png", "logo.svg",
-    "contract-signed.pdf", "export.csv", "wireframes.fig", "brief.docx", "photo.jpg", "slides.pptx",
+    "roadmap.pdf",
+    "mockup-v3.png",
+    "budget.xlsx",
+    "meeting-notes.docx",
+    "screenshot.png",
+    "logo.svg",
+    "contract-signed.pdf",
+    "export.csv",
+    "wireframes.fig",
+    "brief.docx",
+    "photo.jpg",
+    "slides.pptx",
 )
 _DASHBOARDS = ("overview", "my_tasks", "team_workload", "burndown", "calendar", "activity_feed")
 _REFERRERS = ("google", "direct", "newsletter", "twitter", "producthunt")
 
 _EVENT_TYPES = (
-    "create_project", "create_task", "complete_task", "comment", "invite_member", "upload_file",
-    "view_dashboard", "export_report",
+    "create_project",
+    "create_task",
+    "complete_task",
+    "comment",
+    "invite_member",
+    "upload_file",
+    "view_dashboard",
+    "export_report",
 )
 
 # Relative weights in _EVENT_TYPES order. Engaged users build and finish work; light users mostly
@@ -70,7 +119,7 @@ _DAY_CLOSE = 86399.0
 def _day_start(ordinal: int) -> datetime:
     """Midnight UTC of a date ordinal: rows are offsets from it, converted to datetimes once sorted."""
     day = date.fromordinal(ordinal)
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _signup_offset(user: DemoUser, ordinal: int) -> float | None:
@@ -109,7 +158,7 @@ def _split(rng: random.Random, total: int, parts: int) -> list[int]:
     if parts == 1:
         return [total]
     cuts = sorted(rng.sample(range(1, total), parts - 1))
-    return [b - a for a, b in zip([0, *cuts], [*cuts, total])]
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=False)]
 
 
 def _event_offsets(rng: random.Random, n: int, cap: float) -> tuple[list[float], float]:
@@ -170,7 +219,7 @@ def events_of_day(
                 types[0] = "create_project"  # onboarding starts with a first project
             elif rng.random() < 0.6:
                 types[0] = "login"  # the rest resumed a remembered session
-            for offset, event_type in zip(offsets, types):
+            for offset, event_type in zip(offsets, types, strict=False):
                 rows.append((offset, user_id, seq, user_id, event_type, None, _properties(rng, event_type, projects)))
                 seq += 1
     rows.sort(key=lambda row: (row[0], row[1], row[2]))

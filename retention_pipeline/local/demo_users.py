@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 PERSONAS = ("power", "steady", "casual", "declining", "dormant", "churned", "new", "resurrected")
 
@@ -55,16 +55,90 @@ class DemoPopulation:
 
 
 FIRST_NAMES = (
-    "Ada", "Alex", "Amara", "Ana", "Ben", "Carla", "Chen", "Chloe", "Daniel", "Diego", "Elena", "Emma",
-    "Fatima", "Felix", "Grace", "Hana", "Hugo", "Ines", "Isaac", "Jonas", "Julia", "Kai", "Laura", "Leo",
-    "Lina", "Lucas", "Maya", "Mateo", "Mia", "Nina", "Noah", "Omar", "Priya", "Rafael", "Sara", "Sofia",
-    "Tom", "Valentina", "Wei", "Yusuf", "Zoe", "Olivia",
+    "Ada",
+    "Alex",
+    "Amara",
+    "Ana",
+    "Ben",
+    "Carla",
+    "Chen",
+    "Chloe",
+    "Daniel",
+    "Diego",
+    "Elena",
+    "Emma",
+    "Fatima",
+    "Felix",
+    "Grace",
+    "Hana",
+    "Hugo",
+    "Ines",
+    "Isaac",
+    "Jonas",
+    "Julia",
+    "Kai",
+    "Laura",
+    "Leo",
+    "Lina",
+    "Lucas",
+    "Maya",
+    "Mateo",
+    "Mia",
+    "Nina",
+    "Noah",
+    "Omar",
+    "Priya",
+    "Rafael",
+    "Sara",
+    "Sofia",
+    "Tom",
+    "Valentina",
+    "Wei",
+    "Yusuf",
+    "Zoe",
+    "Olivia",
 )
 LAST_NAMES = (
-    "Adams", "Alvarez", "Berg", "Brown", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Gupta",
-    "Hansen", "Ito", "Jensen", "Kim", "Kowalski", "Larsen", "Lopez", "Martin", "Meyer", "Moreau",
-    "Nakamura", "Novak", "Okafor", "Olsen", "Patel", "Petrov", "Quinn", "Rossi", "Schmidt", "Silva",
-    "Singh", "Smith", "Tanaka", "Torres", "Nguyen", "Wagner", "Walsh", "Weber", "Yilmaz", "Zhang",
+    "Adams",
+    "Alvarez",
+    "Berg",
+    "Brown",
+    "Costa",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Gupta",
+    "Hansen",
+    "Ito",
+    "Jensen",
+    "Kim",
+    "Kowalski",
+    "Larsen",
+    "Lopez",
+    "Martin",
+    "Meyer",
+    "Moreau",
+    "Nakamura",
+    "Novak",
+    "Okafor",
+    "Olsen",
+    "Patel",
+    "Petrov",
+    "Quinn",
+    "Rossi",
+    "Schmidt",
+    "Silva",
+    "Singh",
+    "Smith",
+    "Tanaka",
+    "Torres",
+    "Nguyen",
+    "Wagner",
+    "Walsh",
+    "Weber",
+    "Yilmaz",
+    "Zhang",
 )
 
 # --------------------------------------------------------------------------------------------
@@ -74,13 +148,25 @@ LAST_NAMES = (
 # Sign-up age range in days before as_of (inclusive). Lower bounds leave each persona room to show
 # its pattern: e.g. a dormant user needs a week of activity before 8+ silent days.
 _CREATED_AGO_MIN = {
-    "power": 10, "steady": 10, "casual": 10, "declining": 28,
-    "dormant": 21, "churned": 38, "new": 0, "resurrected": 35,
+    "power": 10,
+    "steady": 10,
+    "casual": 10,
+    "declining": 28,
+    "dormant": 21,
+    "churned": 38,
+    "new": 0,
+    "resurrected": 35,
 }
 
 _PAYING_SHARE = {
-    "power": 0.70, "steady": 0.50, "casual": 0.20, "declining": 0.35,
-    "dormant": 0.25, "churned": 0.30, "new": 0.15, "resurrected": 0.30,
+    "power": 0.70,
+    "steady": 0.50,
+    "casual": 0.20,
+    "declining": 0.35,
+    "dormant": 0.25,
+    "churned": 0.30,
+    "new": 0.15,
+    "resurrected": 0.30,
 }
 
 # Subscription status weights (active, past_due, canceled, unpaid) of paying users per persona.
@@ -117,7 +203,7 @@ def _persona_sequence(rng: random.Random, n_users: int) -> list[str]:
 def draw_users(seed: int, as_of: date, n_users: int, days: int) -> list[DemoUser]:
     """Draw every user's attributes, then number them in sign-up order, as a serial key would."""
     rng = random.Random(f"{seed}:population")
-    midnight = datetime(as_of.year, as_of.month, as_of.day, tzinfo=timezone.utc)
+    midnight = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
     drafts = []
     for index, persona in enumerate(_persona_sequence(rng, n_users)):
         created_ago = rng.randint(_CREATED_AGO_MIN[persona], NEW_USER_DAYS - 1 if persona == "new" else days - 1)
@@ -139,8 +225,9 @@ def draw_users(seed: int, as_of: date, n_users: int, days: int) -> list[DemoUser
             quantity=quantity,
             subscription_status=status,
         )
-        for user_id, (created_at, _, persona, first, last, has_name, (plan, interval, quantity, status))
-        in enumerate(drafts, start=1)
+        for user_id, (created_at, _, persona, first, last, has_name, (plan, interval, quantity, status)) in enumerate(
+            drafts, start=1
+        )
     ]
 
 

@@ -83,7 +83,7 @@ class EmbeddedPostgres:
         finally:
             self._release_ownership()
 
-    def __enter__(self) -> "EmbeddedPostgres":
+    def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self
 

@@ -126,7 +126,7 @@ class FakeResend:
         self._arrival_delays: deque[float] = deque()
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "FakeResend":
+    def start(self) -> FakeResend:
         if self._server is not None:
             return self
         self.stopping.clear()
@@ -151,7 +151,7 @@ class FakeResend:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> "FakeResend":
+    def __enter__(self) -> FakeResend:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -210,8 +210,9 @@ class FakeResend:
             count = len(emails) if isinstance(emails, list) else None
             reply, outcome = self._answer(method, urlsplit(target).path, lower, raw, emails, key, now)
             self._requests.append(
-                RequestRecord(method, urlsplit(target).path, shown, key, count,
-                              None if reply.hang else reply.status, now, outcome)
+                RequestRecord(
+                    method, urlsplit(target).path, shown, key, count, None if reply.hang else reply.status, now, outcome
+                )
             )
             return reply
 
@@ -221,7 +222,7 @@ class FakeResend:
         if method != "POST":
             return error_reply(405, "method_not_allowed", "Method is not allowed for the requested path."), "method_not_allowed"
         authorization = headers.get("authorization", "")
-        token = authorization[len("Bearer "):].strip() if authorization.startswith("Bearer ") else ""
+        token = authorization[len("Bearer ") :].strip() if authorization.startswith("Bearer ") else ""
         if not token:
             return error_reply(401, "missing_api_key", "Missing API key in the authorization header."), "unauthorized"
         if self.api_key is not None and token != self.api_key:
@@ -260,7 +261,8 @@ class FakeResend:
         headers["retry-after"] = str(max(self.retry_after, int(headers.get("ratelimit-reset", "1"))))
         limit = f" You can only make {self.rate} requests per second." if self.rate > 0 else ""
         return error_reply(
-            429, "rate_limit_exceeded",
+            429,
+            "rate_limit_exceeded",
             f"Too many requests.{limit} See rate limit response headers for more information.",
             headers,
         )
@@ -269,8 +271,11 @@ class FakeResend:
         if isinstance(kind, ScriptedResponse):
             if kind.accept:
                 self._accept(emails, raw, key, now)
-            body = kind.body if kind.body is not None else {
-                "statusCode": kind.status, "name": "scripted", "message": f"Scripted {kind.status} response."}
+            body = (
+                kind.body
+                if kind.body is not None
+                else {"statusCode": kind.status, "name": "scripted", "message": f"Scripted {kind.status} response."}
+            )
             return Reply(kind.status, body, dict(kind.headers)), "scripted"
         if kind == "429":
             return self._rate_limited(now), "fault_429"
@@ -288,7 +293,9 @@ class FakeResend:
     def _accept(self, emails, raw, key, now) -> tuple[Reply, str]:
         headers = self._ratelimit_headers(now)
         if key is not None and not 1 <= len(key) <= 256:
-            return error_reply(400, "invalid_idempotency_key", "The idempotency key must be 1 to 256 characters.", headers), "invalid"
+            return error_reply(
+                400, "invalid_idempotency_key", "The idempotency key must be 1 to 256 characters.", headers
+            ), "invalid"
         if not isinstance(emails, list):
             if raw and emails is None:
                 return error_reply(400, "validation_error", "Invalid JSON body.", headers), "invalid"
@@ -298,9 +305,9 @@ class FakeResend:
             stored_fingerprint, stored_body = self._idempotency[key]
             if stored_fingerprint != fingerprint:
                 return error_reply(
-                    409, "invalid_idempotent_request",
-                    "Same idempotency key used with a different request payload. "
-                    "Change your idempotency key or payload.",
+                    409,
+                    "invalid_idempotent_request",
+                    "Same idempotency key used with a different request payload. Change your idempotency key or payload.",
                     headers,
                 ), "conflict"
             return Reply(200, stored_body, headers), "replayed"
@@ -309,7 +316,7 @@ class FakeResend:
             invalid.headers.update(headers)
             return invalid, "invalid"
         ids = [str(uuid.uuid4()) for _ in emails]
-        accepted = [AcceptedEmail(i, key, pos, email, now) for pos, (i, email) in enumerate(zip(ids, emails))]
+        accepted = [AcceptedEmail(i, key, pos, email, now) for pos, (i, email) in enumerate(zip(ids, emails, strict=False))]
         if self.log_path is not None:
             self._append_log(accepted)
         self._accepted.extend(accepted)
@@ -320,8 +327,16 @@ class FakeResend:
 
     def _append_log(self, accepted: list[AcceptedEmail]) -> None:
         lines = "".join(
-            json.dumps({"id": a.id, "idempotency_key": a.idempotency_key, "position": a.position,
-                        "accepted_at": time.time(), "email": a.email}) + "\n"
+            json.dumps(
+                {
+                    "id": a.id,
+                    "idempotency_key": a.idempotency_key,
+                    "position": a.position,
+                    "accepted_at": time.time(),
+                    "email": a.email,
+                }
+            )
+            + "\n"
             for a in accepted
         )
         with open(self.log_path, "a", encoding="utf-8") as handle:
@@ -353,9 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
     fake = FakeResend(
-        api_key=args.api_key, host=args.host, port=args.port, rate=args.rate, fault_rate=args.fault_rate,
-        fault_kinds=[k for k in args.faults.split(",") if k], seed=args.seed, hang_seconds=args.hang_seconds,
-        retry_after=args.retry_after, latency_seconds=args.latency, log_path=args.log, verbose=args.verbose,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        rate=args.rate,
+        fault_rate=args.fault_rate,
+        fault_kinds=[k for k in args.faults.split(",") if k],
+        seed=args.seed,
+        hang_seconds=args.hang_seconds,
+        retry_after=args.retry_after,
+        latency_seconds=args.latency,
+        log_path=args.log,
+        verbose=args.verbose,
     )
     with fake:
         print(f"FakeResend listening on {fake.url}", flush=True)
@@ -366,4 +390,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -34,12 +34,12 @@ class ScriptedResponse:
 class RequestRecord:
     method: str
     path: str
-    headers: dict[str, str]          # as received, the Authorization value replaced by "Bearer [redacted]"
+    headers: dict[str, str]  # as received, the Authorization value replaced by "Bearer [redacted]"
     idempotency_key: str | None
-    email_count: int | None          # None when the body was not a JSON array
-    status: int | None               # None for a hang (no answer was sent)
-    time: float                      # time.monotonic() at arrival (comparable with the test's clock in-process)
-    outcome: str                     # accepted, replayed, rate_limited, fault_429, fault_500, hang,
+    email_count: int | None  # None when the body was not a JSON array
+    status: int | None  # None for a hang (no answer was sent)
+    time: float  # time.monotonic() at arrival (comparable with the test's clock in-process)
+    outcome: str  # accepted, replayed, rate_limited, fault_429, fault_500, hang,
     #                                  accepted_then_500, scripted, unauthorized, forbidden, invalid,
     #                                  conflict, not_found, method_not_allowed
 
@@ -81,7 +81,9 @@ def validate_batch(emails: list[Any]) -> Reply | None:
     if not emails:
         return error_reply(422, "validation_error", "The batch must contain at least one email.")
     if len(emails) > MAX_BATCH_SIZE:
-        return error_reply(422, "validation_error", f"Too many emails in the batch: {len(emails)}. The maximum is {MAX_BATCH_SIZE}.")
+        return error_reply(
+            422, "validation_error", f"Too many emails in the batch: {len(emails)}. The maximum is {MAX_BATCH_SIZE}."
+        )
     for index, item in enumerate(emails):
         where = f"emails[{index}]"
         if not isinstance(item, dict):
@@ -98,7 +100,8 @@ def validate_batch(emails: list[Any]) -> Reply | None:
             values = item[name] if isinstance(item[name], list) else [item[name]]
             if not all(_address_ok(v) for v in values):
                 return error_reply(
-                    422, "validation_error",
+                    422,
+                    "validation_error",
                     f"{where}: Invalid `{name}` field. The email address needs to follow the "
                     "`email@example.com` or `Name <email@example.com>` format.",
                 )
@@ -112,10 +115,10 @@ def validate_batch(emails: list[Any]) -> Reply | None:
         tags = item.get("tags")
         if tags is not None:
             if not isinstance(tags, list) or not all(
-                isinstance(t, dict) and _tag_ok(t.get("name")) and ("value" not in t or _tag_ok(t["value"]))
-                for t in tags
+                isinstance(t, dict) and _tag_ok(t.get("name")) and ("value" not in t or _tag_ok(t["value"])) for t in tags
             ):
                 return error_reply(
-                    422, "validation_error",
+                    422,
+                    "validation_error",
                     f"{where}: Tags should only contain ASCII letters, numbers, underscores, or dashes.",
                 )

@@ -74,7 +74,10 @@ def environment(state_dir: Path = STATE_DIR) -> Iterator[Environment]:
 
     ChildProcesses(state_dir).reap_orphans(notes)
     _ensure_demo_unsubscribe_secret(state_dir)
-    with _local_stripe_unless_configured(state_dir) as local_stripe, _embedded_databases(state_dir, notes) as (server, app_url, dagster_url):
+    with (
+        _local_stripe_unless_configured(state_dir) as local_stripe,
+        _embedded_databases(state_dir, notes) as (server, app_url, dagster_url),
+    ):
         yield Environment(app_url, dagster_url, dagster_home, server, notes, local_stripe)
 
 
@@ -171,8 +174,14 @@ class ChildProcesses:
         process = subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **popen_kwargs)
         launcher = psutil.Process()
         with self._records() as records:
-            records.append({"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(),
-                            "launcher_pid": launcher.pid, "launcher_create_time": launcher.create_time()})
+            records.append(
+                {
+                    "pid": process.pid,
+                    "create_time": psutil.Process(process.pid).create_time(),
+                    "launcher_pid": launcher.pid,
+                    "launcher_create_time": launcher.create_time(),
+                }
+            )
         return process
 
     def stop(self, process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -69,7 +69,7 @@ class LocalStripe:
             raise LocalStripeError("localstripe is not running")
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "LocalStripe":
+    def __enter__(self) -> LocalStripe:
         self.start()
         return self
 
@@ -86,8 +86,14 @@ class LocalStripe:
         env = {**os.environ, "TMPDIR": str(self._workdir), "PYTHONUNBUFFERED": "1"}
         with open(self._log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "retention_pipeline.local.localstripe", "--port", str(self.requested_port),
-                 *(["--state-file", str(self.state_file)] if self.state_file else [])],
+                [
+                    sys.executable,
+                    "-m",
+                    "retention_pipeline.local.localstripe",
+                    "--port",
+                    str(self.requested_port),
+                    *(["--state-file", str(self.state_file)] if self.state_file else []),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -116,7 +122,7 @@ class LocalStripe:
                 buffer += chunk
                 for line in buffer.decode(errors="replace").splitlines():
                     if line.startswith(_READY_PREFIX):
-                        return int(line[len(_READY_PREFIX):])
+                        return int(line[len(_READY_PREFIX) :])
             elif self.process.poll() is not None:
                 break
         raise LocalStripeError(f"localstripe did not start within {self.startup_timeout:.0f} s.{self._log_tail()}")
@@ -126,8 +132,10 @@ class LocalStripe:
         while True:
             try:
                 response = requests.get(
-                    f"{self.api_base}/v1/customers", params={"limit": 1},
-                    headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"}, timeout=2,
+                    f"{self.api_base}/v1/customers",
+                    params={"limit": 1},
+                    headers={"Authorization": f"Bearer {LOCALSTRIPE_API_KEY}"},
+                    timeout=2,
                 )
                 if response.status_code == 200:
                     return

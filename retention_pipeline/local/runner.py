@@ -37,12 +37,21 @@ def run_job(
         # A job's resources are bound; swapping one (e.g. a sender aimed at a test server) means
         # materializing the same assets with the merged resources instead.
         return materialize(
-            list(defs.assets), resources={**defs.resources, **resources}, instance=instance, run_config=run_config,
+            list(defs.assets),
+            resources={**defs.resources, **resources},
+            instance=instance,
+            run_config=run_config,
             selection=selection or list(job.asset_layer.selected_asset_keys),
-            partition_key=first_key if single else None, tags=all_tags,
+            partition_key=first_key if single else None,
+            tags=all_tags,
         )
-    return job.execute_in_process(instance=instance, run_config=run_config, asset_selection=selection,
-                                  partition_key=first_key if single else None, tags=all_tags)
+    return job.execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        asset_selection=selection,
+        partition_key=first_key if single else None,
+        tags=all_tags,
+    )
 
 
 def day_key(day: date) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -40,8 +40,16 @@ from retention_pipeline.resources import AppDatabase
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_TIMEZONE
 
-__all__ = ["ModelResult", "SimulationConfig", "SimulationConfigError", "SimulationResult", "format_report", "model_lift",
-           "run_simulation", "simulation_database"]
+__all__ = [
+    "ModelResult",
+    "SimulationConfig",
+    "SimulationConfigError",
+    "SimulationResult",
+    "format_report",
+    "model_lift",
+    "run_simulation",
+    "simulation_database",
+]
 
 SIMULATION_DATABASE = "retention_sim"
 
@@ -80,22 +88,47 @@ def run_simulation(
     first = FIRST_DAY - timedelta(days=WARMUP_DAYS)
     for day in (first + timedelta(days=n) for n in range(WARMUP_DAYS)):
         _insert_events(db, population.events_for(day))
-    run_config = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": {
-        "campaign": CAMPAIGN, "adaptive_allocation": config.adaptive_allocation,
-        "postal_address": "Simulation only, 1 Example Street, Springfield"}}}}}}
+    run_config = {
+        "ops": {
+            "reengagement_emails": {
+                "ops": {
+                    "plan_reengagement_sends": {
+                        "config": {
+                            "campaign": CAMPAIGN,
+                            "adaptive_allocation": config.adaptive_allocation,
+                            "postal_address": "Simulation only, 1 Example Street, Springfield",
+                        }
+                    }
+                }
+            }
+        }
+    }
     with FakeResend(rate=0) as provider:
         sender = ResendSender(api_key="re_sim", api_url=provider.url, requests_per_second=1000, backoff_base_seconds=0.01)
         clock.set_now(_morning_after(FIRST_DAY - timedelta(days=1)))
-        run_job(instance, "daily_retention_job", first.isoformat(), (FIRST_DAY - timedelta(days=1)).isoformat(),
-                run_config=run_config, resources={"email_sender": sender}, quiet=True)
+        run_job(
+            instance,
+            "daily_retention_job",
+            first.isoformat(),
+            (FIRST_DAY - timedelta(days=1)).isoformat(),
+            run_config=run_config,
+            resources={"email_sender": sender},
+            quiet=True,
+        )
         _settle_sends(db, population, FIRST_DAY - timedelta(days=1))
         last_day = FIRST_DAY + timedelta(days=config.days - 1)
         for index in range(config.days):
             day = FIRST_DAY + timedelta(days=index)
             _insert_events(db, population.events_for(day))
             clock.set_now(_morning_after(day))
-            run_job(instance, "daily_retention_job", day.isoformat(), run_config=run_config,
-                    resources={"email_sender": sender}, quiet=True)
+            run_job(
+                instance,
+                "daily_retention_job",
+                day.isoformat(),
+                run_config=run_config,
+                resources={"email_sender": sender},
+                quiet=True,
+            )
             _settle_sends(db, population, day)
             if (index + 1) % 10 == 0 or index + 1 == config.days:
                 say(f"  simulated {index + 1}/{config.days} days (up to {day})")
@@ -107,8 +140,9 @@ def run_simulation(
     totals = {r.status: r.emails for r in db.fetch_all("SELECT status, count(*) AS emails FROM {rs}.email_sends GROUP BY status")}
     end_ts = datetime.combine(last_day + timedelta(days=1), time(), ZoneInfo(PROJECT_TIMEZONE))
     measured = [(r.user_id, r.as_of_date) for r in db.fetch_all(_MEASURED_ROWS_SQL, {"end_ts": end_ts})]
-    return SimulationResult(config, last_day, performance, weeks, totals.get("sent", 0), totals.get("holdout", 0),
-                            population.truth(measured), totals)
+    return SimulationResult(
+        config, last_day, performance, weeks, totals.get("sent", 0), totals.get("holdout", 0), population.truth(measured), totals
+    )
 
 
 _DECISIONS_SQL = """
@@ -132,7 +166,9 @@ _MEASURED_ROWS_SQL = """
 SELECT s.user_id, s.as_of_date FROM {rs}.reengagement_outcomes o JOIN {rs}.email_sends s ON s.id = o.send_id
 WHERE o.final AND o.window_end <= :end_ts AND o.window_days = 7 AND o.step = 1 AND o.segment_reason = 'inactive'
 """
-_PERFORMANCE_SQL = "SELECT * FROM {rs}.campaign_performance WHERE as_of_date = :as_of ORDER BY step, variant, segment, window_days"
+_PERFORMANCE_SQL = (
+    "SELECT * FROM {rs}.campaign_performance WHERE as_of_date = :as_of ORDER BY step, variant, segment, window_days"
+)
 _VARIANT_WEEKS_SQL = """
 SELECT (as_of_date - CAST(:first AS date)) / 7 AS week, variant, count(*) AS emails
 FROM {rs}.email_sends WHERE status = 'sent' AND step = 1 GROUP BY 1, 2 ORDER BY 1, 2
@@ -156,16 +192,19 @@ def _settle_sends(db: AppDatabase, population: Population, day: date) -> None:
 
 
 def _morning_after(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time(9), timezone.utc)
+    return datetime.combine(day + timedelta(days=1), time(9), UTC)
 
 
 def _create_users(db: AppDatabase, config: SimulationConfig) -> None:
-    signed_up = datetime.combine(FIRST_DAY - timedelta(days=WARMUP_DAYS + 30), time(10), timezone.utc)
+    signed_up = datetime.combine(FIRST_DAY - timedelta(days=WARMUP_DAYS + 30), time(10), UTC)
     with db.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO users (id, email, name, created_at) "
-            "SELECT g, 'sim' || g || '@example.com', 'Sim User ' || g, :signed_up FROM generate_series(1, :n) g"
-        ), {"signed_up": signed_up, "n": config.users})
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, email, name, created_at) "
+                "SELECT g, 'sim' || g || '@example.com', 'Sim User ' || g, :signed_up FROM generate_series(1, :n) g"
+            ),
+            {"signed_up": signed_up, "n": config.users},
+        )
 
 
 def _insert_events(db: AppDatabase, rows: list[tuple]) -> None:
@@ -174,11 +213,18 @@ def _insert_events(db: AppDatabase, rows: list[tuple]) -> None:
     with db.begin() as conn:
         first_id = conn.execute(sa.text("SELECT COALESCE(max(id), 0) + 1 FROM events")).scalar_one()
         # One multi-row INSERT: one statement, so the trigger runs once per simulated day.
-        conn.execute(sa.text(
-            "INSERT INTO events (id, user_id, event_type, occurred_at) "
-            "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:users AS bigint[]), CAST(:types AS text[]), CAST(:times AS timestamptz[]))"
-        ), {"ids": list(range(first_id, first_id + len(rows))), "users": [r[0] for r in rows],
-            "types": [r[1] for r in rows], "times": [r[2] for r in rows]})
+        conn.execute(
+            sa.text(
+                "INSERT INTO events (id, user_id, event_type, occurred_at) "
+                "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:users AS bigint[]), CAST(:types AS text[]), CAST(:times AS timestamptz[]))"
+            ),
+            {
+                "ids": list(range(first_id, first_id + len(rows))),
+                "users": [r[0] for r in rows],
+                "types": [r[1] for r in rows],
+                "times": [r[2] for r in rows],
+            },
+        )
 
 
 def format_report(result: SimulationResult) -> str:
@@ -196,7 +242,9 @@ def format_report(result: SimulationResult) -> str:
         row = result.headline(window)
         if window != MODELLED_WINDOW_DAYS:
             # The model decides returns for the 7-day window only: other windows measure its artefacts.
-            lines.append(f"  {window:>4}d   not modelled (the model defines returns within {MODELLED_WINDOW_DAYS} days only): no lift")
+            lines.append(
+                f"  {window:>4}d   not modelled (the model defines returns within {MODELLED_WINDOW_DAYS} days only): no lift"
+            )
             continue
         if row is None or row["lift"] is None:
             lines.append(f"  {window:>4}d   (no closed windows yet)")
@@ -210,18 +258,28 @@ def format_report(result: SimulationResult) -> str:
     if headline and headline["lift_ci_low"] is not None and truth.intention_to_treat is not None:
         covered = headline["lift_ci_low"] <= truth.intention_to_treat <= headline["lift_ci_high"]
         lines.append("")
-        lines.append(f"The 95% interval {'covers' if covered else 'MISSES'} the true intention-to-treat lift of "
-                     f"{truth.intention_to_treat:+.1%} (uplift {c.true_uplift:+.1%} per effective email, less fatigue and "
-                     f"failed sends) and {'excludes' if headline['lift_ci_low'] > 0 or headline['lift_ci_high'] < 0 else 'includes'} zero.")
+        lines.append(
+            f"The 95% interval {'covers' if covered else 'MISSES'} the true intention-to-treat lift of "
+            f"{truth.intention_to_treat:+.1%} (uplift {c.true_uplift:+.1%} per effective email, less fatigue and "
+            f"failed sends) and {'excludes' if headline['lift_ci_low'] > 0 or headline['lift_ci_high'] < 0 else 'includes'} zero."
+        )
         if headline.get("per_protocol_lift") is not None and truth.per_protocol is not None:
-            lines.append(f"Per protocol (secondary, delivered emails only): measured {headline['per_protocol_lift']:+.1%}, "
-                         f"true {truth.per_protocol:+.1%}.")
+            lines.append(
+                f"Per protocol (secondary, delivered emails only): measured {headline['per_protocol_lift']:+.1%}, "
+                f"true {truth.per_protocol:+.1%}."
+            )
         if truth.baseline_imbalance is not None:
-            lines.append(f"Baseline imbalance between the arms (chance of returning without an email, email arm minus "
-                         f"holdout): {truth.baseline_imbalance:+.2%}; near zero when both arms are filtered alike.")
+            lines.append(
+                f"Baseline imbalance between the arms (chance of returning without an email, email arm minus "
+                f"holdout): {truth.baseline_imbalance:+.2%}; near zero when both arms are filtered alike."
+            )
     if result.variant_sends_by_week:
         lines.append("")
-        lines.append("Step 1 emails by variant and week: " + "; ".join(
-            f"week {week}: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
-            for week, counts in sorted(result.variant_sends_by_week.items())))
+        lines.append(
+            "Step 1 emails by variant and week: "
+            + "; ".join(
+                f"week {week}: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
+                for week, counts in sorted(result.variant_sends_by_week.items())
+            )
+        )
     return "\n".join(lines)

@@ -40,12 +40,19 @@ class ModelResult:
 
 
 # Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
-_FREQUENCY_CAP_COUNTS = {True: ("pending", "sent", "failed", "unknown", "suppressed", "holdout"),
-                         False: ("pending", "sent", "unknown")}
+_FREQUENCY_CAP_COUNTS = {
+    True: ("pending", "sent", "failed", "unknown", "suppressed", "holdout"),
+    False: ("pending", "sent", "unknown"),
+}
 
 
-def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: int | None = None,
-               arm_per_user: bool = False, suppress_before_assignment: bool = False) -> ModelResult:
+def model_lift(
+    config: SimulationConfig,
+    symmetric: bool = True,
+    cooldown_days: int | None = None,
+    arm_per_user: bool = False,
+    suppress_before_assignment: bool = False,
+) -> ModelResult:
     """The population through a pure-Python model of the pipeline's arm logic, measured with `lift`.
 
     Same population, dormancy (inactive for `dormant_after_days` up to `lost_after_days`), episodes
@@ -62,18 +69,19 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
     population = Population(config)
     last_active: dict[int, date] = {}
     active_days: dict[int, set[date]] = {}
-    episode: dict[int, date] = {}           # current episode start of users dormant today
-    rows: dict[tuple[int, int, date], tuple[date, str]] = {}   # (user, step, episode) -> (as-of day, status)
-    history: dict[int, list[tuple[date, str]]] = {}            # the user's rows, for the frequency cap
-    suppressed: set[int] = set()                               # users who unsubscribed
+    episode: dict[int, date] = {}  # current episode start of users dormant today
+    rows: dict[tuple[int, int, date], tuple[date, str]] = {}  # (user, step, episode) -> (as-of day, status)
+    history: dict[int, list[tuple[date, str]]] = {}  # the user's rows, for the frequency cap
+    suppressed: set[int] = set()  # users who unsubscribed
     first = FIRST_DAY - timedelta(days=WARMUP_DAYS)
     last_day = FIRST_DAY + timedelta(days=config.days - 1)
     for day in (first + timedelta(days=n) for n in range((last_day - first).days + 1)):
         for user_id in population.active_users(day):
             last_active[user_id] = day
             active_days.setdefault(user_id, set()).add(day)
-        dormant_today = {u for u, seen in last_active.items()
-                         if dormancy.dormant_after_days <= (day - seen).days <= dormancy.lost_after_days}
+        dormant_today = {
+            u for u, seen in last_active.items() if dormancy.dormant_after_days <= (day - seen).days <= dormancy.lost_after_days
+        }
         episode = {u: episode.get(u, day) for u in dormant_today}
         if day < FIRST_DAY - timedelta(days=1):
             continue  # the warm-up's backfill sends nothing
@@ -89,31 +97,48 @@ def model_lift(config: SimulationConfig, symmetric: bool = True, cooldown_days: 
                         continue
                 if suppress_before_assignment and user_id in suppressed:
                     continue
-                if any(status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown) for when, status in history.get(user_id, [])):
+                if any(
+                    status in _FREQUENCY_CAP_COUNTS[symmetric] and when > day - timedelta(days=cooldown)
+                    for when, status in history.get(user_id, [])
+                ):
                     continue
-                held_out = (hash_unit("holdout", CAMPAIGN, user_id) < campaign.holdout_share if arm_per_user
-                            else in_holdout(CAMPAIGN, step, user_id, start, campaign.holdout_share))
-                status = ("holdout" if held_out else "suppressed" if user_id in suppressed
-                          else population.delivery(user_id, day))
+                held_out = (
+                    hash_unit("holdout", CAMPAIGN, user_id) < campaign.holdout_share
+                    if arm_per_user
+                    else in_holdout(CAMPAIGN, step, user_id, start, campaign.holdout_share)
+                )
+                status = "holdout" if held_out else "suppressed" if user_id in suppressed else population.delivery(user_id, day)
                 rows[(user_id, step, start)] = (day, status)
                 history.setdefault(user_id, []).append((day, status))
                 population.decide(user_id, not held_out, status == "sent", "all", day)
                 if status == "sent" and population.unsubscribes(user_id, day):
                     unsubscribed_today.append(user_id)
-        suppressed.update(unsubscribed_today)   # the unsubscribe link is clicked after the morning's send
-    closed = [(u, when, status) for (u, step, _), (when, status) in rows.items()
-              if step == 1 and when <= last_day - timedelta(days=MODELLED_WINDOW_DAYS + 1)]
+        suppressed.update(unsubscribed_today)  # the unsubscribe link is clicked after the morning's send
+    closed = [
+        (u, when, status)
+        for (u, step, _), (when, status) in rows.items()
+        if step == 1 and when <= last_day - timedelta(days=MODELLED_WINDOW_DAYS + 1)
+    ]
     return _measure(population, closed, active_days)
 
 
 def _measure(population: Population, rows: list[tuple[int, date, str]], active_days: dict[int, set[date]]) -> ModelResult:
     # A decided user came back in the window when their fate said so; a still-engaged one when active on
     # one of the six full days after the morning send.
-    returned = {(u, when): population.fated_return.get((u, when),
-                                                       any(when + timedelta(days=k) in active_days.get(u, ()) for k in range(2, 8)))
-                for u, when, _ in rows}
+    returned = {
+        (u, when): population.fated_return.get(
+            (u, when), any(when + timedelta(days=k) in active_days.get(u, ()) for k in range(2, 8))
+        )
+        for u, when, _ in rows
+    }
     treated = [(u, when) for u, when, status in rows if status != "holdout"]
     holdout = [(u, when) for u, when, status in rows if status == "holdout"]
     t_ret, h_ret = sum(returned[r] for r in treated), sum(returned[r] for r in holdout)
-    return ModelResult(len(treated), t_ret, len(holdout), h_ret, lift(t_ret, len(treated), h_ret, len(holdout)),
-                       population.truth(treated + holdout))
+    return ModelResult(
+        len(treated),
+        t_ret,
+        len(holdout),
+        h_ret,
+        lift(t_ret, len(treated), h_ret, len(holdout)),
+        population.truth(treated + holdout),
+    )

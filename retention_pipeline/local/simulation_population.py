@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 
@@ -46,18 +46,18 @@ class SimulationConfig:
     days: int = 60
     users: int = 3000
     seed: int = 7
-    daily_activity_probability: float = 0.6   # an engaged user is active on a given day
-    daily_quit_probability: float = 0.03      # an engaged user goes quiet on a given day
+    daily_activity_probability: float = 0.6  # an engaged user is active on a given day
+    daily_quit_probability: float = 0.03  # an engaged user goes quiet on a given day
     background_return_probability: float = 0.01  # a quiet user of average propensity nobody decided about comes back on a day
-    base_return_7d: float = 0.20              # mean chance of a quiet user coming back within 7 days of a decision...
-    true_uplift: float = 0.10                 # ...plus this much when emailed (any variant without its own)
+    base_return_7d: float = 0.20  # mean chance of a quiet user coming back within 7 days of a decision...
+    true_uplift: float = 0.10  # ...plus this much when emailed (any variant without its own)
     variant_uplifts: dict[str, float] = field(default_factory=dict)
     adaptive_allocation: bool = False
-    propensity_concentration: float = 4.0     # Beta(a + b = this) around base_return_7d: smaller, more unequal users
-    fatigue_half_life_days: float = 30.0      # a new email's effect is (1 - 0.5 ** (days since the last delivered / this)); 0: none
-    failed_send_share: float = 0.0            # sends the provider rejects (status failed, no effect)
-    unknown_send_share: float = 0.0           # sends whose fate is unknown (status unknown, no effect)
-    unsubscribe_share: float = 0.0            # delivered emails after which the user unsubscribes (on average)
+    propensity_concentration: float = 4.0  # Beta(a + b = this) around base_return_7d: smaller, more unequal users
+    fatigue_half_life_days: float = 30.0  # a new email's effect is (1 - 0.5 ** (days since the last delivered / this)); 0: none
+    failed_send_share: float = 0.0  # sends the provider rejects (status failed, no effect)
+    unknown_send_share: float = 0.0  # sends whose fate is unknown (status unknown, no effect)
+    unsubscribe_share: float = 0.0  # delivered emails after which the user unsubscribes (on average)
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,13 +65,23 @@ class SimulationConfig:
             problems.append(f"days must be at least 1 (got {self.days})")
         if self.users < 1:
             problems.append(f"users must be at least 1 (got {self.users})")
-        for name in ("daily_activity_probability", "daily_quit_probability", "background_return_probability",
-                     "base_return_7d", "failed_send_share", "unknown_send_share", "unsubscribe_share"):
+        for name in (
+            "daily_activity_probability",
+            "daily_quit_probability",
+            "background_return_probability",
+            "base_return_7d",
+            "failed_send_share",
+            "unknown_send_share",
+            "unsubscribe_share",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} is a probability in [0, 1] (got {getattr(self, name)})")
         if self.failed_send_share + self.unknown_send_share > 1.0:
             problems.append("failed_send_share + unknown_send_share cannot exceed 1")
-        for name, uplift in {"uplift": self.true_uplift, **{f"uplift of {v}": u for v, u in self.variant_uplifts.items()}}.items():
+        for name, uplift in {
+            "uplift": self.true_uplift,
+            **{f"uplift of {v}": u for v, u in self.variant_uplifts.items()},
+        }.items():
             if not -1.0 <= uplift <= 1.0:
                 problems.append(f"{name} must be between -1 and 1 (got {uplift})")
             elif not 0.0 <= self.base_return_7d + uplift <= 1.0:
@@ -93,7 +103,7 @@ class Decision:
 
     treated: bool
     delivered: bool
-    baseline: float | None   # None: the user was still engaged (a declining one), nothing was decided
+    baseline: float | None  # None: the user was still engaged (a declining one), nothing was decided
     effect: float
 
 
@@ -101,9 +111,9 @@ class Decision:
 class Truth:
     """What the measured 7-day lift should find, over exactly the rows the pipeline measured."""
 
-    intention_to_treat: float | None   # mean effect over the email arm, failed and unknown sends included
-    per_protocol: float | None         # mean effect over delivered emails
-    baseline_imbalance: float | None   # mean chance without an email: email arm minus holdout (0 when both arms are alike)
+    intention_to_treat: float | None  # mean effect over the email arm, failed and unknown sends included
+    per_protocol: float | None  # mean effect over delivered emails
+    baseline_imbalance: float | None  # mean chance without an email: email arm minus holdout (0 when both arms are alike)
 
 
 @dataclass
@@ -119,8 +129,17 @@ class SimulationResult:
 
     def headline(self, window_days: int = MODELLED_WINDOW_DAYS, segment: str = "inactive", variant: str = "all") -> dict | None:
         """Step 1 among users dormant by inactivity: the population the true uplift is defined on."""
-        return next((row for row in self.performance if row["step"] == 1 and row["variant"] == variant
-                     and row["segment"] == segment and row["window_days"] == window_days), None)
+        return next(
+            (
+                row
+                for row in self.performance
+                if row["step"] == 1
+                and row["variant"] == variant
+                and row["segment"] == segment
+                and row["window_days"] == window_days
+            ),
+            None,
+        )
 
 
 _PURPOSES = ("background", "quit", "active", "fate", "when", "delivery", "unsubscribe")
@@ -133,11 +152,11 @@ class Population:
         self.config = config
         self.propensity = dict(zip(range(1, config.users + 1), _propensities(config), strict=True))
         self.engaged = {user_id: True for user_id in range(1, config.users + 1)}
-        self.return_on: dict[int, date] = {}   # a decided return day for quiet users
+        self.return_on: dict[int, date] = {}  # a decided return day for quiet users
         self.quiet_until: dict[int, date] = {}  # decided not to return within the window: no background return either
         self.last_delivered: dict[int, date] = {}
         self.decisions: dict[tuple[int, date], Decision] = {}
-        self.fated_return: dict[tuple[int, date], bool] = {}   # whether a decided user's fate is to come back in the window
+        self.fated_return: dict[tuple[int, date], bool] = {}  # whether a decided user's fate is to come back in the window
         self._daily_draws: dict[tuple[str, date], np.ndarray] = {}
 
     def _draw(self, purpose: str, user_id: int, day: date) -> float:
@@ -175,7 +194,7 @@ class Population:
         for user_id in self.active_users(day):
             rng = random.Random(f"{self.config.seed}:{user_id}:{day}")
             for _ in range(rng.randint(1, 4)):
-                moment = datetime.combine(day, time(8), timezone.utc) + timedelta(minutes=rng.randint(0, 12 * 60))
+                moment = datetime.combine(day, time(8), UTC) + timedelta(minutes=rng.randint(0, 12 * 60))
                 rows.append((user_id, rng.choice(EVENT_TYPES), moment))
         return rows
 

@@ -88,10 +88,17 @@ def _ensure_plan(client: stripe.StripeClient, pid: str, product_id: str, amount:
     try:
         return client.v1.plans.retrieve(pid).to_dict()
     except stripe.InvalidRequestError:
-        return client.v1.plans.create(params={
-            "id": pid, "product": product_id, "amount": amount, "currency": CURRENCY,
-            "interval": interval, "interval_count": 1, "nickname": nickname,
-        }).to_dict()
+        return client.v1.plans.create(
+            params={
+                "id": pid,
+                "product": product_id,
+                "amount": amount,
+                "currency": CURRENCY,
+                "interval": interval,
+                "interval_count": 1,
+                "nickname": nickname,
+            }
+        ).to_dict()
 
 
 def seed_demo_stripe(
@@ -168,6 +175,11 @@ def _seed_user(client: stripe.StripeClient, user: DemoUser, linked_share: float)
         sub = client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
         cancel_at_period_end = True
     return {
-        "user_id": user.id, "customer_id": customer.id, "subscription_id": sub.id, "path": path,
-        "wanted": wanted, "status": sub.status, "cancel_at_period_end": cancel_at_period_end,
+        "user_id": user.id,
+        "customer_id": customer.id,
+        "subscription_id": sub.id,
+        "path": path,
+        "wanted": wanted,
+        "status": sub.status,
+        "cancel_at_period_end": cancel_at_period_end,
     }

@@ -15,6 +15,7 @@ from dagster import (
 from pydantic import Field
 from sqlalchemy import text
 
+from retention_pipeline.outcomes.format import lift_text, percent
 from retention_pipeline.outcomes.sql import (
     EVALUATE_OUTCOMES_SQL,
     INSERT_PERFORMANCE_SQL,
@@ -25,7 +26,6 @@ from retention_pipeline.outcomes.sql import (
     REPLACE_REVENUE_SQL,
     REVENUE_KEPT_SQL,
 )
-from retention_pipeline.outcomes.format import lift_text, percent
 from retention_pipeline.outcomes.stats import Stratum, incremental_mrr, lift, stratified_difference, wald_interval
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
@@ -45,7 +45,8 @@ class PerformanceConfig(Config):
     """What campaign performance reports besides return rates."""
 
     revenue_horizons: list[int] = Field(
-        default=[30, 60], min_length=1,
+        default=[30, 60],
+        min_length=1,
         description="Days after assignment at which a paying user's subscription must still run to count as revenue kept.",
     )
 
@@ -78,8 +79,10 @@ def _outcomes_as_of(app_db: AppDatabase, config: OutcomeConfig, as_of) -> dict:
     params = {"as_of": as_of, "end_ts": _end_of(as_of), "windows": sorted(set(config.windows)), "tz": PROJECT_TIMEZONE}
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
         evaluated = conn.execute(text(app_db.render(EVALUATE_OUTCOMES_SQL)), params).rowcount
-        summary = pd.DataFrame(conn.execute(text(app_db.render(OUTCOME_SUMMARY_SQL)), params).mappings().all(),
-                               columns=["window_days", "final_rows", "open_rows", "treated", "treated_returned", "holdout", "holdout_returned"])
+        summary = pd.DataFrame(
+            conn.execute(text(app_db.render(OUTCOME_SUMMARY_SQL)), params).mappings().all(),
+            columns=["window_days", "final_rows", "open_rows", "treated", "treated_returned", "holdout", "holdout_returned"],
+        )
     metadata = {
         "as_of": MetadataValue.text(as_of.isoformat()),
         "rows_evaluated": MetadataValue.int(evaluated),
@@ -123,17 +126,38 @@ def campaign_performance(context: AssetExecutionContext, config: PerformanceConf
 def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) -> dict:
     """Replace one as-of day's rows of campaign_performance, in one transaction; that day's figures."""
     with clear_database_errors(app_db.statement_timeout_seconds), app_db.begin() as conn:
-        counts = pd.DataFrame(conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)),
-                                           {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE}).mappings().all(),
-                              columns=["campaign", "step", "variant", "segment", "window_days", "treated", "day", "users", "returned",
-                                       "recovered_mrr_cents", "delivered_users", "delivered_returned"])
+        counts = pd.DataFrame(
+            conn.execute(text(app_db.render(PERFORMANCE_COUNTS_SQL)), {"end_ts": _end_of(as_of), "tz": PROJECT_TIMEZONE})
+            .mappings()
+            .all(),
+            columns=[
+                "campaign",
+                "step",
+                "variant",
+                "segment",
+                "window_days",
+                "treated",
+                "day",
+                "users",
+                "returned",
+                "recovered_mrr_cents",
+                "delivered_users",
+                "delivered_returned",
+            ],
+        )
         rows = performance_rows(counts, as_of)
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
             conn.execute(text(app_db.render(INSERT_PERFORMANCE_SQL)), rows)
-        kept = pd.DataFrame(conn.execute(text(app_db.render(REVENUE_KEPT_SQL)), {
-            "as_of": as_of, "horizons": sorted(set(config.revenue_horizons)), "tz": PROJECT_TIMEZONE}).mappings().all(),
-            columns=["campaign", "step", "horizon_days", "treated", "users", "kept", "mrr_cents", "awaiting"])
+        kept = pd.DataFrame(
+            conn.execute(
+                text(app_db.render(REVENUE_KEPT_SQL)),
+                {"as_of": as_of, "horizons": sorted(set(config.revenue_horizons)), "tz": PROJECT_TIMEZONE},
+            )
+            .mappings()
+            .all(),
+            columns=["campaign", "step", "horizon_days", "treated", "users", "kept", "mrr_cents", "awaiting"],
+        )
         revenue = revenue_rows(kept, as_of)
         conn.execute(text(app_db.render(REPLACE_REVENUE_SQL)), {"as_of": as_of})
         if revenue:
@@ -142,7 +166,9 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
     metadata = {"as_of": MetadataValue.text(as_of.isoformat()), "rows": MetadataValue.int(len(rows))}
     metadata |= _revenue_metadata(revenue)
     if not table.empty:
-        headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(["campaign", "step", "window_days"])
+        headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(
+            ["campaign", "step", "window_days"]
+        )
         for r in headline.itertuples():
             key = f"{r.campaign}_step{r.step}_{r.window_days}d"
             if r.lift is not None and pd.notna(r.lift):
@@ -173,7 +199,12 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 t = group if variant == "all" else group[group["variant"] == variant]
                 t = t if segment == "all" else t[t["segment"] == segment]
                 h = held if segment == "all" else held[held["segment"] == segment]
-                n_t, r_t, n_h, r_h = int(t["users"].sum()), int(t["returned"].sum()), int(h["users"].sum()), int(h["returned"].sum())
+                n_t, r_t, n_h, r_h = (
+                    int(t["users"].sum()),
+                    int(t["returned"].sum()),
+                    int(h["users"].sum()),
+                    int(h["returned"].sum()),
+                )
                 if n_t == 0:
                     continue
                 result = lift(r_t, n_t, r_h, n_h)
@@ -182,15 +213,33 @@ def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
                 n_pp, r_pp = int(t["delivered_users"].sum()), int(t["delivered_returned"].sum())
                 # Secondary and not randomized (delivery is not random): a point figure, no interval or test.
                 per_protocol_lift = r_pp / n_pp - r_h / n_h if n_pp and n_h else None
-                rows.append({
-                    "as_of_date": as_of, "campaign": campaign, "step": int(step), "variant": variant, "segment": segment,
-                    "window_days": int(window), "treated": n_t, "treated_returned": r_t, "holdout": n_h,
-                    "holdout_returned": r_h, "treated_rate": result.treated_rate, "holdout_rate": result.holdout_rate,
-                    "lift": result.lift, "lift_ci_low": result.ci_low, "lift_ci_high": result.ci_high,
-                    "p_value": result.p_value, "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
-                    "adjusted_lift": adjusted.value, "adjusted_ci_low": adjusted_low, "adjusted_ci_high": adjusted_high,
-                    "per_protocol_treated": n_pp, "per_protocol_treated_returned": r_pp, "per_protocol_lift": per_protocol_lift,
-                })
+                rows.append(
+                    {
+                        "as_of_date": as_of,
+                        "campaign": campaign,
+                        "step": int(step),
+                        "variant": variant,
+                        "segment": segment,
+                        "window_days": int(window),
+                        "treated": n_t,
+                        "treated_returned": r_t,
+                        "holdout": n_h,
+                        "holdout_returned": r_h,
+                        "treated_rate": result.treated_rate,
+                        "holdout_rate": result.holdout_rate,
+                        "lift": result.lift,
+                        "lift_ci_low": result.ci_low,
+                        "lift_ci_high": result.ci_high,
+                        "p_value": result.p_value,
+                        "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
+                        "adjusted_lift": adjusted.value,
+                        "adjusted_ci_low": adjusted_low,
+                        "adjusted_ci_high": adjusted_high,
+                        "per_protocol_treated": n_pp,
+                        "per_protocol_treated_returned": r_pp,
+                        "per_protocol_lift": per_protocol_lift,
+                    }
+                )
     return rows
 
 
@@ -198,7 +247,7 @@ def _by_day(treated: pd.DataFrame, holdout: pd.DataFrame) -> list[Stratum]:
     # Plain sums: a pandas groupby per row of the report cost seconds per run.
     days: dict = {}
     for offset, frame in ((0, treated), (2, holdout)):
-        for day, returned, users in zip(frame["day"], frame["returned"], frame["users"]):
+        for day, returned, users in zip(frame["day"], frame["returned"], frame["users"], strict=False):
             counts = days.setdefault(day, [0, 0, 0, 0])
             counts[offset] += int(returned)
             counts[offset + 1] += int(users)
@@ -216,14 +265,26 @@ def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
         n_h, k_h = (int(holdout.users), int(holdout.kept)) if holdout else (0, 0)
         at_risk = int(treated.mrr_cents) if treated else 0
         result = incremental_mrr(k_t, n_t, k_h, n_h, at_risk)
-        rows.append({
-            "as_of_date": as_of, "campaign": campaign, "step": int(step), "horizon_days": int(horizon),
-            "treated": n_t, "treated_kept": k_t, "holdout": n_h, "holdout_kept": k_h,
-            "awaiting": int(group["awaiting"].sum()), "mrr_at_risk_cents": at_risk,
-            "retention_lift": result.lift.lift, "retention_lift_ci_low": result.lift.ci_low,
-            "retention_lift_ci_high": result.lift.ci_high, "incremental_mrr_cents": result.incremental_mrr_cents,
-            "incremental_mrr_ci_low_cents": result.ci_low_cents, "incremental_mrr_ci_high_cents": result.ci_high_cents,
-        })
+        rows.append(
+            {
+                "as_of_date": as_of,
+                "campaign": campaign,
+                "step": int(step),
+                "horizon_days": int(horizon),
+                "treated": n_t,
+                "treated_kept": k_t,
+                "holdout": n_h,
+                "holdout_kept": k_h,
+                "awaiting": int(group["awaiting"].sum()),
+                "mrr_at_risk_cents": at_risk,
+                "retention_lift": result.lift.lift,
+                "retention_lift_ci_low": result.lift.ci_low,
+                "retention_lift_ci_high": result.lift.ci_high,
+                "incremental_mrr_cents": result.incremental_mrr_cents,
+                "incremental_mrr_ci_low_cents": result.ci_low_cents,
+                "incremental_mrr_ci_high_cents": result.ci_high_cents,
+            }
+        )
     return rows
 
 
@@ -231,8 +292,10 @@ def _revenue_metadata(revenue: list[dict]) -> dict:
     if not revenue:
         return {}
     metadata = {}
-    lines = ["| campaign | step | horizon | treated kept | holdout kept | MRR at risk | incremental MRR (95% CI) | awaiting |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| campaign | step | horizon | treated kept | holdout kept | MRR at risk | incremental MRR (95% CI) | awaiting |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in revenue:
         treated = f"{r['treated_kept']}/{r['treated']}"
         holdout = f"{r['holdout_kept']}/{r['holdout']}"
@@ -240,11 +303,16 @@ def _revenue_metadata(revenue: list[dict]) -> dict:
             kept = "n/a (no holdout or no treated to compare)"
         else:
             metadata[f"incremental_mrr_{r['campaign']}_step{r['step']}_{r['horizon_days']}d"] = MetadataValue.float(
-                r["incremental_mrr_cents"] / 100)
-            kept = (f"${r['incremental_mrr_cents'] / 100:,.2f} (${r['incremental_mrr_ci_low_cents'] / 100:,.2f} .. "
-                    f"${r['incremental_mrr_ci_high_cents'] / 100:,.2f})")
-        lines.append(f"| {r['campaign']} | {r['step']} | {r['horizon_days']}d | {treated} | {holdout} | "
-                     f"${r['mrr_at_risk_cents'] / 100:,.2f} | {kept} | {r['awaiting']} |")
+                r["incremental_mrr_cents"] / 100
+            )
+            kept = (
+                f"${r['incremental_mrr_cents'] / 100:,.2f} (${r['incremental_mrr_ci_low_cents'] / 100:,.2f} .. "
+                f"${r['incremental_mrr_ci_high_cents'] / 100:,.2f})"
+            )
+        lines.append(
+            f"| {r['campaign']} | {r['step']} | {r['horizon_days']}d | {treated} | {holdout} | "
+            f"${r['mrr_at_risk_cents'] / 100:,.2f} | {kept} | {r['awaiting']} |"
+        )
     metadata["revenue_kept"] = MetadataValue.md("\n".join(lines))
     return metadata
 
@@ -260,16 +328,20 @@ def _lift_cell(value, low, high) -> str:
 
 def _performance_markdown(table: pd.DataFrame) -> str:
     shown = table[table["segment"] == "all"].sort_values(["campaign", "step", "variant", "window_days"])
-    lines = ["| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
-             "| lift within days (95% CI) | recovered MRR | per-protocol lift (delivered only) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|"]
+    lines = [
+        "| campaign | step | variant | window | treated | holdout | treated rate | holdout rate | lift (95% CI) | p "
+        "| lift within days (95% CI) | recovered MRR | per-protocol lift (delivered only) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
+    ]
     for r in shown.itertuples():
         interval = f"{r.lift:+.1%} ({r.lift_ci_low:+.1%} .. {r.lift_ci_high:+.1%})" if pd.notna(r.lift) else "n/a"
         adjusted = _lift_cell(r.adjusted_lift, r.adjusted_ci_low, r.adjusted_ci_high)
         holdout_rate = f"{r.holdout_rate:.1%}" if pd.notna(r.holdout_rate) else "n/a"
         p_value = f"{r.p_value:.3f}" if pd.notna(r.p_value) else "n/a"
         per_protocol = f"{r.per_protocol_lift:+.1%}" if pd.notna(r.per_protocol_lift) else "n/a"
-        lines.append(f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
-                     f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} "
-                     f"| {per_protocol} |")
+        lines.append(
+            f"| {r.campaign} | {r.step} | {r.variant} | {r.window_days}d | {r.treated} | {r.holdout} | "
+            f"{r.treated_rate:.1%} | {holdout_rate} | {interval} | {p_value} | {adjusted} | ${r.recovered_mrr_cents / 100:,.2f} "
+            f"| {per_protocol} |"
+        )
     return "\n".join(lines)

@@ -101,8 +101,10 @@ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 
 def step_outcomes_by_day(app_db: AppDatabase, campaign: str, step: int, window_days: int, before: datetime) -> list[Row]:
     """The outcomes feedback the outreach domain reads: one step's windows closed before `before`, by send day."""
-    return app_db.fetch_all(STEP_OUTCOMES_BY_DAY_SQL, {"campaign": campaign, "step": step, "window_days": window_days,
-                                                        "end_ts": before, "tz": PROJECT_TIMEZONE})
+    return app_db.fetch_all(
+        STEP_OUTCOMES_BY_DAY_SQL,
+        {"campaign": campaign, "step": step, "window_days": window_days, "end_ts": before, "tz": PROJECT_TIMEZONE},
+    )
 
 
 # Revenue kept, as assigned: every paying user (MRR at assignment > 0) of every settled assignment (a send

@@ -85,7 +85,9 @@ def score_interval(x1: int, n1: int, x2: int, n2: int, alpha: float = 0.05, corr
     low_edge, high_edge = -1 + _EDGE, 1 - _EDGE
     # No root inside: the test rejects no delta down to -1 (or up to 1), so the interval reaches it.
     low = -1.0 if estimate <= low_edge or excess(low_edge, 1) < 0 else brentq(excess, low_edge, estimate, args=(1,), xtol=1e-12)
-    high = 1.0 if estimate >= high_edge or excess(high_edge, -1) < 0 else brentq(excess, estimate, high_edge, args=(-1,), xtol=1e-12)
+    high = (
+        1.0 if estimate >= high_edge or excess(high_edge, -1) < 0 else brentq(excess, estimate, high_edge, args=(-1,), xtol=1e-12)
+    )
     return float(low), float(high)
 
 
@@ -180,12 +182,14 @@ class RevenueKept:
     ci_high_cents: float | None
 
 
-def incremental_mrr(treated_kept: int, treated: int, holdout_kept: int, holdout: int, mrr_at_risk_cents: int,
-                    alpha: float = 0.05) -> RevenueKept:
+def incremental_mrr(
+    treated_kept: int, treated: int, holdout_kept: int, holdout: int, mrr_at_risk_cents: int, alpha: float = 0.05
+) -> RevenueKept:
     """(treated retention - holdout retention) x MRR at risk, with the score interval of the retention
     difference scaled by the same MRR (taken as known: it is measured at assignment, before any effect)."""
     kept = lift(treated_kept, treated, holdout_kept, holdout, alpha)
     if kept.lift is None:
         return RevenueKept(kept, mrr_at_risk_cents, None, None, None)
-    return RevenueKept(kept, mrr_at_risk_cents, kept.lift * mrr_at_risk_cents, kept.ci_low * mrr_at_risk_cents,
-                       kept.ci_high * mrr_at_risk_cents)
+    return RevenueKept(
+        kept, mrr_at_risk_cents, kept.lift * mrr_at_risk_cents, kept.ci_low * mrr_at_risk_cents, kept.ci_high * mrr_at_risk_cents
+    )

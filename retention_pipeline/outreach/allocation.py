@@ -92,8 +92,10 @@ def sequential_pause(outcomes: list[DayOutcome], rule: SequentialRule) -> str | 
     estimate, interval = overall_lift(outcomes, rule)
     if interval is None or min(estimate.treated, estimate.control) < rule.min_sample or interval.high >= 0:
         return None
-    return (f"lift {interval.estimate:+.3f}, always-valid {1 - rule.alpha:.0%} interval {interval.low:+.3f} .. "
-            f"{interval.high:+.3f} < 0 ({estimate.treated} treated, {estimate.control} holdout)")
+    return (
+        f"lift {interval.estimate:+.3f}, always-valid {1 - rule.alpha:.0%} interval {interval.low:+.3f} .. "
+        f"{interval.high:+.3f} < 0 ({estimate.treated} treated, {estimate.control} holdout)"
+    )
 
 
 def sequential_winner(outcomes: list[DayOutcome], variants: list[str], rule: SequentialRule) -> tuple[str, str] | None:
@@ -110,37 +112,65 @@ def sequential_winner(outcomes: list[DayOutcome], variants: list[str], rule: Seq
         for other in variants:
             if other == leader:
                 continue
-            estimate = stratified_difference(day_strata(outcomes, lambda r, v=leader: r.variant == v,
-                                                        lambda r, v=other: r.variant == v))
+            estimate = stratified_difference(
+                day_strata(outcomes, lambda r, v=leader: r.variant == v, lambda r, v=other: r.variant == v)
+            )
             comparisons.append((other, always_valid_interval(estimate, alpha, rule.effect_scale)))
         if all(interval is not None and interval.low > 0 for _, interval in comparisons):
-            return leader, "; ".join(f"beats {other} by {i.estimate:+.3f} (always-valid interval {i.low:+.3f} .. {i.high:+.3f})"
-                                     for other, i in comparisons)
+            return leader, "; ".join(
+                f"beats {other} by {i.estimate:+.3f} (always-valid interval {i.low:+.3f} .. {i.high:+.3f})"
+                for other, i in comparisons
+            )
     return None
 
 
 def thompson_allocation(
-    campaign: str, step: int, as_of: date, variants: list[str], outcomes: list[DayOutcome], min_share: float,
-    rule: SequentialRule = SequentialRule(), previous: dict | None = None, resumed: bool = False, draws: int = 4000,
+    campaign: str,
+    step: int,
+    as_of: date,
+    variants: list[str],
+    outcomes: list[DayOutcome],
+    min_share: float,
+    rule: SequentialRule = SequentialRule(),
+    previous: dict | None = None,
+    resumed: bool = False,
+    draws: int = 4000,
 ) -> Allocation:
     """Thompson sampling on returns: each variant's share is its posterior probability of being the best
     (Beta(1 + returned, 1 + not returned)), floored at `min_share` so no variant stops being measured.
     The sequential rule may pause the step for review (until `resumed`) or declare a winner, which then
     takes all but the exploration floor; both decisions stand once taken (`previous`: the last one)."""
     previous = previous or {}
-    pause = None if resumed else (previous.get("reason") if previous.get("decision") == "paused_for_review"
-                                  else sequential_pause(outcomes, rule))
+    pause = (
+        None
+        if resumed
+        else (previous.get("reason") if previous.get("decision") == "paused_for_review" else sequential_pause(outcomes, rule))
+    )
     if pause:
-        treated = {"treated": sum(r.users for r in outcomes if r.treated), "returned": sum(r.returned for r in outcomes if r.treated)}
-        return Allocation({}, True, pause if pause.startswith("paused for review") else f"paused for review: {pause}",
-                          {"all": treated}, decision="paused_for_review")
-    totals = {v: {"treated": sum(r.users for r in outcomes if r.variant == v),
-                  "returned": sum(r.returned for r in outcomes if r.variant == v)} for v in variants}
+        treated = {
+            "treated": sum(r.users for r in outcomes if r.treated),
+            "returned": sum(r.returned for r in outcomes if r.treated),
+        }
+        return Allocation(
+            {},
+            True,
+            pause if pause.startswith("paused for review") else f"paused for review: {pause}",
+            {"all": treated},
+            decision="paused_for_review",
+        )
+    totals = {
+        v: {
+            "treated": sum(r.users for r in outcomes if r.variant == v),
+            "returned": sum(r.returned for r in outcomes if r.variant == v),
+        }
+        for v in variants
+    }
     rng = np.random.default_rng(int(hash_unit("thompson", campaign, step, as_of) * 2**63))
-    samples = np.column_stack([rng.beta(1 + totals[v]["returned"], 1 + totals[v]["treated"] - totals[v]["returned"], draws)
-                               for v in variants])
+    samples = np.column_stack(
+        [rng.beta(1 + totals[v]["returned"], 1 + totals[v]["treated"] - totals[v]["returned"], draws) for v in variants]
+    )
     p_best = np.bincount(samples.argmax(axis=1), minlength=len(variants)) / draws
-    figures = {v: totals[v] | {"p_best": float(p)} for v, p in zip(variants, p_best)}
+    figures = {v: totals[v] | {"p_best": float(p)} for v, p in zip(variants, p_best, strict=False)}
     floor = min(min_share, 1 / len(variants))
     winner = (previous.get("winner"), previous.get("reason")) if previous.get("decision") == "winner" else None
     winner = winner if winner and winner[0] in variants else sequential_winner(outcomes, variants, rule)
@@ -150,8 +180,13 @@ def thompson_allocation(
         return Allocation(shares, False, reason, figures, decision="winner", winner=winner[0])
     shares = floor + (1 - floor * len(variants)) * p_best
     reason = "resumed by config after review; thompson sampling on returns" if resumed else "thompson sampling on returns"
-    return Allocation({v: float(s) for v, s in zip(variants, shares)}, False, reason, figures,
-                      decision="resumed" if resumed else "explore")
+    return Allocation(
+        {v: float(s) for v, s in zip(variants, shares, strict=False)},
+        False,
+        reason,
+        figures,
+        decision="resumed" if resumed else "explore",
+    )
 
 
 def allocated_variant(campaign: str, step: int, user_id: int, episode_start: date, shares: dict[str, float]) -> str:

@@ -29,7 +29,8 @@ from sqlalchemy import text
 
 from retention_pipeline import clock
 from retention_pipeline.activity.trigger import drain_activity_queue
-from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION, CampaignConfig
+from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION
+from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.links import UnsubscribeLinks
 from retention_pipeline.outreach.planning import (
     campaign_figures,
@@ -66,7 +67,10 @@ LEFT_BY_EARLIER_RUN = "left pending by an earlier run"
 
 @op(retry_policy=database_retry_policy, ins={"dormant_users": In(Nothing)}, tags={"kind": "postgres"})
 def plan_reengagement_sends(
-    context: OpExecutionContext, config: CampaignConfig, app_db: AppDatabase, unsubscribe_links: UnsubscribeLinks,
+    context: OpExecutionContext,
+    config: CampaignConfig,
+    app_db: AppDatabase,
+    unsubscribe_links: UnsubscribeLinks,
     email_sender: EmailSender,
 ) -> dict:
     """Write one ledger row per assignment of every campaign, in priority order, before any send: an intended
@@ -80,16 +84,27 @@ def plan_reengagement_sends(
     days = partition_days(context)
     today = clock.today()
     names = [c.name for c in campaigns]
-    plan = {"campaign": ", ".join(names), "campaigns": names,
-            # A paused campaign's pending batches stay pending; the send op sends only these campaigns'.
-            "sending_campaigns": [c.name for c in campaigns if not c.paused],
-            "dry_run": config.dry_run, "paused": config.paused, "settings": settings,
-            "days": [d.isoformat() for d in days],
-            # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
-            "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
-            "batch_keys": [], "skipped": Counter(), "guards": {}, "recorded": Counter(), "already_recorded": 0,
-            "paused_for_review": {}, "winners": {}, "by_campaign": {c.name: campaign_figures() for c in campaigns},
-            "suppressed_by_arm": Counter({"email": 0, "holdout": 0})}
+    plan = {
+        "campaign": ", ".join(names),
+        "campaigns": names,
+        # A paused campaign's pending batches stay pending; the send op sends only these campaigns'.
+        "sending_campaigns": [c.name for c in campaigns if not c.paused],
+        "dry_run": config.dry_run,
+        "paused": config.paused,
+        "settings": settings,
+        "days": [d.isoformat() for d in days],
+        # Days recent enough to send: a run covering none of them is a backfill and sends nothing at all.
+        "current_days": [d.isoformat() for d in days if (today - d).days <= config.max_send_lag_days],
+        "batch_keys": [],
+        "skipped": Counter(),
+        "guards": {},
+        "recorded": Counter(),
+        "already_recorded": 0,
+        "paused_for_review": {},
+        "winners": {},
+        "by_campaign": {c.name: campaign_figures() for c in campaigns},
+        "suppressed_by_arm": Counter({"email": 0, "holdout": 0}),
+    }
     for campaign in campaigns:
         record_success_definition(app_db, campaign)
     for as_of in days:
@@ -121,19 +136,28 @@ def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppData
     a paused run, a dry run or a backfill (they leave pending batches for the next current-day run)."""
     batches = app_db.fetch_all(PENDING_BATCHES_SQL, {"campaigns": plan["sending_campaigns"]})
     planned = set(plan["batch_keys"])
-    listed = [{"batch_key": b.batch_key, "emails": b.emails,
-               "why": THIS_RUNS_PLAN if b.batch_key in planned else LEFT_BY_EARLIER_RUN} for b in batches]
+    listed = [
+        {"batch_key": b.batch_key, "emails": b.emails, "why": THIS_RUNS_PLAN if b.batch_key in planned else LEFT_BY_EARLIER_RUN}
+        for b in batches
+    ]
     reason_not_to_send = _reason_not_to_send(plan)
     if reason_not_to_send:
         held = [entry | {"result": "held"} for entry in listed]
-        context.log.info(f"nothing sent: {reason_not_to_send}; {len(held)} pending batch(es) held "
-                         f"({sum(b['emails'] for b in held)} emails)")
+        context.log.info(
+            f"nothing sent: {reason_not_to_send}; {len(held)} pending batch(es) held ({sum(b['emails'] for b in held)} emails)"
+        )
         return {"decision": f"nothing sent: {reason_not_to_send}", "counts": {}, "batches": held}
     results = Counter()
     for batch, entry in zip(batches, listed, strict=True):
         if clock.now() - batch.created_at > IDEMPOTENCY_HORIZON:
-            _finish_batch(app_db, batch.batch_key, "unknown", "pending beyond the provider's idempotency horizon; "
-                          "not re-sent to avoid a duplicate: check the provider's log for this batch key", 0)
+            _finish_batch(
+                app_db,
+                batch.batch_key,
+                "unknown",
+                "pending beyond the provider's idempotency horizon; "
+                "not re-sent to avoid a duplicate: check the provider's log for this batch key",
+                0,
+            )
             entry["result"] = "unknown"
         else:
             entry["result"] = _send_batch(context, app_db, email_sender, batch.batch_key)
@@ -144,9 +168,12 @@ def send_pending_emails(context: OpExecutionContext, plan: dict, app_db: AppData
         email_sender.wait_out_rate_window()
     context.log.info(f"send results: {dict(results)}")
     sent = sum(1 for entry in listed if entry["result"] == "sent")
-    return {"decision": f"current day's live run: {sent} of {len(listed)} pending batch(es) sent "
-                        "(this run's plan and any left pending by an earlier run)",
-            "counts": dict(results), "batches": listed}
+    return {
+        "decision": f"current day's live run: {sent} of {len(listed)} pending batch(es) sent "
+        "(this run's plan and any left pending by an earlier run)",
+        "counts": dict(results),
+        "batches": listed,
+    }
 
 
 def _reason_not_to_send(plan: dict) -> str | None:
@@ -155,8 +182,10 @@ def _reason_not_to_send(plan: dict) -> str | None:
     if plan["dry_run"]:
         return "dry run; pending batches are left to the next live run"
     if not plan["current_days"]:
-        return ("backfill: no partition of this run is within max_send_lag_days of today (a backfill never "
-                "sends); pending batches are left to the current day's run")
+        return (
+            "backfill: no partition of this run is within max_send_lag_days of today (a backfill never "
+            "sends); pending batches are left to the current day's run"
+        )
     return None
 
 
@@ -181,8 +210,10 @@ def _send_batch(context, app_db: AppDatabase, sender: EmailSender, batch_key: st
             sent_at = clock.now()
             with app_db.begin() as conn:
                 for row, provider_id in zip(rows, outcome.provider_ids, strict=True):
-                    conn.execute(text(app_db.render(MARK_SENT_SQL)),
-                                 {"id": row.id, "provider_id": provider_id, "sent_at": sent_at, "attempts": outcome.attempts})
+                    conn.execute(
+                        text(app_db.render(MARK_SENT_SQL)),
+                        {"id": row.id, "provider_id": provider_id, "sent_at": sent_at, "attempts": outcome.attempts},
+                    )
             return "sent"
         finally:
             lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": batch_key})
@@ -197,11 +228,14 @@ def _finish_batch(app_db: AppDatabase, batch_key: str, status: str, error: str, 
 def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, app_db: AppDatabase, email_sender: EmailSender):
     """Summarise the ledger of the window as the asset's metadata."""
     window = window_params(context.partition_time_window)
-    ledger = pd.DataFrame(app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]}),
-                          columns=["campaign", "step", "variant", "status", "emails"])
+    ledger = pd.DataFrame(
+        app_db.fetch_all(LEDGER_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]}),
+        columns=["campaign", "step", "variant", "status", "emails"],
+    )
     by_status = ledger.groupby("status")["emails"].sum().to_dict() if not ledger.empty else {}
-    previews = {row.status: row.emails for row in
-                app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]})}
+    previews = {
+        row.status: row.emails for row in app_db.fetch_all(DRY_RUN_SUMMARY_SQL, window | {"campaigns": plan["campaigns"]})
+    }
     skipped = plan["skipped"]
     batches = results["batches"]
     figures = {
@@ -216,25 +250,30 @@ def record_send_ledger(context: OpExecutionContext, plan: dict, results: dict, a
         "skipped": sum(skipped.values()),
         "already_recorded": plan["already_recorded"],
     }
-    context.add_output_metadata({
-        "campaign": MetadataValue.text(plan["campaign"]),
-        "sender": MetadataValue.text(email_sender.name),
-        **_figures_metadata(figures, plan["days"]),
-        "skipped_by_reason": MetadataValue.json(skipped),
-        "campaigns": MetadataValue.json(_per_campaign(ledger, plan)),
-        # Suppressed addresses are assigned, not skipped: this run's suppressed assignments in each arm.
-        "suppressed_by_arm": MetadataValue.json(plan["suppressed_by_arm"]),
-        "send_decision": MetadataValue.text(results["decision"]),
-        "send_results_this_run": MetadataValue.json(results["counts"]),
-        "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),
-        "batches_not_sent": MetadataValue.json([_batch_entry(b) | {"result": b["result"]}
-                                                for b in batches if b["result"] != "sent"]),
-        "guards": MetadataValue.json(plan["guards"]),
-        "paused_for_review": MetadataValue.json(plan.get("paused_for_review", {})),
-        "winners": MetadataValue.json(plan.get("winners", {})),
-        "ledger": MetadataValue.md(ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"),
-        **used_values_metadata(plan["settings"], CAMPAIGN_SECTION),
-    })
+    context.add_output_metadata(
+        {
+            "campaign": MetadataValue.text(plan["campaign"]),
+            "sender": MetadataValue.text(email_sender.name),
+            **_figures_metadata(figures, plan["days"]),
+            "skipped_by_reason": MetadataValue.json(skipped),
+            "campaigns": MetadataValue.json(_per_campaign(ledger, plan)),
+            # Suppressed addresses are assigned, not skipped: this run's suppressed assignments in each arm.
+            "suppressed_by_arm": MetadataValue.json(plan["suppressed_by_arm"]),
+            "send_decision": MetadataValue.text(results["decision"]),
+            "send_results_this_run": MetadataValue.json(results["counts"]),
+            "batches_sent": MetadataValue.json([_batch_entry(b) for b in batches if b["result"] == "sent"]),
+            "batches_not_sent": MetadataValue.json(
+                [_batch_entry(b) | {"result": b["result"]} for b in batches if b["result"] != "sent"]
+            ),
+            "guards": MetadataValue.json(plan["guards"]),
+            "paused_for_review": MetadataValue.json(plan.get("paused_for_review", {})),
+            "winners": MetadataValue.json(plan.get("winners", {})),
+            "ledger": MetadataValue.md(
+                ledger.to_markdown(index=False) if not ledger.empty else "_no ledger rows in this window_"
+            ),
+            **used_values_metadata(plan["settings"], CAMPAIGN_SECTION),
+        }
+    )
 
 
 def _per_campaign(ledger: pd.DataFrame, plan: dict) -> dict:
@@ -244,7 +283,8 @@ def _per_campaign(ledger: pd.DataFrame, plan: dict) -> dict:
         rows = ledger[ledger["campaign"] == name] if not ledger.empty else ledger
         statuses = rows.groupby("status")["emails"].sum().to_dict() if not rows.empty else {}
         out[name] = {status: int(statuses.get(status, 0)) for status in ("sent", "holdout", "failed", "pending")} | {
-            "skipped_by_reason": plan["by_campaign"][name]["skipped"]}
+            "skipped_by_reason": plan["by_campaign"][name]["skipped"]
+        }
     return out
 
 

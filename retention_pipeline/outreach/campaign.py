@@ -19,7 +19,9 @@ class CampaignStep(Config):
     delay_days: int = Field(
         ge=0, description="Days after the previous step's send (step 1: after the user became dormant) before this step is due."
     )
-    variants: list[str] = Field(min_length=1, description="Template variants to split users between (A/B). See README: templates.")
+    variants: list[str] = Field(
+        min_length=1, description="Template variants to split users between (A/B). See README: templates."
+    )
 
     @field_validator("variants")
     @classmethod
@@ -48,13 +50,19 @@ def _from_file(key: str):
 class CampaignConfig(Config):
     """A re-engagement email sequence for dormant users. Defaults are safe for production."""
 
-    campaign: str = Field(default=_from_file("campaign"), pattern=r"^[a-z0-9_-]{1,40}$",
-                          description="Without campaign files only: the campaign's name (ledger key, Resend tag).")
-    from_address: str = Field(default=_from_file("from_address"), description="From header; a verified Resend domain in production.")
+    campaign: str = Field(
+        default=_from_file("campaign"),
+        pattern=r"^[a-z0-9_-]{1,40}$",
+        description="Without campaign files only: the campaign's name (ledger key, Resend tag).",
+    )
+    from_address: str = Field(
+        default=_from_file("from_address"), description="From header; a verified Resend domain in production."
+    )
     product_name: str = Field(default=_from_file("product_name"), description="How the emails name the product.")
     app_url: str = Field(default=_from_file("app_url"), description="Where the call-to-action button points.")
     sender_name: str = Field(
-        default=_from_file("sender_name"), description="Who sends, as the footer names it (e.g. the company's legal name); empty = product_name."
+        default=_from_file("sender_name"),
+        description="Who sends, as the footer names it (e.g. the company's legal name); empty = product_name.",
     )
     postal_address: str = Field(
         default=_from_file("postal_address"),
@@ -65,17 +73,23 @@ class CampaignConfig(Config):
         default=_from_file("unsubscribe_url"),
         description="Public URL of the Flask blueprint's unsubscribe endpoint; the signed token is appended.",
     )
-    steps: list[CampaignStep] = Field(default_factory=_default_steps,
-                                      description="Without campaign files only: the sequence; it stops as soon as the user returns.")
+    steps: list[CampaignStep] = Field(
+        default_factory=_default_steps,
+        description="Without campaign files only: the sequence; it stops as soon as the user returns.",
+    )
     holdout_share: float = Field(
-        default=_from_file("holdout_share"), ge=0.0, le=0.5,
+        default=_from_file("holdout_share"),
+        ge=0.0,
+        le=0.5,
         description="Without campaign files only: share of assignments held out (not emailed), to measure lift: drawn "
         "afresh for each step of each dormancy episode (stable hash of campaign, step, user and episode start).",
     )
     cooldown_days: int = Field(
-        default=_from_file("cooldown_days"), ge=0,
+        default=_from_file("cooldown_days"),
+        ge=0,
         description="The global frequency cap: no person gets more than one email (or holdout assignment) of all "
-        "campaigns together per this many days; the campaign planned first (priority) wins.")
+        "campaigns together per this many days; the campaign planned first (priority) wins.",
+    )
     paused: bool = Field(
         default=_from_file("paused"),
         description="Kill switch: when true nothing is planned or sent, not even batches a crashed run left pending "
@@ -87,40 +101,54 @@ class CampaignConfig(Config):
         "ledger or holdout rows, so a live run of the same day sends exactly what it would have.",
     )
     max_send_lag_days: int = Field(
-        default=_from_file("max_send_lag_days"), ge=0, description="A run whose partitions are all older than this (against today's clock) sends "
-        "nothing, not even batches left pending by a crashed run: backfills never send."
+        default=_from_file("max_send_lag_days"),
+        ge=0,
+        description="A run whose partitions are all older than this (against today's clock) sends "
+        "nothing, not even batches left pending by a crashed run: backfills never send.",
     )
     adaptive_allocation: bool = Field(
-        default=_from_file("adaptive_allocation"), description="Allocate variants by measured returns (Thompson sampling); off = stable hash split."
+        default=_from_file("adaptive_allocation"),
+        description="Allocate variants by measured returns (Thompson sampling); off = stable hash split.",
     )
     primary_window_days: int = Field(
-        default=_from_file("primary_window_days"), ge=1, description="With adaptive allocation: the attribution window whose returns drive allocation and pausing."
+        default=_from_file("primary_window_days"),
+        ge=1,
+        description="With adaptive allocation: the attribution window whose returns drive allocation and pausing.",
     )
     min_exploration_share: float = Field(
-        default=_from_file("min_exploration_share"), ge=0.0, le=1.0, description="With adaptive allocation: every variant keeps at least this share per step."
+        default=_from_file("min_exploration_share"),
+        ge=0.0,
+        le=1.0,
+        description="With adaptive allocation: every variant keeps at least this share per step.",
     )
     sequential_alpha: float = Field(
-        default=_from_file("sequential_alpha"), gt=0.0, lt=0.5,
+        default=_from_file("sequential_alpha"),
+        gt=0.0,
+        lt=0.5,
         description="With adaptive allocation: error rate of auto-pause and of declaring a winner over the whole campaign, "
         "however many daily looks (always-valid confidence sequence).",
     )
     sequential_effect_scale: float = Field(
-        default=_from_file("sequential_effect_scale"), gt=0.0, le=1.0,
+        default=_from_file("sequential_effect_scale"),
+        gt=0.0,
+        le=1.0,
         description="With adaptive allocation: the lift in return rate (0.05 = 5 points) the always-valid test is tuned to "
         "detect soonest (its normal mixture's standard deviation).",
     )
     min_decision_sample: int = Field(
-        default=_from_file("min_decision_sample"), ge=1,
+        default=_from_file("min_decision_sample"),
+        ge=1,
         description="With adaptive allocation: users with a closed window each arm (and each variant) needs before any "
         "pause or winner decision.",
     )
     success_event_types: list[str] = Field(
         default_factory=lambda: list(_from_file("success_event_types")),
-        description="What counts as coming back: these event types only (e.g. create_task, complete_task); "
-        "empty = any event.",
+        description="What counts as coming back: these event types only (e.g. create_task, complete_task); empty = any event.",
     )
     success_min_events: int = Field(
-        default=_from_file("success_min_events"), ge=1, description="Qualifying events within the attribution window a return needs (1 = the first one)."
+        default=_from_file("success_min_events"),
+        ge=1,
+        description="Qualifying events within the attribution window a return needs (1 = the first one).",
     )
     resume_steps: list[int] = Field(
         default_factory=lambda: list(_from_file("resume_steps")),
@@ -128,13 +156,13 @@ class CampaignConfig(Config):
     )
 
     @model_validator(mode="after")
-    def _steps_in_order(self) -> "CampaignConfig":
+    def _steps_in_order(self) -> CampaignConfig:
         numbers = [s.step for s in self.steps]
         if numbers != list(range(1, len(numbers) + 1)):
             raise ValueError(f"steps must be numbered 1..n in order, got {numbers}")
         return self
 
-    def with_footer_identity(self, live_sender: bool) -> "CampaignConfig":
+    def with_footer_identity(self, live_sender: bool) -> CampaignConfig:
         """This config with a postal address for the footer, or a Failure before anything is rendered or sent."""
         if self.postal_address.strip():
             return self

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, TemplateError, TemplateNotFoun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retention_pipeline.errors import SettingsError
-from retention_pipeline.outreach.render import ACTION_PHRASES, EmailRenderer, TEMPLATE_VARIABLES
+from retention_pipeline.outreach.render import ACTION_PHRASES, TEMPLATE_VARIABLES, EmailRenderer
 from retention_pipeline.settings import PROJECT_ROOT
 
 SHARED_DIR_NAME = "_shared"
@@ -51,9 +51,15 @@ class Audience(_Strict):
     min_days_inactive: int | None = Field(default=None, ge=0)
     max_days_inactive: int | None = Field(default=None, ge=0)
     # The user's segment in the latest week that ended before the as-of day.
-    weekly_segments: list[Literal["new", "resurrected", "declining", "power", "active", "casual", "dormant", "churned"]] | None = None
-    subscription_statuses: list[Literal["active", "past_due", "trialing", "unpaid", "incomplete", "incomplete_expired",
-                                        "canceled", "paused", "none"]] | None = None
+    weekly_segments: (
+        list[Literal["new", "resurrected", "declining", "power", "active", "casual", "dormant", "churned"]] | None
+    ) = None
+    subscription_statuses: (
+        list[
+            Literal["active", "past_due", "trialing", "unpaid", "incomplete", "incomplete_expired", "canceled", "paused", "none"]
+        ]
+        | None
+    ) = None
     plans: list[str] | None = None
     min_mrr_cents: int | None = Field(default=None, ge=0)
     max_mrr_cents: int | None = Field(default=None, ge=0)
@@ -62,7 +68,7 @@ class Audience(_Strict):
     trial_ends_within_days: int | None = Field(default=None, ge=1, le=90)
 
     @model_validator(mode="after")
-    def _ranges(self) -> "Audience":
+    def _ranges(self) -> Audience:
         for low, high in (("min_days_inactive", "max_days_inactive"), ("min_mrr_cents", "max_mrr_cents")):
             if getattr(self, low) is not None and getattr(self, high) is not None and getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} {getattr(self, low)} is above {high} {getattr(self, high)}: nobody matches")
@@ -107,7 +113,7 @@ class CampaignFile(_Strict):
     resume_steps: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _steps_in_order(self) -> "CampaignFile":
+    def _steps_in_order(self) -> CampaignFile:
         numbers = [s.step for s in self.steps]
         if numbers != list(range(1, len(numbers) + 1)):
             raise ValueError(f"steps must be numbered 1..n in order, got {numbers}")
@@ -180,8 +186,12 @@ def load_campaigns(root: Path | None = None, include_disabled: bool = False) -> 
     """Every campaign of the directory in priority order (then by name), or CampaignFilesError with every problem."""
     root = root or campaigns_dir()
     if not root.is_dir():
-        raise CampaignFilesError([f"RETENTION_CAMPAIGNS_DIR={str(root)!r} is not a directory; point it at the folder of "
-                                  "campaign directories, or unset it for the repository's campaigns/."])
+        raise CampaignFilesError(
+            [
+                f"RETENTION_CAMPAIGNS_DIR={str(root)!r} is not a directory; point it at the folder of "
+                "campaign directories, or unset it for the repository's campaigns/."
+            ]
+        )
     problems: list[str] = []
     loaded: list[Campaign] = []
     for directory in campaign_directories(root):
@@ -192,8 +202,11 @@ def load_campaigns(root: Path | None = None, include_disabled: bool = False) -> 
     priorities: dict[int, list[str]] = {}
     for campaign in loaded:
         priorities.setdefault(campaign.priority, []).append(campaign.name)
-    problems += [f"{root}: campaigns {names} share priority {priority}; give each its own (lower goes first)"
-                 for priority, names in sorted(priorities.items()) if len(names) > 1]
+    problems += [
+        f"{root}: campaigns {names} share priority {priority}; give each its own (lower goes first)"
+        for priority, names in sorted(priorities.items())
+        if len(names) > 1
+    ]
     if problems:
         raise CampaignFilesError(problems)
     return sorted(loaded, key=lambda c: (c.priority, c.name))
@@ -203,8 +216,10 @@ def _load_campaign(directory: Path, shared: Path) -> tuple[Campaign | None, list
     name = directory.name
     path = directory / "campaign.yaml"
     if not NAME_PATTERN.fullmatch(name):
-        return None, [f"{directory}: campaign directory names are the ledger's campaign name: lowercase letters, digits, "
-                      "_ or -, at most 40 characters"]
+        return None, [
+            f"{directory}: campaign directory names are the ledger's campaign name: lowercase letters, digits, "
+            "_ or -, at most 40 characters"
+        ]
     if not path.is_file():
         return None, [f"{path}: missing (every campaign directory needs a campaign.yaml)"]
     try:
@@ -221,17 +236,33 @@ def _load_campaign(directory: Path, shared: Path) -> tuple[Campaign | None, list
     phrases = _load_phrases(directory / "phrases.yaml", problems)
     variants = sorted({v for s in spec.steps for v in s.variants})
     problems += check_templates(directory, shared, variants)
-    problems += [f"{path}: resume_steps names step {n}, which the campaign does not have"
-                 for n in spec.resume_steps if n not in {s.step for s in spec.steps}]
+    problems += [
+        f"{path}: resume_steps names step {n}, which the campaign does not have"
+        for n in spec.resume_steps
+        if n not in {s.step for s in spec.steps}
+    ]
     if problems:
         return None, problems
     renderer = EmailRenderer(templates_dir=[directory, shared], phrases=phrases, variants=variants)
-    return Campaign(name=name, priority=spec.priority, topic=spec.topic, transactional=spec.transactional,
-                    paused=spec.paused, audience=spec.audience, steps=tuple(spec.steps), holdout_share=spec.holdout_share,
-                    success_event_types=tuple(sorted(set(spec.success.event_types))),
-                    success_min_events=spec.success.min_events, from_address=spec.sender.from_address,
-                    sender_name=spec.sender.sender_name, resume_steps=tuple(spec.resume_steps), renderer=renderer,
-                    directory=directory, description=spec.description, enabled=spec.enabled), []
+    return Campaign(
+        name=name,
+        priority=spec.priority,
+        topic=spec.topic,
+        transactional=spec.transactional,
+        paused=spec.paused,
+        audience=spec.audience,
+        steps=tuple(spec.steps),
+        holdout_share=spec.holdout_share,
+        success_event_types=tuple(sorted(set(spec.success.event_types))),
+        success_min_events=spec.success.min_events,
+        from_address=spec.sender.from_address,
+        sender_name=spec.sender.sender_name,
+        resume_steps=tuple(spec.resume_steps),
+        renderer=renderer,
+        directory=directory,
+        description=spec.description,
+        enabled=spec.enabled,
+    ), []
 
 
 def _field_problem(error: dict) -> str:
@@ -295,8 +326,10 @@ def check_templates(directory: Path, shared: Path, variants: list[str]) -> list[
             problems.append(f"{filename}:{getattr(exc, 'lineno', '?')}: {exc.message}")
             continue
         unknown = sorted(meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES)
-        problems += [f"{filename}: unknown template variable {variable!r}; known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
-                     for variable in unknown]
+        problems += [
+            f"{filename}: unknown template variable {variable!r}; known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
+            for variable in unknown
+        ]
         pending += [ref for ref in meta.find_referenced_templates(tree) if ref]
     return problems
 

@@ -1,6 +1,5 @@
 """Content checks of outreach: what the emails would say about actions the phrase map does not know."""
 
-
 from collections.abc import Mapping
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
@@ -33,8 +32,11 @@ def phrases_of_every_campaign() -> Mapping[str, tuple[str, str]]:
     return {event_type: maps[0][event_type] for event_type in known}
 
 
-@asset_check(asset="dormant_users", description="Event types in the emails' last actions that the phrase map does not know "
-             "(they read as a humanized name, e.g. \"you used team workload\"): add a phrase for each.")
+@asset_check(
+    asset="dormant_users",
+    description="Event types in the emails' last actions that the phrase map does not know "
+    '(they read as a humanized name, e.g. "you used team workload"): add a phrase for each.',
+)
 def unmapped_event_types_check(context: AssetCheckExecutionContext, app_db: AppDatabase) -> AssetCheckResult:
     window = window_params(context.op_execution_context.partition_time_window)
     unmapped = unmapped_event_types(app_db, window, phrases_of_every_campaign())

@@ -22,7 +22,8 @@ from retention_pipeline.outreach.allocation import (
     stable_variant,
     thompson_allocation,
 )
-from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION, CampaignConfig
+from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION
+from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import (
     Audience,
     Campaign,
@@ -52,7 +53,6 @@ from retention_pipeline.resources import AppDatabase
 from retention_pipeline.settings import PROJECT_TIMEZONE
 from retention_pipeline.thresholds import FILE_VALUES
 
-
 # How far back a dormancy episode's first day is looked for (longer episodes start there).
 EPISODE_LOOKBACK_DAYS = 120
 # Candidates rendered and written to the ledger per statement: bounds the plan's memory, not the send batches.
@@ -79,25 +79,45 @@ def campaigns_of_run(config: CampaignConfig, settings: dict) -> list[Campaign]:
         raise Failure(description="campaign files: " + "; ".join(exc.problems), allow_retries=False) from None
     overridden = [key for key in RUN_CONFIG_CAMPAIGN_FIELDS if settings[key] != FILE_VALUES[CAMPAIGN_SECTION][key]]
     if overridden:
-        raise Failure(description=f"run config sets {overridden}, which describe a campaign; with campaign files "
-                      f"({root}) they are set in campaigns/<name>/campaign.yaml, not in the run config.", allow_retries=False)
+        raise Failure(
+            description=f"run config sets {overridden}, which describe a campaign; with campaign files "
+            f"({root}) they are set in campaigns/<name>/campaign.yaml, not in the run config.",
+            allow_retries=False,
+        )
     return campaigns
 
 
 def run_config_campaign(config: CampaignConfig) -> Campaign:
     """The single campaign of a run without campaign files: everyone dormant and targeted, the built-in templates."""
-    return Campaign(name=config.campaign, priority=0, topic=None, transactional=False, paused=False, audience=Audience(),
-                    steps=tuple(Step(step=s.step, delay_days=s.delay_days, variants=s.variants) for s in config.steps),
-                    holdout_share=config.holdout_share, success_event_types=tuple(sorted(set(config.success_event_types))),
-                    success_min_events=config.success_min_events, from_address=None, sender_name=None,
-                    resume_steps=tuple(config.resume_steps), renderer=EmailRenderer())
+    return Campaign(
+        name=config.campaign,
+        priority=0,
+        topic=None,
+        transactional=False,
+        paused=False,
+        audience=Audience(),
+        steps=tuple(Step(step=s.step, delay_days=s.delay_days, variants=s.variants) for s in config.steps),
+        holdout_share=config.holdout_share,
+        success_event_types=tuple(sorted(set(config.success_event_types))),
+        success_min_events=config.success_min_events,
+        from_address=None,
+        sender_name=None,
+        resume_steps=tuple(config.resume_steps),
+        renderer=EmailRenderer(),
+    )
 
 
 def record_success_definition(app_db: AppDatabase, campaign: Campaign) -> None:
     """What the outcomes count as this campaign's success, from its definition (even on a paused day)."""
-    app_db.execute(RECORD_SUCCESS_DEFINITION_SQL, {
-        "campaign": campaign.name, "event_types": list(campaign.success_event_types) or None,
-        "min_events": campaign.success_min_events, "updated_at": clock.now()})
+    app_db.execute(
+        RECORD_SUCCESS_DEFINITION_SQL,
+        {
+            "campaign": campaign.name,
+            "event_types": list(campaign.success_event_types) or None,
+            "min_events": campaign.success_min_events,
+            "updated_at": clock.now(),
+        },
+    )
 
 
 def send_guard(config: CampaignConfig, as_of: date) -> str | None:
@@ -114,21 +134,32 @@ def step_label(plan: dict, campaign: Campaign, step: Step) -> str:
     return str(step.step) if len(plan["campaigns"]) == 1 else f"{campaign.name} step {step.step}"
 
 
-def candidate_params(config: CampaignConfig, campaign: Campaign, step: Step, as_of: date,
-                     render_recorded: bool = False) -> tuple[str, dict]:
+def candidate_params(
+    config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, render_recorded: bool = False
+) -> tuple[str, dict]:
     """CANDIDATES_SQL with the campaign's audience, and its parameters for one step on one as-of day (`render_recorded`:
     also what it takes to render users the ledger already holds, for `preview`)."""
     condition, audience_params = audience_sql(campaign.audience)
     as_of_end = datetime.combine(as_of + timedelta(days=1), time.min, ZoneInfo(PROJECT_TIMEZONE))
     return CANDIDATES_SQL.replace("{audience}", condition), audience_params | {
-        "as_of": as_of, "as_of_end": as_of_end, "campaign": campaign.name, "step": step.step, "delay_days": step.delay_days,
-        "cooldown_days": config.cooldown_days, "episode_lookback_days": EPISODE_LOOKBACK_DAYS, "now": clock.now(),
-        "topic": campaign.topic, "transactional": campaign.transactional, "render_recorded": render_recorded,
-        "dry_run": config.dry_run}
+        "as_of": as_of,
+        "as_of_end": as_of_end,
+        "campaign": campaign.name,
+        "step": step.step,
+        "delay_days": step.delay_days,
+        "cooldown_days": config.cooldown_days,
+        "episode_lookback_days": EPISODE_LOOKBACK_DAYS,
+        "now": clock.now(),
+        "topic": campaign.topic,
+        "transactional": campaign.transactional,
+        "render_recorded": render_recorded,
+        "dry_run": config.dry_run,
+    }
 
 
-def plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, plan: dict,
-               batch_size: int) -> None:
+def plan_step(
+    app_db, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, plan: dict, batch_size: int
+) -> None:
     shares = None
     holdout_only = False
     figures = plan["by_campaign"][campaign.name]
@@ -136,7 +167,8 @@ def plan_step(app_db, config: CampaignConfig, campaign: Campaign, step: Step, as
         allocation = _decide_allocation(app_db, config, campaign, step, as_of)
         if allocation.paused:
             plan["guards"][f"{as_of.isoformat()} {step_label(plan, campaign, step)}"] = (
-                f"step {allocation.reason}; holdout keeps accruing")
+                f"step {allocation.reason}; holdout keeps accruing"
+            )
             plan["paused_for_review"][step_label(plan, campaign, step)] = allocation.reason
             holdout_only = True
         if allocation.winner:
@@ -200,28 +232,52 @@ def _json_value(value):
 
 def _decide_allocation(app_db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date) -> Allocation:
     """Allocate the step's variants by the outcomes closed before this day, by send day, and record the decision."""
-    closed = step_outcomes_by_day(app_db, campaign.name, step.step, config.primary_window_days,
-                                  before=datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)))
+    closed = step_outcomes_by_day(
+        app_db,
+        campaign.name,
+        step.step,
+        config.primary_window_days,
+        before=datetime.combine(as_of, time.min, ZoneInfo(PROJECT_TIMEZONE)),
+    )
     outcomes = [DayOutcome(r.day, r.variant, r.treated, r.users, r.returned) for r in closed]
     previous = app_db.fetch_all(PREVIOUS_DECISION_SQL, {"campaign": campaign.name, "step": step.step, "as_of": as_of})
     rule = SequentialRule(config.sequential_alpha, config.sequential_effect_scale, config.min_decision_sample)
-    allocation = thompson_allocation(campaign.name, step.step, as_of, step.variants, outcomes, config.min_exploration_share,
-                                     rule, dict(previous[0]._mapping) if previous else None, step.step in campaign.resume_steps)
+    allocation = thompson_allocation(
+        campaign.name,
+        step.step,
+        as_of,
+        step.variants,
+        outcomes,
+        config.min_exploration_share,
+        rule,
+        dict(previous[0]._mapping) if previous else None,
+        step.step in campaign.resume_steps,
+    )
     decided_at = clock.now()
     key = {"as_of_date": as_of, "campaign": campaign.name, "step": step.step}
     with app_db.begin() as conn:
         conn.execute(text(app_db.render(CLEAR_ALLOCATION_SQL)), key)
-        for variant in (step.variants if not allocation.paused else ["all"]):
+        for variant in step.variants if not allocation.paused else ["all"]:
             figures = allocation.figures.get(variant, {})
-            conn.execute(text(app_db.render(RECORD_ALLOCATION_SQL)), key | {
-                "variant": variant, "share": allocation.shares.get(variant, 0.0), "treated": figures.get("treated", 0),
-                "returned": figures.get("returned", 0), "p_best": figures.get("p_best"), "step_paused": allocation.paused,
-                "reason": allocation.reason, "decided_at": decided_at, "decision": allocation.decision})
+            conn.execute(
+                text(app_db.render(RECORD_ALLOCATION_SQL)),
+                key
+                | {
+                    "variant": variant,
+                    "share": allocation.shares.get(variant, 0.0),
+                    "treated": figures.get("treated", 0),
+                    "returned": figures.get("returned", 0),
+                    "p_best": figures.get("p_best"),
+                    "step_paused": allocation.paused,
+                    "reason": allocation.reason,
+                    "decided_at": decided_at,
+                    "decision": allocation.decision,
+                },
+            )
     return allocation
 
 
-def assigned_variant(campaign: Campaign, step: Step, user_id: int, episode_start: date,
-                     shares: dict[str, float] | None) -> str:
+def assigned_variant(campaign: Campaign, step: Step, user_id: int, episode_start: date, shares: dict[str, float] | None) -> str:
     """The arm and variant of one assignment (a campaign step of one user's dormancy episode): 'holdout', or the
     variant to render. One function for every campaign, so how assignments are drawn changes in one place."""
     unit = (campaign.name, step.step, user_id, episode_start)
@@ -237,22 +293,37 @@ def render_email(config: CampaignConfig, campaign: Campaign, step: Step, variant
         identity["sender_name"] = campaign.sender_name
     rendered = campaign.renderer.render(variant, dict(user), identity, link)
     return {
-        "to": user["email"], "from_address": campaign.from_address or config.from_address, "subject": rendered.subject,
-        "html": rendered.html, "text": rendered.text,
+        "to": user["email"],
+        "from_address": campaign.from_address or config.from_address,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
         "headers": {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         "tags": {"campaign": campaign.name, "step": str(step.step), "variant": variant},
     }
 
 
-def _ledger_row(config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, user, links, created_at,
-                shares: dict[str, float] | None) -> dict:
+def _ledger_row(
+    config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, user, links, created_at, shares: dict[str, float] | None
+) -> dict:
     """The assignment (arm and variant, drawn for this step of the user's episode) as its ledger row; a
     suppressed address is recorded in its arm like any other and is never sent."""
     variant = assigned_variant(campaign, step, user["user_id"], user["episode_start"], shares)
-    base = {"campaign": campaign.name, "step": step.step, "user_id": user["user_id"],
-            "episode_start": user["episode_start"], "as_of_date": as_of, "variant": variant,
-            "email": user["email"], "segment_reason": user["segment_reason"], "mrr_cents": user["mrr_cents"],
-            "created_at": created_at, "subject": None, "payload": None, "suppression": user["suppression"]}
+    base = {
+        "campaign": campaign.name,
+        "step": step.step,
+        "user_id": user["user_id"],
+        "episode_start": user["episode_start"],
+        "as_of_date": as_of,
+        "variant": variant,
+        "email": user["email"],
+        "segment_reason": user["segment_reason"],
+        "mrr_cents": user["mrr_cents"],
+        "created_at": created_at,
+        "subject": None,
+        "payload": None,
+        "suppression": user["suppression"],
+    }
     if variant == "holdout":
         return base | {"status": "holdout"}
     if user["suppression"]:
@@ -260,5 +331,10 @@ def _ledger_row(config: CampaignConfig, campaign: Campaign, step: Step, as_of: d
     send_ref = new_send_ref()  # the link names this row, not the address: the endpoint looks it up
     link = links.link(config.unsubscribe_url, send_ref, as_of)
     payload = render_email(config, campaign, step, variant, user, link)
-    return base | {"status": "pending", "subject": payload["subject"], "payload": payload, "unsubscribe_ref": send_ref,
-                   "unsubscribe_topic": None if campaign.transactional else campaign.topic}
+    return base | {
+        "status": "pending",
+        "subject": payload["subject"],
+        "payload": payload,
+        "unsubscribe_ref": send_ref,
+        "unsubscribe_topic": None if campaign.transactional else campaign.topic,
+    }

@@ -11,9 +11,9 @@ from dagster import Failure
 from sqlalchemy import text
 
 from retention_pipeline.outreach.allocation import stable_variant
-from retention_pipeline.outreach.planning import assigned_variant, candidate_params, render_email, run_config_campaign
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import Campaign, Step, campaign_directories, campaigns_dir, load_campaigns
+from retention_pipeline.outreach.planning import assigned_variant, candidate_params, render_email, run_config_campaign
 from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.schema import require_current_schema
@@ -48,8 +48,11 @@ class Preview:
 def campaign_named(name: str, config: CampaignConfig) -> Campaign:
     """The campaign of that name (a disabled one too: its copy can be previewed before it is switched on)."""
     root = campaigns_dir()
-    campaigns = ([run_config_campaign(config)] if root.is_dir() and not campaign_directories(root)
-                 else load_campaigns(root, include_disabled=True))
+    campaigns = (
+        [run_config_campaign(config)]
+        if root.is_dir() and not campaign_directories(root)
+        else load_campaigns(root, include_disabled=True)
+    )
     for campaign in campaigns:
         if campaign.name == name:
             return campaign
@@ -71,40 +74,58 @@ def identity(config: CampaignConfig, live_sender: bool) -> CampaignConfig:
         raise PreviewError(failure.description) from None
 
 
-def preview(db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links,
-            user_id: int | None = None) -> Preview:
+def preview(
+    db: AppDatabase, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, user_id: int | None = None
+) -> Preview:
     """Render what the planner sends this user (or, without one, the first user it emails) for this step on this
     day, with the planner's candidate query, assignment and renderer. A user the ledger already holds for the step
     is rendered as well (with the templates as they are now), so a day already run can be previewed."""
     require_current_schema(db)
     if not db.scalar(_DORMANT_DAY_SQL, {"as_of": as_of}):
-        raise PreviewError(f"no dormant users computed for {as_of}: run the daily job for that day first "
-                           "(e.g. `retention-pipeline demo`), or pass --date with a computed day")
+        raise PreviewError(
+            f"no dormant users computed for {as_of}: run the daily job for that day first "
+            "(e.g. `retention-pipeline demo`), or pass --date with a computed day"
+        )
     sql, params = candidate_params(config, campaign, step, as_of, render_recorded=True)
     with db.begin() as conn:  # a temporary table only, dropped at the end of this transaction
         conn.execute(text(db.render(sql)), params)
         if user_id is not None:
             row = conn.execute(text(_CANDIDATE_SQL), {"user_id": user_id}).mappings().first()
             if row is None:
-                raise PreviewError(f"user {user_id} is not a candidate of {campaign.name} step {step.step} on {as_of} "
-                                   "(not dormant that day, outside the campaign's audience, or the previous step is not due)")
+                raise PreviewError(
+                    f"user {user_id} is not a candidate of {campaign.name} step {step.step} on {as_of} "
+                    "(not dormant that day, outside the campaign's audience, or the previous step is not due)"
+                )
             if row["skip_reason"] not in (None, "already_recorded"):
-                raise PreviewError(f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: "
-                                   f"{row['skip_reason']}")
+                raise PreviewError(
+                    f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: {row['skip_reason']}"
+                )
             if row["suppression"]:
-                raise PreviewError(f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: the address "
-                                   f"is suppressed ({row['suppression']}); the assignment is recorded, nothing is sent")
+                raise PreviewError(
+                    f"user {user_id} gets no {campaign.name} step {step.step} email on {as_of}: the address "
+                    f"is suppressed ({row['suppression']}); the assignment is recorded, nothing is sent"
+                )
         else:
             rows = conn.execute(text(_RENDERABLE_SQL)).mappings()
-            row = next((r for r in rows if assigned_variant(campaign, step, r["user_id"], r["episode_start"], None) != "holdout"), None)
+            row = next(
+                (r for r in rows if assigned_variant(campaign, step, r["user_id"], r["episode_start"], None) != "holdout"), None
+            )
             if row is None:
-                raise PreviewError(f"nobody gets a {campaign.name} step {step.step} email on {as_of}; "
-                                   "pass --date with another day, or --step")
+                raise PreviewError(
+                    f"nobody gets a {campaign.name} step {step.step} email on {as_of}; pass --date with another day, or --step"
+                )
         row = dict(row)
     variant = assigned_variant(campaign, step, row["user_id"], row["episode_start"], None)
     holdout = variant == "holdout"
     if holdout:  # shown as its variant would read; the user is held out and gets nothing
         variant = stable_variant(campaign.name, step.step, row["user_id"], row["episode_start"], step.variants)
     link = links.link(config.unsubscribe_url, new_send_ref(), as_of)
-    return Preview(campaign.name, step.step, variant, row["user_id"], as_of, holdout,
-                   render_email(config, campaign, step, variant, row, link))
+    return Preview(
+        campaign.name,
+        step.step,
+        variant,
+        row["user_id"],
+        as_of,
+        holdout,
+        render_email(config, campaign, step, variant, row, link),
+    )

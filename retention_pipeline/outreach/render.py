@@ -16,11 +16,27 @@ from markupsafe import Markup
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 TEMPLATE_VARIANTS = ("recap", "nudge", "last_call")
 # Every variable a template may use; campaign files are checked against this set when they load.
-TEMPLATE_VARIABLES = frozenset({
-    "first_name", "greeting_name", "declining", "days_inactive", "last_activity_date", "plan", "subscription_status",
-    "cancel_at_period_end", "mrr", "product_name", "app_url", "sender_name", "postal_address", "unsubscribe_link",
-    "subject", "last_actions", "topic",
-})
+TEMPLATE_VARIABLES = frozenset(
+    {
+        "first_name",
+        "greeting_name",
+        "declining",
+        "days_inactive",
+        "last_activity_date",
+        "plan",
+        "subscription_status",
+        "cancel_at_period_end",
+        "mrr",
+        "product_name",
+        "app_url",
+        "sender_name",
+        "postal_address",
+        "unsubscribe_link",
+        "subject",
+        "last_actions",
+        "topic",
+    }
+)
 
 # Event types as phrases of "Last time, ...". Placeholders are event properties; a phrase whose
 # property is missing falls back to the event type's bare phrase, never to an empty quote. A campaign
@@ -81,14 +97,24 @@ def pluralize(count: int, singular: str, plural: str | None = None) -> str:
 class EmailRenderer:
     """Two environments over the same templates: autoescaped for HTML, plain for text and subjects."""
 
-    def __init__(self, templates_dir: Path | list[Path] = TEMPLATES_DIR, phrases: Mapping[str, tuple[str, str]] | None = None,
-                 variants: tuple[str, ...] | list[str] = TEMPLATE_VARIANTS):
+    def __init__(
+        self,
+        templates_dir: Path | list[Path] = TEMPLATES_DIR,
+        phrases: Mapping[str, tuple[str, str]] | None = None,
+        variants: tuple[str, ...] | list[str] = TEMPLATE_VARIANTS,
+    ):
         self.variants = tuple(variants)
         loader = FileSystemLoader([str(d) for d in templates_dir] if isinstance(templates_dir, list) else templates_dir)
-        self._html = Environment(loader=loader, autoescape=select_autoescape(["html", "html.j2"], default=True),
-                                 undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self._plain = Environment(loader=loader, autoescape=False, undefined=StrictUndefined,
-                                  trim_blocks=True, lstrip_blocks=True)
+        self._html = Environment(
+            loader=loader,
+            autoescape=select_autoescape(["html", "html.j2"], default=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._plain = Environment(
+            loader=loader, autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        )
         for environment in (self._html, self._plain):
             environment.filters["pluralize"] = pluralize
         self.phrases: Mapping[str, tuple[str, str]] = ACTION_PHRASES if phrases is None else phrases

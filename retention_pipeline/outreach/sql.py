@@ -175,7 +175,9 @@ ON CONFLICT (as_of_date, campaign, step, variant) DO UPDATE SET share = EXCLUDED
 """
 
 # A day's decision replaces that day's rows (a re-run may decide differently, e.g. after a resume).
-CLEAR_ALLOCATION_SQL = "DELETE FROM {rs}.allocation_decisions WHERE as_of_date = :as_of_date AND campaign = :campaign AND step = :step"
+CLEAR_ALLOCATION_SQL = (
+    "DELETE FROM {rs}.allocation_decisions WHERE as_of_date = :as_of_date AND campaign = :campaign AND step = :step"
+)
 
 # The decision in force before this day: pauses and winners stand until a reviewer resumes the step.
 PREVIOUS_DECISION_SQL = """

@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 TOKEN_VERSION = "v2"
 _LEGACY_VERSION = "v1"
@@ -159,9 +159,7 @@ def make_unsubscribe_token(secret: str, send_ref: str, issued_on: date) -> str:
     return f"{TOKEN_VERSION}.{kid}.{send_ref}.{issued}.{_b64url_encode(signature)}"
 
 
-def verify_unsubscribe_token(
-    keys: UnsubscribeKeys | str, token: str, today: date, max_age_days: int = 365
-) -> UnsubscribeClaim:
+def verify_unsubscribe_token(keys: UnsubscribeKeys | str, token: str, today: date, max_age_days: int = 365) -> UnsubscribeClaim:
     """The claim of a genuine, current token; raises InvalidToken otherwise.
 
     Checks, in order: shape, version, key id, signature (constant-time), payload, then age: a token
@@ -251,7 +249,7 @@ def _svix_key(secret: str) -> bytes:
     """The HMAC key of a Svix endpoint secret; ValueError (a configuration error) if it is not one."""
     if not isinstance(secret, str) or not secret:
         raise ValueError("the webhook secret must be a non-empty string such as 'whsec_...'")
-    encoded = secret[len(_SVIX_SECRET_PREFIX):] if secret.startswith(_SVIX_SECRET_PREFIX) else secret
+    encoded = secret[len(_SVIX_SECRET_PREFIX) :] if secret.startswith(_SVIX_SECRET_PREFIX) else secret
     try:
         key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -267,12 +265,12 @@ def validate_svix_secret(secret: str) -> None:
 
 
 def _svix_signature(key: bytes, svix_id: str, timestamp: str, body: bytes) -> bytes:
-    return hmac.new(key, f"{svix_id}.{timestamp}.".encode("utf-8") + body, hashlib.sha256).digest()
+    return hmac.new(key, f"{svix_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
 
 
 def _unix_seconds(value: int | datetime) -> int:
     if isinstance(value, datetime):
-        return int((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp())
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
     return int(value)
 
 

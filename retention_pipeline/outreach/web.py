@@ -50,8 +50,7 @@ ON CONFLICT (email) DO UPDATE
 """
 
 # A v2 token names a send; its ledger row holds the address (tokens carry no personal data).
-_SEND_SQL = ("SELECT email, campaign, unsubscribe_topic FROM {rs}.email_sends "
-             "WHERE unsubscribe_ref = :ref AND email IS NOT NULL")
+_SEND_SQL = "SELECT email, campaign, unsubscribe_topic FROM {rs}.email_sends WHERE unsubscribe_ref = :ref AND email IS NOT NULL"
 
 # Leaving one topic ("tips") keeps the others ("billing"); campaigns of that topic skip the address from then on.
 _LEAVE_TOPIC_SQL = """
@@ -211,8 +210,13 @@ def create_blueprint(
         if not row:
             log.info("unsubscribe refused: no send with this reference")
             return None
-        return UnsubscribeClaim(issued_on=claim.issued_on, send_ref=claim.send_ref,
-                                email=row[0].email.strip().lower(), campaign=row[0].campaign, topic=row[0].unsubscribe_topic)
+        return UnsubscribeClaim(
+            issued_on=claim.issued_on,
+            send_ref=claim.send_ref,
+            email=row[0].email.strip().lower(),
+            campaign=row[0].campaign,
+            topic=row[0].unsubscribe_topic,
+        )
 
     def _invalid_link() -> Response:
         return _page("invalid", 400, "Link invalid or expired")
@@ -239,8 +243,10 @@ def create_blueprint(
         topic = None if request.form.get("scope") == "all" else claim.topic
         with db.begin() as conn:
             if topic:
-                conn.execute(sa.text(db.render(_LEAVE_TOPIC_SQL)),
-                             {"email": claim.email, "topic": topic, "source": f"link:{claim.campaign}", "created_at": clock.now()})
+                conn.execute(
+                    sa.text(db.render(_LEAVE_TOPIC_SQL)),
+                    {"email": claim.email, "topic": topic, "source": f"link:{claim.campaign}", "created_at": clock.now()},
+                )
             else:
                 _suppress(conn, db, claim.email, "unsubscribed", "link", claim.campaign)
         log.info("unsubscribed via link (campaign %s, topic %s)", claim.campaign, topic or "all")

@@ -1,6 +1,5 @@
 """Weekly engagement segments and the daily dormant-users list."""
 
-
 from collections import Counter
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -21,7 +20,12 @@ from retention_pipeline.partitions import daily_partitions, weekly_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy, serialize_replacement
 from retention_pipeline.schema import require_current_schema
-from retention_pipeline.segments.checks import dormant_check_results, dormant_check_specs, segment_check_results, segment_check_specs
+from retention_pipeline.segments.checks import (
+    dormant_check_results,
+    dormant_check_specs,
+    segment_check_results,
+    segment_check_specs,
+)
 from retention_pipeline.segments.config import (
     DECLARED_LOOKBACK_WEEKS,
     DECLARED_LOST_AFTER_DAYS,
@@ -77,8 +81,9 @@ def weekly_engagement_segments(
         checks = segment_check_results(conn, app_db, params)
     # One set of figures per week, on that week's partition: a range run never stamps one week's on all.
     for week, figures in distribution.groupby("week_start"):
-        context.add_asset_metadata(_week_metadata(Counter(dict(figures[["segment", "users"]].values)), week),
-                                   partition_key=week.isoformat())
+        context.add_asset_metadata(
+            _week_metadata(Counter(dict(figures[["segment", "users"]].values)), week), partition_key=week.isoformat()
+        )
     return MaterializeResult(metadata=thresholds_metadata(config, "weekly_engagement_segments"), check_results=checks)
 
 

@@ -52,13 +52,18 @@ SELECT (SELECT count(*) FROM {rs}.dormant_users WHERE as_of_date = :as_of) AS do
 MIN_BASELINE_DAYS = 4
 
 
-
 def segment_check_specs(asset_name: str) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec("one_segment_per_user", asset=asset_name,
-                       description="Every user who exists by the end of the week has exactly one segment row."),
-        AssetCheckSpec("segment_shares_present", asset=asset_name,
-                       description="Only known segments, and no single segment holds more than 95% of users (warns)."),
+        AssetCheckSpec(
+            "one_segment_per_user",
+            asset=asset_name,
+            description="Every user who exists by the end of the week has exactly one segment row.",
+        ),
+        AssetCheckSpec(
+            "segment_shares_present",
+            asset=asset_name,
+            description="Only known segments, and no single segment holds more than 95% of users (warns).",
+        ),
     ]
 
 
@@ -90,15 +95,27 @@ def segment_check_results(conn: Connection, db: AppDatabase, params: dict) -> li
 # outcomes that follow them); the snapshots and the dormant list itself are still materialized.
 def dormant_check_specs(asset_name: str) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec("activity_ingested", asset=asset_name, blocking=True,
-                       description="The as-of day's events reach min_events_share_for_sends of the median of the 7 days "
-                                   "before: a broken ingestion would make everyone look dormant. Failing stops the emails."),
-        AssetCheckSpec("dormant_vs_trailing_median", asset=asset_name, blocking=True,
-                       description="Dormant users exceed the median of the 7 days before by at most max_dormant_jump "
-                                   "(and max_dormant_jump_min_users). Failing stops the emails."),
-        AssetCheckSpec("planned_sends_within_ceiling", asset=asset_name, blocking=True,
-                       description="Targeted dormant users (the most the day can email) stay within max_planned_sends. "
-                                   "Failing stops the emails."),
+        AssetCheckSpec(
+            "activity_ingested",
+            asset=asset_name,
+            blocking=True,
+            description="The as-of day's events reach min_events_share_for_sends of the median of the 7 days "
+            "before: a broken ingestion would make everyone look dormant. Failing stops the emails.",
+        ),
+        AssetCheckSpec(
+            "dormant_vs_trailing_median",
+            asset=asset_name,
+            blocking=True,
+            description="Dormant users exceed the median of the 7 days before by at most max_dormant_jump "
+            "(and max_dormant_jump_min_users). Failing stops the emails.",
+        ),
+        AssetCheckSpec(
+            "planned_sends_within_ceiling",
+            asset=asset_name,
+            blocking=True,
+            description="Targeted dormant users (the most the day can email) stay within max_planned_sends. "
+            "Failing stops the emails.",
+        ),
     ]
 
 
@@ -108,26 +125,46 @@ def dormant_check_results(conn: Connection, db: AppDatabase, as_of, thresholds: 
     events, events_median = trailing_events(conn, db, as_of)
     min_share = thresholds["min_events_share_for_sends"]
     dormant_median = float(f["dormant_median"] or 0)
-    dormant_limit = max(dormant_median * (1 + thresholds["max_dormant_jump"]),
-                        dormant_median + thresholds["max_dormant_jump_min_users"])
+    dormant_limit = max(
+        dormant_median * (1 + thresholds["max_dormant_jump"]), dormant_median + thresholds["max_dormant_jump_min_users"]
+    )
     ceiling = thresholds["max_planned_sends"]
     return [
-        _gate("activity_ingested", events_look_ingested(events, events_median, min_share),
-              f"{as_of}: {events} events, below {min_share * events_median:g} ({min_share:.0%} of the trailing "
-              f"median {events_median:g}): ingestion looks broken",
-              {"as_of": str(as_of), "events": events, "trailing_median_events": events_median,
-               "min_events": min_share * events_median}),
-        _gate("dormant_vs_trailing_median", f["baseline_days"] < MIN_BASELINE_DAYS or f["dormant"] <= dormant_limit,
-              f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g})",
-              {"as_of": str(as_of), "dormant_users": f["dormant"], "trailing_median_dormant_users": dormant_median,
-               "baseline_days": f["baseline_days"], "max_dormant_users": dormant_limit}),
-        _gate("planned_sends_within_ceiling", f["targeted"] <= ceiling,
-              f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={ceiling}",
-              {"as_of": str(as_of), "targeted": f["targeted"], "max_planned_sends": ceiling}),
+        _gate(
+            "activity_ingested",
+            events_look_ingested(events, events_median, min_share),
+            f"{as_of}: {events} events, below {min_share * events_median:g} ({min_share:.0%} of the trailing "
+            f"median {events_median:g}): ingestion looks broken",
+            {
+                "as_of": str(as_of),
+                "events": events,
+                "trailing_median_events": events_median,
+                "min_events": min_share * events_median,
+            },
+        ),
+        _gate(
+            "dormant_vs_trailing_median",
+            f["baseline_days"] < MIN_BASELINE_DAYS or f["dormant"] <= dormant_limit,
+            f"{as_of}: {f['dormant']} dormant users, above {dormant_limit:g} (trailing median {dormant_median:g})",
+            {
+                "as_of": str(as_of),
+                "dormant_users": f["dormant"],
+                "trailing_median_dormant_users": dormant_median,
+                "baseline_days": f["baseline_days"],
+                "max_dormant_users": dormant_limit,
+            },
+        ),
+        _gate(
+            "planned_sends_within_ceiling",
+            f["targeted"] <= ceiling,
+            f"{as_of}: {f['targeted']} targeted users, above max_planned_sends={ceiling}",
+            {"as_of": str(as_of), "targeted": f["targeted"], "max_planned_sends": ceiling},
+        ),
     ]
 
 
 def _gate(name: str, passed: bool, why: str, figures: dict) -> AssetCheckResult:
     """A blocking check's result; when it fails, its description (shown in the UI) says why and what it stopped."""
-    return AssetCheckResult(check_name=name, passed=passed, description=None if passed else f"{why}: no email is sent",
-                            metadata=figures)
+    return AssetCheckResult(
+        check_name=name, passed=passed, description=None if passed else f"{why}: no email is sent", metadata=figures
+    )

@@ -28,13 +28,13 @@ class OutgoingEmail:
     html: str
     text: str
     headers: dict[str, str]  # includes List-Unsubscribe and List-Unsubscribe-Post
-    tags: dict[str, str]     # e.g. campaign, step, variant
+    tags: dict[str, str]  # e.g. campaign, step, variant
 
 
 @dataclass
 class BatchOutcome:
     provider_ids: list[str] | None  # one per email, in order, when accepted
-    error: str | None               # set when the batch was permanently rejected
+    error: str | None  # set when the batch was permanently rejected
     attempts: int
 
 

@@ -6,7 +6,7 @@ writes each message as an RFC 5322 `.eml` file, idempotent per key like Resend."
 import json
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -24,8 +24,7 @@ from retention_pipeline.resources import AppDatabase
 _OUTBOX_NAMESPACE = uuid.UUID("6f1f3c1e-8f7a-4c51-9a55-0f1f0b7d2c11")
 # CRLF line ends; fold only past RFC 5322's hard limit, so List-Unsubscribe URLs stay intact.
 _EML_POLICY = email_policy.SMTP.clone(max_line_length=998)
-_RESERVED_HEADERS = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",
-                     "content-transfer-encoding"}
+_RESERVED_HEADERS = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
 
 _EXISTING = """
 SELECT position, message_id, to_address, from_address, subject, html, text_body, headers, eml_path, created_at
@@ -88,8 +87,10 @@ class OutboxSender(EmailSender):
                     )
                 rows = existing
             else:
-                conn.execute(sa.text(db.render(_INSERT)),
-                             [{**row, "key": idempotency_key, "headers": json.dumps(row["headers"])} for row in wanted])
+                conn.execute(
+                    sa.text(db.render(_INSERT)),
+                    [{**row, "key": idempotency_key, "headers": json.dumps(row["headers"])} for row in wanted],
+                )
                 rows = wanted
         # The table is the record; files are (re)written after the commit and only when missing.
         for row in rows:
@@ -106,10 +107,16 @@ class OutboxSender(EmailSender):
             headers["X-Tags"] = "; ".join(f"{sanitize_tag(k)}={sanitize_tag(v)}" for k, v in email.tags.items())
         headers["X-Idempotency-Key"] = key
         return {
-            "position": position, "message_id": message_id, "to_address": email.to,
-            "from_address": email.from_address, "subject": email.subject, "html": email.html,
-            "text_body": email.text, "headers": headers,
-            "eml_path": str((folder / f"{message_id}.eml").resolve()), "created_at": created_at,
+            "position": position,
+            "message_id": message_id,
+            "to_address": email.to,
+            "from_address": email.from_address,
+            "subject": email.subject,
+            "html": email.html,
+            "text_body": email.text,
+            "headers": headers,
+            "eml_path": str((folder / f"{message_id}.eml").resolve()),
+            "created_at": created_at,
         }
 
     @staticmethod
@@ -130,7 +137,7 @@ class OutboxSender(EmailSender):
         message["From"] = row["from_address"]
         message["To"] = row["to_address"]
         message["Subject"] = row["subject"]
-        message["Date"] = format_datetime(row["created_at"].astimezone(timezone.utc))
+        message["Date"] = format_datetime(row["created_at"].astimezone(UTC))
         message["Message-ID"] = f"<{row['message_id']}@outbox.retention-pipeline.invalid>"
         for name, value in row["headers"].items():
             if name.lower() not in _RESERVED_HEADERS:

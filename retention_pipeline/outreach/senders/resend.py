@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -103,7 +103,7 @@ _SDK_GATE = _SdkGate()
 
 @dataclass(frozen=True)
 class _Decision:
-    kind: str            # "config", "permanent", "retry", "give_up"
+    kind: str  # "config", "permanent", "retry", "give_up"
     message: str
     wait: float = 0.0
 
@@ -311,5 +311,5 @@ class ResendSender(EmailSender):
         except (TypeError, ValueError):
             return 0.0
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         return max(0.0, when.timestamp() - time.time())

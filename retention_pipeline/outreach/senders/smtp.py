@@ -64,7 +64,10 @@ class SmtpSender(EmailSender):
     password: str = Field(default="", repr=False, description="Password or API token (SMTP_PASSWORD).")
     tls_ca_file: str = Field(default="", description="CA bundle for a relay with a private certificate; empty = system CAs.")
     max_batch_size: int = Field(
-        default=1, ge=1, le=1, description="Always 1: SMTP accepts one message at a time, so each ledger row gets its own outcome."
+        default=1,
+        ge=1,
+        le=1,
+        description="Always 1: SMTP accepts one message at a time, so each ledger row gets its own outcome.",
     )
     max_attempts: int = Field(default=5, ge=1, description="Attempts per message on 4xx replies and dropped connections.")
     timeout_seconds: float = Field(default=30.0, gt=0, description="Socket timeout per SMTP command.")
@@ -74,8 +77,10 @@ class SmtpSender(EmailSender):
     _connection: smtplib.SMTP | None = PrivateAttr(default=None)
 
     def __repr__(self) -> str:
-        return (f"SmtpSender(host={self.host!r}, port={self.port}, security={self.security!r}, "
-                f"username={'[set]' if self.username else '[none]'}, password=[redacted])")
+        return (
+            f"SmtpSender(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={'[set]' if self.username else '[none]'}, password=[redacted])"
+        )
 
     __str__ = __repr__
 
@@ -101,15 +106,19 @@ class SmtpSender(EmailSender):
             except smtplib.SMTPAuthenticationError as exc:
                 self._close()
                 raise SenderConfigurationError(
-                    f"The SMTP server refused the login ({exc.smtp_code}). Check SMTP_USERNAME and SMTP_PASSWORD.") from None
+                    f"The SMTP server refused the login ({exc.smtp_code}). Check SMTP_USERNAME and SMTP_PASSWORD."
+                ) from None
             except smtplib.SMTPNotSupportedError:
                 self._close()
                 raise SenderConfigurationError(
                     f"The SMTP server at {self.host}:{self.port} does not offer what SMTP_SECURITY={self.security} "
-                    "needs (STARTTLS or AUTH).") from None
+                    "needs (STARTTLS or AUTH)."
+                ) from None
             except ssl.SSLCertVerificationError as exc:
                 self._close()
-                raise SenderConfigurationError(f"The SMTP server's TLS certificate is not trusted ({exc.verify_message}).") from None
+                raise SenderConfigurationError(
+                    f"The SMTP server's TLS certificate is not trusted ({exc.verify_message})."
+                ) from None
             except smtplib.SMTPRecipientsRefused as exc:
                 self._close()
                 code, reply = next(iter(exc.recipients.values()))
@@ -132,8 +141,10 @@ class SmtpSender(EmailSender):
                     "Re-running sends it again with the same Message-ID."
                 ) from None
             wait = jitter.uniform(0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempts - 1)))
-            log.warning(f"SMTP message {idempotency_key}: attempt {attempts}/{self.max_attempts} failed with {described}; "
-                        f"retrying in {wait:.2f} s")
+            log.warning(
+                f"SMTP message {idempotency_key}: attempt {attempts}/{self.max_attempts} failed with {described}; "
+                f"retrying in {wait:.2f} s"
+            )
             time.sleep(wait)
 
     def _failure(self, code: int, reply: bytes | str) -> tuple[str, str]:
