@@ -149,6 +149,12 @@ RUN_HERE = {
 RUN_ELSEWHERE = {
     "uv run retention-pipeline demo": ("retention_pipeline_tests/test_cli.py", 'cli_command("demo")'),
     "uv run pytest": (".ci/run", "\nuv run pytest\n"),
+    "uv run retention-pipeline db current": ("retention_pipeline_tests/test_schema_migrations.py", '"db", "current"'),
+    # Into the package's versions/ folder, removed again by the test.
+    'uv run retention-pipeline db revision -m "campaign tables"': (
+        "retention_pipeline_tests/test_schema_migrations.py",
+        'cli_command("db", "revision", "-m", "campaign tables")',
+    ),
     # On a free port instead of 3000.
     "uv run retention-pipeline dev": ("retention_pipeline_tests/ui_support.py", 'cli_command("dev", "--port"'),
     # At a tiny scale: a 15- or 75-minute run has no place in the suite.
