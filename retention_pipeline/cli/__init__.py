@@ -295,12 +295,6 @@ def trigger_uninstall() -> None:
     click.echo("Trigger removed.")
 
 
-if __name__ == "__main__":
-    from retention_pipeline.entry import main as console_script
-
-    console_script()
-
-
 # The command groups of their own modules register on `main` when imported (after it exists).
 from retention_pipeline.cli import campaigns as _campaigns  # noqa: E402, F401
 from retention_pipeline.cli import db as _db  # noqa: E402, F401
