@@ -32,7 +32,9 @@ def state_dir():
 
 
 def cli_env(state_dir) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RETENTION_DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME")}
+    # As a newcomer runs it: the repository's campaigns/, not the single-campaign directory conftest sets.
+    unset = ("RETENTION_DATABASE_URL", "DAGSTER_PG_URL", "DAGSTER_HOME", "RETENTION_CAMPAIGNS_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     return env | {"RETENTION_STATE_DIR": str(state_dir), "RETENTION_NOW": FROZEN_NOW}
 
 
