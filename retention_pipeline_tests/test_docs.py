@@ -139,6 +139,16 @@ PYTEST_SELECTIONS = {
     "uv run pytest retention_pipeline_tests/test_reliability_*.py": lambda ids: (
         ids and all("/test_reliability_" in i for i in ids)
     ),
+    # docs/testing.md
+    'time uv run pytest -m "not slow" --durations=40 --basetemp=$PWD/.retention/pt': lambda ids: (
+        any("test_docs.py::" in i for i in ids) and not any(i.startswith(SLOW_TEST) for i in ids)
+    ),
+    "uv run pytest retention_pipeline_tests/test_emails.py -x -q": lambda ids: (
+        ids and all(i.startswith("retention_pipeline_tests/test_emails.py::") for i in ids)
+    ),
+    "uv run pytest -n 0 retention_pipeline_tests/test_emails.py": lambda ids: (
+        ids and all(i.startswith("retention_pipeline_tests/test_emails.py::") for i in ids)
+    ),
 }
 SLOW_TEST = "retention_pipeline_tests/test_production_rehearsal.py::test_production_rehearsal"
 RUN_HERE = {

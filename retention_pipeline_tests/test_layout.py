@@ -136,6 +136,8 @@ def test_the_wheel_installs_without_the_harness_and_validates(tmp_path: Path):
     deployed = env | {
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "RETENTION_CONFIG": str(PROJECT_ROOT / "retention.yaml"),
+        # A deployment ships its own campaign files; the wheel holds code only.
+        "RETENTION_CAMPAIGNS_DIR": str(PROJECT_ROOT / "campaigns"),
         "RETENTION_STATE_DIR": str(tmp_path / "state"),
     }
     validated = run(
