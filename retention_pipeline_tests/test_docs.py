@@ -143,7 +143,7 @@ PYTEST_SELECTIONS = {
     'time uv run pytest -m "not slow" --durations=40 --basetemp=$PWD/.retention/pt': lambda ids: (
         any("test_docs.py::" in i for i in ids) and not any(i.startswith(SLOW_TEST) for i in ids)
     ),
-    "uv run pytest retention_pipeline_tests/test_emails.py -x -q": lambda ids: (
+    "uv run pytest retention_pipeline_tests/test_emails.py -x": lambda ids: (
         ids and all(i.startswith("retention_pipeline_tests/test_emails.py::") for i in ids)
     ),
     "uv run pytest -n 0 retention_pipeline_tests/test_emails.py": lambda ids: (

@@ -152,6 +152,12 @@ def test_the_wheel_installs_without_the_harness_and_validates(tmp_path: Path):
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert "Validation successful" in validated.stdout + validated.stderr
 
+    # The console script checks the instance as a deployment sets it up (docs/deployment.md copies the file).
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
+    # The schema commands need no harness: a production install upgrades its own database.
+    db_help = run(str(venv / "bin" / "retention-pipeline"), "db", "--help", env=deployed, cwd=tmp_path)
+    assert db_help.returncode == 0 and "upgrade" in db_help.stdout, db_help.stdout + db_help.stderr
+
     demo = run(str(venv / "bin" / "retention-pipeline"), "demo", env=deployed, cwd=tmp_path)
     assert demo.returncode == 2
     assert demo.stdout == ""
