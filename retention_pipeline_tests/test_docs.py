@@ -168,7 +168,7 @@ RUN_ELSEWHERE = {
     # On a free port instead of 3000.
     "uv run retention-pipeline dev": ("retention_pipeline_tests/ui_support.py", 'cli_command("dev", "--port"'),
     # At a tiny scale: a 15- or 75-minute run has no place in the suite.
-    "uv run python -m benchmarks.run": ("retention_pipeline_tests/test_benchmark_smoke.py", '"-m", "benchmarks.run"'),
+    "uv run python -m benchmarks.run": ("retention_pipeline_tests/test_benchmark_smoke.py", '"-m",\n        "benchmarks.run",'),
     "uv run python -m benchmarks.run --scales 10000,100000,1000000 --budget-minutes 45": (
         "retention_pipeline_tests/test_benchmark_smoke.py",
         '"--budget-minutes"',
