@@ -280,6 +280,21 @@ class Service:
         self.seen += [p for p in tree if p not in self.seen]
 
 
+def _process_group(pgid: int) -> str:
+    """`ps` of a process group, plus each member's ignored/blocked/caught signal masks (/proc/PID/status)."""
+    lines = subprocess.run(
+        ["ps", "-e", "-o", "pgid=,pid=,ppid=,stat=,wchan:24=,etime=,args="], capture_output=True, text=True
+    ).stdout.splitlines()
+    members = [line for line in lines if line.split() and line.split()[0] == str(pgid)]
+    masks = []
+    for line in members:
+        pid = line.split()[1]
+        with contextlib.suppress(OSError):
+            status = open(f"/proc/{pid}/status").read()
+            masks.append(f"{pid}: " + " ".join(f for f in status.splitlines() if f.startswith(("SigBlk", "SigIgn", "SigCgt"))))
+    return "\n".join(["pgid pid ppid stat wchan elapsed args", *members, *masks])
+
+
 class Services:
     """Long-running processes, each in its own session (process group), stopped with SIGTERM to the group
     as a service manager stops a unit."""
@@ -329,9 +344,13 @@ class Services:
                 try:
                     service.process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
+                    # Which process of the group holds on, in what state, with which signals ignored or blocked.
+                    group = _process_group(service.process.pid)
                     os.killpg(service.process.pid, signal.SIGKILL)
                     service.process.wait(timeout=10)
-                    raise AssertionError(f"{service.name} ignored SIGTERM for {timeout:.0f} s:\n{service.log_tail()}") from None
+                    raise AssertionError(
+                        f"{service.name} ignored SIGTERM for {timeout:.0f} s:\n{group}\n{service.log_tail()}"
+                    ) from None
             took[service.name] = time.monotonic() - started
         return took
 
