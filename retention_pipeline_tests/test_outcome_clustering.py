@@ -190,3 +190,78 @@ def test_campaign_performance_reports_the_interval_and_test_clustered_by_user(ap
     metadata = materialization_metadata(result, "campaign_performance")
     assert metadata["design_effect_winback_step1_7d"] == {"treated": 3.0, "holdout": 1.0}
     assert "clustered by user" in metadata["interval"]
+
+
+ASSIGNED = date(2026, 4, 10)
+
+
+def _assignments(db, rows: list[tuple[int, str, date]]) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                db.render("""
+            INSERT INTO {rs}.email_sends (campaign, step, user_id, episode_start, as_of_date, variant, status, email,
+                segment_reason, mrr_cents, created_at)
+            VALUES ('winback', 1, :user_id, :day, :day, :variant, :status, 'x@example.com', 'inactive', 1000, :t)""")
+            ),
+            [
+                {
+                    "user_id": u,
+                    "status": status,
+                    "day": day,
+                    "variant": "holdout" if status == "holdout" else "recap",
+                    "t": datetime.combine(day + timedelta(days=1), time(9), UTC),
+                }
+                for u, status, day in rows
+            ],
+        )
+
+
+def _snapshot(db, snapshot_date: date, users: list[int], lost: set[int]) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                db.render("""
+            INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, customer_id, user_id, status,
+                mrr_cents, cancel_at_period_end, canceled_at, ended_at, snapshot_at)
+            VALUES (:d, :sub, :cus, :user_id, :status, 1000, false, :ended, :ended,
+                    CAST(:d AS timestamp) AT TIME ZONE 'UTC' + interval '9 hours')""")
+            ),
+            [
+                {
+                    "d": snapshot_date,
+                    "sub": f"sub_{u}",
+                    "cus": f"cus_{u}",
+                    "user_id": u,
+                    "status": "canceled" if u in lost else "active",
+                    "ended": datetime(2026, 4, 30, 12, tzinfo=UTC) if u in lost else None,
+                }
+                for u in users
+            ],
+        )
+
+
+def test_revenue_kept_is_clustered_by_user_since_a_users_assignments_share_one_subscription(app_db_env, instance):
+    """20 emailed paying users with two assignments each (two episodes, a day apart) and 20 holdout users with
+    one: a user's two day-30 verdicts read the same subscription, so they count once (d = 2). The interval of
+    the retention difference is that of 14/20 kept against 10/20, not of 28/40."""
+    db = app_db_env
+    install_schema(db)
+    treated, holdout = list(range(1, 21)), list(range(21, 41))
+    _assignments(
+        db,
+        [(u, "sent", ASSIGNED) for u in treated]
+        + [(u, "sent", ASSIGNED + timedelta(days=1)) for u in treated]
+        + [(u, "holdout", ASSIGNED) for u in holdout],
+    )
+    lost = set(range(1, 7)) | set(range(21, 31))  # canceled before day 30
+    _snapshot(db, date(2026, 5, 12), treated + holdout, lost)
+    as_of = date(2026, 5, 12)
+    assert run_job(instance, "daily_retention_job", as_of.isoformat(), assets=["campaign_performance"], quiet=True).success
+    day30 = db.fetch_all("SELECT * FROM {rs}.campaign_revenue WHERE as_of_date = :d AND horizon_days = 30", {"d": as_of})[0]
+    assert (day30.treated, day30.treated_kept, day30.holdout, day30.holdout_kept) == (40, 28, 20, 10)
+    by_user = lift(14, 20, 10, 20)
+    assert (day30.retention_lift_ci_low, day30.retention_lift_ci_high) == pytest.approx(
+        (by_user.ci_low, by_user.ci_high), abs=1e-10
+    )
+    assert day30.incremental_mrr_ci_low_cents == pytest.approx(by_user.ci_low * 40_000)

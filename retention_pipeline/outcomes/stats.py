@@ -3,16 +3,16 @@
 Three estimators, each with the interval that belongs to it:
 - `lift`: one look at pooled counts. Miettinen-Nurminen score test and the score interval that inverts
   it, so "p < 0.05" and "the 95% interval excludes 0" never disagree.
-
-A row is one step of one dormancy episode, and one user can have several in an arm (several episodes,
-each drawn afresh): their outcomes share the user's propensity, so rows are not independent. Every
-estimator therefore takes each arm's Rao-Scott design effect (`design_effect`, clustered by user): the
-score test and interval run on effective counts x/d, n/d, and the day-stratified variance is scaled by d.
-With one row per user, d = 1 and nothing changes.
 - `stratified_difference`: a difference of rates within each day (allocation period), weighted across
   days (Cochran-Mantel-Haenszel weights), so a mix that shifts over time cannot masquerade as lift.
 - `always_valid_interval`: the normal-mixture confidence sequence (Robbins; Howard et al. 2021), the
   interval form of Johari et al.'s mSPRT: it may be looked at every day and stays valid at 95%.
+
+A row is one step of one dormancy episode, and one user can have several in an arm (several episodes,
+each drawn afresh): their outcomes share the user's propensity, so rows are not independent. The first
+two therefore take each arm's Rao-Scott design effect (`design_effect`, clustered by user): the
+score test and interval run on effective counts x/d, n/d, and the day-stratified variance is scaled by d.
+With one row per user, d = 1 and nothing changes. `always_valid_interval` takes the variance it is given.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class UserSums:
 
 def design_effect(arm: UserSums) -> float:
     """Rao-Scott design effect of an arm's return rate p = x/n, clustered by user: the cluster-robust
-    variance sum_i (x_i - p n_i)^2 / n^2 over the binomial p(1-p)/n, floored at 1 (clustering never makes a
-    rate more precise than independent rows; a smaller estimate is noise). Both variances are in their
+    variance sum_i (x_i - p n_i)^2 / n^2 over the binomial p(1-p)/n, floored at 1 (a user's repeated
+    outcomes are alike, not opposed: an estimate below 1 is taken as noise). Both variances are in their
     plain (maximum-likelihood) form, so one row per user gives exactly 1, and m identical rows for each of
     k users give m (effective rows n/d = k)."""
     if not arm.rows:
