@@ -115,9 +115,9 @@ def _outcomes_as_of(app_db: AppDatabase, config: OutcomeConfig, as_of) -> dict:
 )
 def campaign_performance(context: AssetExecutionContext, config: PerformanceConfig, app_db: AppDatabase) -> MaterializeResult:
     """Per campaign, step, variant, segment and window: treated vs holdout return rates as assigned (failed
-    sends stay treated), lift with a 95% interval and p-value (clustered by user), recovered MRR, and the per-protocol lift
-    (delivered only) as a secondary figure; closed windows only, as of the partition day. Per campaign and
-    step: revenue kept against the holdout (`retention.campaign_revenue`)."""
+    sends stay treated), lift with a 95% interval and p-value clustered by user, recovered MRR, and the
+    per-protocol lift (delivered only) as a secondary figure; closed windows only, as of the partition day.
+    Per campaign and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     require_current_schema(app_db)
     for as_of in partition_days(context):
         context.add_asset_metadata(_performance_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
