@@ -94,11 +94,11 @@ def audience_problems(audience: Audience) -> list[str]:
 
 @dataclass(frozen=True)
 class AudienceSql:
-    """The audience as SQL conditions: `today` on the base's row `t` of the as-of day; `lifecycle` (subscriptions
-    audiences) on a snapshot row `h` of `stripe_subscription_history`, the condition an episode is made of."""
+    """The audience as SQL conditions: `on_user` on the base's row `t` of the as-of day; `on_subscription`
+    (subscriptions audiences) on a snapshot row `h` of `stripe_subscription_history`: what an episode is made of."""
 
-    today: str
-    lifecycle: str
+    on_user: str
+    on_subscription: str
     params: dict
 
 

@@ -150,11 +150,11 @@ def candidate_params(
 ) -> tuple[str, dict]:
     """CANDIDATES_SQL with the campaign's base and audience, and its parameters for one step on one as-of day
     (`render_recorded`: also what it takes to render users the ledger already holds, for `preview`)."""
-    audience = audience_sql(campaign.audience)
-    base = LIFECYCLE_BASE.replace("{lifecycle}", audience.lifecycle) if campaign.audience.lifecycle else DORMANT_BASE
+    conditions = audience_sql(campaign.audience)
+    base = LIFECYCLE_BASE.replace("{lifecycle}", conditions.on_subscription) if campaign.audience.lifecycle else DORMANT_BASE
     as_of_end = datetime.combine(as_of + timedelta(days=1), time.min, ZoneInfo(PROJECT_TIMEZONE))
-    sql = CANDIDATES_SQL.replace("{base}", base).replace("{audience}", audience.today)
-    return sql.replace("{recent_actions}", RECENT_ACTIONS_SQL), audience.params | {
+    sql = CANDIDATES_SQL.replace("{base}", base).replace("{audience}", conditions.on_user)
+    return sql.replace("{recent_actions}", RECENT_ACTIONS_SQL), conditions.params | {
         "as_of": as_of,
         "as_of_end": as_of_end,
         "snapshot_date": snapshot_date(as_of),
