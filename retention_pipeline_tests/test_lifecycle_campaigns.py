@@ -164,6 +164,8 @@ def test_active_users_get_the_billing_emails_and_the_cap_holds_across_dormancy_a
         if row["user_id"] in (*ACTIVE_PAST_DUE, *ACTIVE_ENDING):
             text = row["payload"]["text"]
             assert "since your last" not in text and " days" not in text, text
+    # Payment recovery is transactional: its link leaves all email, and its footer says so.
+    assert all("Unsubscribe from these emails: " in r["payload"]["text"] for r in sent if r["campaign"] == "payment_recovery")
     cancel_texts = [r["payload"]["text"] for r in sent if r["campaign"] == "cancel_save"]
     assert cancel_texts and all("Last time you were here, you added the task “Q3 plan” to Roadmap" in t for t in cancel_texts)
 

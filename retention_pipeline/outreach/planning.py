@@ -320,7 +320,8 @@ def assigned_variant(campaign: Campaign, step: Step, user_id: int, episode_start
 
 def render_email(config: CampaignConfig, campaign: Campaign, step: Step, variant: str, user, link: str) -> dict:
     """The provider payload of one email: exactly what is sent (and what `preview` shows)."""
-    identity = config.model_dump() | {"topic": campaign.topic}
+    # A transactional email's link leaves all email (the one unsubscribe it honours), so its footer names no topic.
+    identity = config.model_dump() | {"topic": None if campaign.transactional else campaign.topic}
     if campaign.sender_name:
         identity["sender_name"] = campaign.sender_name
     rendered = campaign.renderer.render(variant, dict(user), identity, link)
