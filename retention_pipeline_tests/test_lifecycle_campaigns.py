@@ -76,15 +76,17 @@ def _days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _send_day(instance, sender, day: date) -> dict:
-    clock.set_now(datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=9))
+def _send_day(instance, sender, day: date, config: dict | None = None, run_on: date | None = None) -> dict:
+    run_on = run_on or day + timedelta(days=1)
+    clock.set_now(datetime.combine(run_on, datetime.min.time(), UTC) + timedelta(hours=9))
+    plan_config = {"ops": {"reengagement_emails": {"ops": {"plan_reengagement_sends": {"config": config or {}}}}}}
     result = run_job(
         instance,
         "daily_retention_job",
         day.isoformat(),
         assets=["reengagement_emails"],
         resources={"email_sender": sender},
-        run_config=live_campaign(),
+        run_config=live_campaign(plan_config),
         quiet=True,
     )
     assert result.success
@@ -223,6 +225,18 @@ def test_a_second_past_due_episode_is_a_new_assignment_and_a_missing_snapshot_en
     ]
     for row in rows:
         assert row["status"] == ("holdout" if in_holdout("payment_recovery", 1, 1, row["episode_start"], 0.1) else "sent")
+
+
+def test_a_lifecycle_campaign_keeps_the_dry_run_and_the_backfill_guard(episode_world, instance, sender, fake_resend):
+    db = episode_world
+    dry = _send_day(instance, sender, D, {"dry_run": True})
+    assert dry["dry_run_would_send"] + dry["dry_run_would_hold_out"] == 1 and _ledger(db) == []
+    backfill = _send_day(instance, sender, D, run_on=D + timedelta(days=30))
+    assert "a backfill never sends" in backfill["guards"][D.isoformat()]
+    assert _ledger(db) == [] and fake_resend.accepted == []
+    _send_day(instance, sender, D)
+    [row] = _ledger(db)
+    assert row["campaign"] == "payment_recovery" and len(fake_resend.accepted) == (row["status"] == "sent")
 
 
 def _selected(db, audience: dict, as_of: date) -> dict[int, date]:
