@@ -239,6 +239,24 @@ def test_a_lifecycle_campaign_keeps_the_dry_run_and_the_backfill_guard(episode_w
     assert row["campaign"] == "payment_recovery" and len(fake_resend.accepted) == (row["status"] == "sent")
 
 
+def test_preview_renders_an_active_users_billing_email_and_names_a_missing_snapshot(episode_world):
+    from retention_pipeline.outreach.campaigns import load_campaigns
+    from retention_pipeline.outreach.links import UnsubscribeLinks
+    from retention_pipeline.outreach.preview import PreviewError, identity, preview
+
+    db = episode_world
+    config = identity(CampaignConfig(), live_sender=False)
+    campaign = next(c for c in load_campaigns(CAMPAIGNS_DIR) if c.name == "payment_recovery")
+    links = UnsubscribeLinks(secret="test-unsubscribe-secret")
+    clock.set_now(datetime.combine(D + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=9))
+    shown = preview(db, config, campaign, campaign.steps[0], D, links, user_id=1)
+    assert shown.payload["subject"] == "User, your Acme payment did not go through"
+    assert "We could not charge your card for your Team subscription" in shown.payload["text"]
+    with pytest.raises(PreviewError) as missing:
+        preview(db, config, campaign, campaign.steps[0], D + timedelta(days=1), links, user_id=1)
+    assert str(missing.value).startswith(f"payment_recovery: no Stripe snapshot dated {D + timedelta(days=2)}")
+
+
 def _selected(db, audience: dict, as_of: date) -> dict[int, date]:
     config = CampaignConfig()
     campaign = replace(run_config_campaign(config), audience=Audience(**audience))
