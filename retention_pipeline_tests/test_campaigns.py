@@ -99,6 +99,21 @@ def test_a_variable_unknown_to_the_shared_layout_is_found_through_extends(campai
         ),
         ("{weekly_segments: []}", "audience: weekly_segments is an empty list: nobody matches"),
         ("{mrr_range: [0, 100]}", "unknown field 'audience.mrr_range'"),
+        ("{from: stripe, cancel_at_period_end: true}", "audience.from: Input should be 'dormant_users' or 'subscriptions'"),
+        (
+            "{from: subscriptions, cancel_at_period_end: true, dormancy_reasons: [inactive]}",
+            "audience: dormancy_reasons is a dormancy condition; `from: subscriptions` reaches users whether or not they are dormant",
+        ),
+        ("{trial_ends_within_days: 3}", "audience: trial_ends_within_days needs `from: subscriptions`"),
+        ("{from: subscriptions, plans: [Team]}", "audience: `from: subscriptions` needs a lifecycle condition"),
+        (
+            "{from: subscriptions, subscription_statuses: [none]}",
+            "audience: subscription_statuses 'none' matches no subscription",
+        ),
+        (
+            "{from: subscriptions, subscription_statuses: [active], trial_ends_within_days: 3}",
+            "audience: trial_ends_within_days matches trialing subscriptions only, and subscription_statuses ['active']",
+        ),
     ],
 )
 def test_a_bad_audience_is_one_line(campaigns_copy, audience, message):
@@ -109,6 +124,20 @@ def test_a_bad_audience_is_one_line(campaigns_copy, audience, message):
     path.write_text(text[:start] + f"audience: {audience}\n" + text[end:])
     [problem] = _problems(campaigns_copy)
     assert problem.startswith(f"{path}: {message}"), problem
+
+
+def test_each_condition_that_does_not_fit_the_base_is_its_own_line(campaigns_copy):
+    path = campaigns_copy / "payment_recovery" / "campaign.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "  from: subscriptions\n", "  from: subscriptions\n  min_days_inactive: 3\n  max_days_inactive: 9\n"
+        )
+    )
+    assert _problems(campaigns_copy) == [
+        f"{path}: audience: {name} is a dormancy condition; `from: subscriptions` reaches users whether or not they are "
+        "dormant (use `from: dormant_users`)"
+        for name in ("min_days_inactive", "max_days_inactive")
+    ]
 
 
 def test_two_campaigns_with_one_priority_are_refused(campaigns_copy):
@@ -194,7 +223,7 @@ def sender(fake_resend):
 @pytest.fixture
 def three_campaign_world(app_db_env, instance, monkeypatch):
     """60 users dormant from 15 days before AS_OF until AS_OF + 7: 20 past due, 20 active but cancelling at the
-    period's end, 20 without a subscription; the shipped campaign files."""
+    period's end, 20 without a subscription, in every daily Stripe snapshot; the shipped campaign files."""
     monkeypatch.setenv("RETENTION_CAMPAIGNS_DIR", str(CAMPAIGNS_DIR))
     db = app_db_env
     install_schema(db)
@@ -205,6 +234,14 @@ def three_campaign_world(app_db_env, instance, monkeypatch):
     s.events((user_id, at(AS_OF - timedelta(days=d)), "create_task") for user_id in USERS for d in range(30, 14, -1))
     with db.begin() as conn:
         for user_id in [*PAST_DUE, *ENDING]:
+            subscription = {
+                "sub": f"sub_{user_id}",
+                "cus": f"cus_{user_id}",
+                "u": user_id,
+                "t": at(AS_OF - timedelta(days=1)),
+                "status": "past_due" if user_id in PAST_DUE else "active",
+                "ending": user_id in ENDING,
+            }
             conn.execute(
                 sa.text(
                     db.render("""
@@ -212,14 +249,18 @@ def three_campaign_world(app_db_env, instance, monkeypatch):
                     quantity, mrr_cents, cancel_at_period_end, snapshot_at)
                 VALUES (:sub, :cus, :u, 'metadata', :status, 'Team', 1, 4900, :ending, :t)""")
                 ),
-                {
-                    "sub": f"sub_{user_id}",
-                    "cus": f"cus_{user_id}",
-                    "u": user_id,
-                    "t": at(AS_OF - timedelta(days=1)),
-                    "status": "past_due" if user_id in PAST_DUE else "active",
-                    "ending": user_id in ENDING,
-                },
+                subscription,
+            )
+            # The billing campaigns read the snapshot kept for each morning (the same state every day).
+            conn.execute(
+                sa.text(
+                    db.render("""
+                INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, customer_id, user_id, status,
+                    plan_name, mrr_cents, cancel_at_period_end, snapshot_at)
+                SELECT d::date, :sub, :cus, :u, :status, 'Team', 4900, :ending, :t
+                FROM generate_series(CAST(:first AS date), CAST(:last AS date), interval '1 day') AS d""")
+                ),
+                subscription | {"first": AS_OF - timedelta(days=10), "last": AS_OF + timedelta(days=8)},
             )
     clock.set_now(datetime(2026, 5, 28, 9, 0, tzinfo=UTC))
     assert run_job(
@@ -405,14 +446,14 @@ def test_a_run_config_that_changes_a_campaign_field_fails_with_campaign_files(th
 # -- audiences ---------------------------------------------------------------------------------------------------
 
 DAY = date(2026, 3, 18)
-# user: (reason, days inactive, status, plan, mrr cents, cancel at period end, trial ends days after DAY's end)
+# user: (reason, days inactive, status, plan, mrr cents, cancel at period end)
 AUDIENCE_USERS = {
-    1: ("inactive", 10, "active", "Team", 4900, False, None),
-    2: ("declining", 3, "past_due", "Team", 9900, False, None),
-    3: ("inactive", 40, "none", None, 0, False, None),
-    4: ("inactive", 20, "trialing", "Starter", 0, False, 2),
-    5: ("inactive", 20, "trialing", "Starter", 0, False, 10),
-    6: ("inactive", 12, "active", "Business", 20000, True, None),
+    1: ("inactive", 10, "active", "Team", 4900, False),
+    2: ("declining", 3, "past_due", "Team", 9900, False),
+    3: ("inactive", 40, "none", None, 0, False),
+    4: ("inactive", 20, "trialing", "Starter", 0, False),
+    5: ("inactive", 20, "trialing", "Starter", 0, False),
+    6: ("inactive", 12, "active", "Business", 20000, True),
 }
 
 
@@ -421,9 +462,8 @@ def audience_world(app_db):
     db = app_db
     install_schema(db)
     s = Scenario(db)
-    day_end = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), UTC)
     with db.begin() as conn:
-        for user_id, (reason, days, status, plan, mrr, ending, trial_days) in AUDIENCE_USERS.items():
+        for user_id, (reason, days, status, plan, mrr, ending) in AUDIENCE_USERS.items():
             s.user(user_id, at(DAY - timedelta(days=200)))
             conn.execute(
                 sa.text(
@@ -448,22 +488,6 @@ def audience_world(app_db):
                     "ending": ending,
                 },
             )
-            if trial_days is not None:
-                conn.execute(
-                    sa.text(
-                        db.render("""
-                    INSERT INTO {rs}.stripe_subscriptions (subscription_id, customer_id, user_id, mapped_by, status, plan_name,
-                        quantity, mrr_cents, cancel_at_period_end, trial_end, snapshot_at)
-                    VALUES (:sub, :cus, :u, 'metadata', 'trialing', 'Starter', 1, 0, false, :trial_end, :t)""")
-                    ),
-                    {
-                        "sub": f"sub_{user_id}",
-                        "cus": f"cus_{user_id}",
-                        "u": user_id,
-                        "t": at(DAY),
-                        "trial_end": day_end + timedelta(days=trial_days) - timedelta(hours=1),
-                    },
-                )
         # Segments: the week that ended before DAY counts; a week still running on DAY does not.
         for user_id, week_start, segment in (
             (1, DAY - timedelta(days=13), "casual"),
@@ -495,7 +519,6 @@ def audience_world(app_db):
         ({"min_mrr_cents": 5000}, {2, 6}),
         ({"max_mrr_cents": 4900}, {1, 3, 4, 5}),
         ({"cancel_at_period_end": True}, {6}),
-        ({"trial_ends_within_days": 3}, {4}),
         ({"subscription_statuses": ["active"], "cancel_at_period_end": True, "min_mrr_cents": 10000}, {6}),
     ],
 )
@@ -524,7 +547,7 @@ def test_every_campaign_file_field_is_documented():
     missing = [
         f"{model.__name__}.{name}"
         for model in (CampaignFile, Audience, Step, Success, Sender)
-        for name in model.model_fields
+        for name in (field.alias or field_name for field_name, field in model.model_fields.items())
         if f"`{name}`" not in docs and f"{name}:" not in docs
     ]
     assert not missing

@@ -78,6 +78,9 @@ def test_revenue_history_keeps_one_snapshot_per_day_and_replaces_the_same_day(ap
         date(2026, 5, 2): {1: ("canceled", 0), 2: ("active", 2900), 3: ("active", 2900)},
     }
     assert {r.snapshot_at.hour for r in history if r.snapshot_date == date(2026, 5, 2)} == {15}
+    # What lifecycle audiences read of each day: the product's name (`plans`) and the trial end (none here).
+    kept = app_db.fetch_all("SELECT DISTINCT product_name, trial_end FROM {rs}.stripe_subscription_history")
+    assert [tuple(r) for r in kept] == [("Team", None)]
     metadata = result.asset_materializations_for_node("stripe_subscriptions")[0].metadata
     assert metadata["history_days"].value == 2 and metadata["history_date"].value == "2026-05-02"
 

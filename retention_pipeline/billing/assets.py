@@ -96,9 +96,9 @@ JOIN mapped m ON m.customer_id = l.customer_id;
 KEEP_HISTORY_SQL = """
 DELETE FROM {rs}.stripe_subscription_history WHERE snapshot_date = :snapshot_date;
 INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, customer_id, user_id, status, plan_name,
-    mrr_cents, currency, cancel_at_period_end, canceled_at, ended_at, snapshot_at)
+    mrr_cents, currency, cancel_at_period_end, canceled_at, ended_at, snapshot_at, product_name, trial_end)
 SELECT :snapshot_date, subscription_id, customer_id, user_id, status, plan_name, mrr_cents, currency, cancel_at_period_end,
-       canceled_at, ended_at, snapshot_at
+       canceled_at, ended_at, snapshot_at, product_name, trial_end
 FROM {rs}.stripe_subscriptions;
 """
 

@@ -149,7 +149,7 @@ def normalize_subscription(sub: Mapping[str, Any], product_names: Mapping[str, s
         "current_period_end": _timestamp(period_end),
         "canceled_at": _timestamp(sub.get("canceled_at")),
         "ended_at": _timestamp(sub.get("ended_at")),
-        # Audiences "trial ending within N days" read it (campaigns.audience_sql).
+        # Audiences "trial ending within N days" read it (audience.audience_sql).
         "trial_end": _timestamp(sub.get("trial_end")),
         "customer_email": email,
         "customer_user_id": None if user_ref is None else str(user_ref),

@@ -29,7 +29,8 @@ CREATE INDEX stripe_subscriptions_user ON {rs}.stripe_subscriptions (user_id);
 CREATE INDEX stripe_subscriptions_customer ON {rs}.stripe_subscriptions (customer_id);
 -- The snapshot kept per day (the project-timezone date of the clock when it was taken): a later snapshot
 -- the same day replaces that day's rows. Revenue kept reads whether a subscription was still running
--- 30 and 60 days after a user's assignment from it.
+-- 30 and 60 days after a user's assignment from it; lifecycle campaigns (`audience.from: subscriptions`) read
+-- the snapshot dated the morning after their as-of day, and their episodes from the days before.
 CREATE TABLE {rs}.stripe_subscription_history (
     snapshot_date         date NOT NULL,
     subscription_id       text NOT NULL,
@@ -43,6 +44,8 @@ CREATE TABLE {rs}.stripe_subscription_history (
     canceled_at           timestamptz,
     ended_at              timestamptz,
     snapshot_at           timestamptz NOT NULL,
+    product_name          text,          -- audiences `plans` name products, as dormant_users does
+    trial_end             timestamptz,   -- lifecycle audiences: a trial ending within N days of the snapshot's day
     PRIMARY KEY (snapshot_date, subscription_id)
 );
 CREATE INDEX stripe_subscription_history_user ON {rs}.stripe_subscription_history (user_id, snapshot_date);

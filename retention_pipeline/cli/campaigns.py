@@ -28,7 +28,8 @@ def campaigns_check() -> None:
 
     A problem is one line naming the file, every problem is listed, and the exit code is 2.
     """
-    from retention_pipeline.outreach.campaigns import campaign_directories, campaigns_dir, describe_audience, load_campaigns
+    from retention_pipeline.outreach.audience import describe_audience
+    from retention_pipeline.outreach.campaigns import campaign_directories, campaigns_dir, load_campaigns
 
     root = campaigns_dir()
     if root.is_dir() and not campaign_directories(root):

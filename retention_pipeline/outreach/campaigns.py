@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, TemplateError, TemplateNotFound, TemplateSyntaxError, meta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retention_pipeline.errors import SettingsError
+from retention_pipeline.outreach.audience import Audience, audience_problems
 from retention_pipeline.outreach.render import ACTION_PHRASES, TEMPLATE_VARIABLES, EmailRenderer
 from retention_pipeline.settings import PROJECT_ROOT
 
@@ -41,41 +41,6 @@ class CampaignFilesError(SettingsError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Audience(_Strict):
-    """Who the campaign is for, from what the pipeline knows of each dormant user on the as-of day. Every
-    condition given must hold; an empty audience is every targeted dormant user."""
-
-    dormancy_reasons: list[Literal["inactive", "declining"]] | None = None
-    min_days_inactive: int | None = Field(default=None, ge=0)
-    max_days_inactive: int | None = Field(default=None, ge=0)
-    # The user's segment in the latest week that ended before the as-of day.
-    weekly_segments: (
-        list[Literal["new", "resurrected", "declining", "power", "active", "casual", "dormant", "churned"]] | None
-    ) = None
-    subscription_statuses: (
-        list[
-            Literal["active", "past_due", "trialing", "unpaid", "incomplete", "incomplete_expired", "canceled", "paused", "none"]
-        ]
-        | None
-    ) = None
-    plans: list[str] | None = None
-    min_mrr_cents: int | None = Field(default=None, ge=0)
-    max_mrr_cents: int | None = Field(default=None, ge=0)
-    cancel_at_period_end: bool | None = None
-    # A trialing subscription whose trial ends within this many days after the as-of day.
-    trial_ends_within_days: int | None = Field(default=None, ge=1, le=90)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> Audience:
-        for low, high in (("min_days_inactive", "max_days_inactive"), ("min_mrr_cents", "max_mrr_cents")):
-            if getattr(self, low) is not None and getattr(self, high) is not None and getattr(self, low) > getattr(self, high):
-                raise ValueError(f"{low} {getattr(self, low)} is above {high} {getattr(self, high)}: nobody matches")
-        for name in ("dormancy_reasons", "weekly_segments", "subscription_statuses", "plans"):
-            if getattr(self, name) == []:
-                raise ValueError(f"{name} is an empty list: nobody matches (leave it out to allow any)")
-        return self
 
 
 class Step(_Strict):
@@ -235,6 +200,7 @@ def _load_campaign(directory: Path, shared: Path) -> tuple[Campaign | None, list
     problems: list[str] = []
     phrases = _load_phrases(directory / "phrases.yaml", problems)
     variants = sorted({v for s in spec.steps for v in s.variants})
+    problems += [f"{path}: audience: {problem}" for problem in audience_problems(spec.audience)]
     problems += check_templates(directory, shared, variants)
     problems += [
         f"{path}: resume_steps names step {n}, which the campaign does not have"
@@ -332,51 +298,3 @@ def check_templates(directory: Path, shared: Path, variants: list[str]) -> list[
         ]
         pending += [ref for ref in meta.find_referenced_templates(tree) if ref]
     return problems
-
-
-def audience_sql(audience: Audience) -> tuple[str, dict]:
-    """The audience as a SQL condition on a dormant_users row `t` of the as-of day (`:as_of`), with its parameters."""
-    conditions: list[str] = []
-    params: dict = {}
-    if audience.dormancy_reasons is not None:
-        conditions.append("t.reason = ANY(:aud_reasons)")
-        params["aud_reasons"] = list(audience.dormancy_reasons)
-    if audience.min_days_inactive is not None:
-        conditions.append("t.days_inactive >= :aud_min_days")
-        params["aud_min_days"] = audience.min_days_inactive
-    if audience.max_days_inactive is not None:
-        conditions.append("t.days_inactive <= :aud_max_days")
-        params["aud_max_days"] = audience.max_days_inactive
-    if audience.weekly_segments is not None:
-        conditions.append("""(SELECT ws.segment FROM {rs}.weekly_segments ws
-                              WHERE ws.user_id = t.user_id AND ws.week_start <= CAST(:as_of AS date) - 6
-                              ORDER BY ws.week_start DESC LIMIT 1) = ANY(:aud_segments)""")
-        params["aud_segments"] = list(audience.weekly_segments)
-    if audience.subscription_statuses is not None:
-        conditions.append("t.subscription_status = ANY(:aud_statuses)")
-        params["aud_statuses"] = list(audience.subscription_statuses)
-    if audience.plans is not None:
-        conditions.append("t.plan_name = ANY(:aud_plans)")
-        params["aud_plans"] = list(audience.plans)
-    if audience.min_mrr_cents is not None:
-        conditions.append("t.mrr_cents >= :aud_min_mrr")
-        params["aud_min_mrr"] = audience.min_mrr_cents
-    if audience.max_mrr_cents is not None:
-        conditions.append("t.mrr_cents <= :aud_max_mrr")
-        params["aud_max_mrr"] = audience.max_mrr_cents
-    if audience.cancel_at_period_end is not None:
-        conditions.append("t.cancel_at_period_end = :aud_cancel")
-        params["aud_cancel"] = audience.cancel_at_period_end
-    if audience.trial_ends_within_days is not None:
-        # From the as-of day's end (the partition), never the wall clock.
-        conditions.append("""EXISTS (SELECT 1 FROM {rs}.stripe_subscriptions ss
-                                     WHERE ss.user_id = t.user_id AND ss.status = 'trialing' AND ss.trial_end >= :as_of_end
-                                       AND ss.trial_end < :as_of_end + make_interval(days => :aud_trial_days))""")
-        params["aud_trial_days"] = audience.trial_ends_within_days
-    return (" AND ".join(conditions) or "TRUE"), params
-
-
-def describe_audience(audience: Audience) -> str:
-    """One line: the audience's conditions as they read in campaign.yaml."""
-    given = audience.model_dump(exclude_none=True)
-    return ", ".join(f"{key}={value}" for key, value in given.items()) or "every targeted dormant user"

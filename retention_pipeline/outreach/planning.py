@@ -22,14 +22,13 @@ from retention_pipeline.outreach.allocation import (
     stable_variant,
     thompson_allocation,
 )
+from retention_pipeline.outreach.audience import Audience, audience_sql
 from retention_pipeline.outreach.campaign import SECTION as CAMPAIGN_SECTION
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import (
-    Audience,
     Campaign,
     CampaignFilesError,
     Step,
-    audience_sql,
     campaign_directories,
     campaigns_dir,
     load_campaigns,
@@ -40,21 +39,27 @@ from retention_pipeline.outreach.sql import (
     CANDIDATES_SQL,
     CLEAR_ALLOCATION_SQL,
     CLEAR_DRY_RUN_SQL,
+    DORMANT_BASE,
     ELIGIBLE_SQL,
     INSERT_DRY_RUN_SQL,
     INSERT_LEDGER_SQL,
+    LIFECYCLE_BASE,
     PREVIOUS_DECISION_SQL,
+    RECENT_ACTIONS_SQL,
     RECORD_ALLOCATION_SQL,
     RECORD_SUCCESS_DEFINITION_SQL,
     SKIP_COUNTS_SQL,
+    SNAPSHOT_TAKEN_SQL,
 )
 from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.settings import PROJECT_TIMEZONE
-from retention_pipeline.thresholds import FILE_VALUES
+from retention_pipeline.thresholds import FILE_VALUES, file_default
 
 # How far back a dormancy episode's first day is looked for (longer episodes start there).
 EPISODE_LOOKBACK_DAYS = 120
+# The latest actions an email names, for a lifecycle campaign's users who are not dormant (as dormant_users).
+LAST_ACTIONS = file_default("dormant_users", "last_actions")
 # Candidates rendered and written to the ledger per statement: bounds the plan's memory, not the send batches.
 LEDGER_CHUNK = 500
 
@@ -134,16 +139,28 @@ def step_label(plan: dict, campaign: Campaign, step: Step) -> str:
     return str(step.step) if len(plan["campaigns"]) == 1 else f"{campaign.name} step {step.step}"
 
 
+def snapshot_date(as_of: date) -> date:
+    """The Stripe snapshot that stands for the as-of day: the one the billing schedule takes the next morning,
+    before the daily run of the day reads it."""
+    return as_of + timedelta(days=1)
+
+
 def candidate_params(
     config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, render_recorded: bool = False
 ) -> tuple[str, dict]:
-    """CANDIDATES_SQL with the campaign's audience, and its parameters for one step on one as-of day (`render_recorded`:
-    also what it takes to render users the ledger already holds, for `preview`)."""
-    condition, audience_params = audience_sql(campaign.audience)
+    """CANDIDATES_SQL with the campaign's base and audience, and its parameters for one step on one as-of day
+    (`render_recorded`: also what it takes to render users the ledger already holds, for `preview`)."""
+    conditions = audience_sql(campaign.audience)
+    base = LIFECYCLE_BASE.replace("{lifecycle}", conditions.on_subscription) if campaign.audience.lifecycle else DORMANT_BASE
     as_of_end = datetime.combine(as_of + timedelta(days=1), time.min, ZoneInfo(PROJECT_TIMEZONE))
-    return CANDIDATES_SQL.replace("{audience}", condition), audience_params | {
+    sql = CANDIDATES_SQL.replace("{base}", base).replace("{audience}", conditions.on_user)
+    return sql.replace("{recent_actions}", RECENT_ACTIONS_SQL), conditions.params | {
         "as_of": as_of,
         "as_of_end": as_of_end,
+        "snapshot_date": snapshot_date(as_of),
+        "tz": PROJECT_TIMEZONE,
+        "lifecycle": campaign.audience.lifecycle,
+        "last_actions": LAST_ACTIONS,
         "campaign": campaign.name,
         "step": step.step,
         "delay_days": step.delay_days,
@@ -157,12 +174,27 @@ def candidate_params(
     }
 
 
+def missing_snapshot(app_db: AppDatabase, campaign: Campaign, as_of: date) -> str | None:
+    """Why a lifecycle campaign plans nobody on the day: its Stripe snapshot was not taken. Never an older one instead:
+    it would email people about a card they may have fixed since."""
+    if not campaign.audience.lifecycle or app_db.scalar(SNAPSHOT_TAKEN_SQL, {"snapshot_date": snapshot_date(as_of)}):
+        return None
+    return (
+        f"no Stripe snapshot dated {snapshot_date(as_of)} (taken the morning after {as_of}) in "
+        "stripe_subscription_history: the campaign plans nobody that day (materialize stripe_subscriptions that morning)"
+    )
+
+
 def plan_step(
     app_db, config: CampaignConfig, campaign: Campaign, step: Step, as_of: date, links, plan: dict, batch_size: int
 ) -> None:
     shares = None
     holdout_only = False
     figures = plan["by_campaign"][campaign.name]
+    missing = missing_snapshot(app_db, campaign, as_of)
+    if missing:
+        plan["guards"][f"{as_of.isoformat()} {campaign.name}"] = missing
+        return
     if config.adaptive_allocation:
         allocation = _decide_allocation(app_db, config, campaign, step, as_of)
         if allocation.paused:
@@ -288,7 +320,8 @@ def assigned_variant(campaign: Campaign, step: Step, user_id: int, episode_start
 
 def render_email(config: CampaignConfig, campaign: Campaign, step: Step, variant: str, user, link: str) -> dict:
     """The provider payload of one email: exactly what is sent (and what `preview` shows)."""
-    identity = config.model_dump() | {"topic": campaign.topic}
+    # A transactional email's link leaves all email (the one unsubscribe it honours), so its footer names no topic.
+    identity = config.model_dump() | {"topic": None if campaign.transactional else campaign.topic}
     if campaign.sender_name:
         identity["sender_name"] = campaign.sender_name
     rendered = campaign.renderer.render(variant, dict(user), identity, link)

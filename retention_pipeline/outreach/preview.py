@@ -13,7 +13,13 @@ from sqlalchemy import text
 from retention_pipeline.outreach.allocation import stable_variant
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.outreach.campaigns import Campaign, Step, campaign_directories, campaigns_dir, load_campaigns
-from retention_pipeline.outreach.planning import assigned_variant, candidate_params, render_email, run_config_campaign
+from retention_pipeline.outreach.planning import (
+    assigned_variant,
+    candidate_params,
+    missing_snapshot,
+    render_email,
+    run_config_campaign,
+)
 from retention_pipeline.outreach.tokens import new_send_ref
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.schema import require_current_schema
@@ -81,7 +87,11 @@ def preview(
     day, with the planner's candidate query, assignment and renderer. A user the ledger already holds for the step
     is rendered as well (with the templates as they are now), so a day already run can be previewed."""
     require_current_schema(db)
-    if not db.scalar(_DORMANT_DAY_SQL, {"as_of": as_of}):
+    if campaign.audience.lifecycle:
+        missing = missing_snapshot(db, campaign, as_of)
+        if missing:
+            raise PreviewError(f"{campaign.name}: {missing}; or pass --date with another day")
+    elif not db.scalar(_DORMANT_DAY_SQL, {"as_of": as_of}):
         raise PreviewError(
             f"no dormant users computed for {as_of}: run the daily job for that day first "
             "(e.g. `retention-pipeline demo`), or pass --date with a computed day"
@@ -94,7 +104,8 @@ def preview(
             if row is None:
                 raise PreviewError(
                     f"user {user_id} is not a candidate of {campaign.name} step {step.step} on {as_of} "
-                    "(not dormant that day, outside the campaign's audience, or the previous step is not due)"
+                    f"({'no matching subscription that day' if campaign.audience.lifecycle else 'not dormant that day'}, "
+                    "outside the campaign's audience, or the previous step is not due)"
                 )
             if row["skip_reason"] not in (None, "already_recorded"):
                 raise PreviewError(

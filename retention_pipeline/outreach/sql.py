@@ -4,29 +4,14 @@ from retention_pipeline.outreach.tables import ASSIGNED_STATUSES
 
 # Candidates for one step on one as-of day, with the first reason (if any) not to email them. They stay
 # in PostgreSQL (a temporary table); Python reads the skip counts and streams the eligible ones.
-# The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
-# is in dormant_users: coming back (dropping out of the list for a day) ends it.
+# A base (the campaign's `audience.from`) yields `today`: one row per user of the as-of day, with their episode;
+# everything after it (audience, follow-up, skips, suppression) is the same for every campaign.
 CANDIDATES_SQL = """
 CREATE TEMPORARY TABLE plan_candidates ON COMMIT DROP AS
-WITH recent_days AS (
-    -- The recent days of every user dormant today (the EXISTS probes the primary key per row).
-    SELECT du.*,
-           du.as_of_date - (row_number() OVER (PARTITION BY du.user_id ORDER BY du.as_of_date))::int AS island
-    FROM {rs}.dormant_users du
-    WHERE du.as_of_date BETWEEN CAST(:as_of AS date) - :episode_lookback_days AND :as_of
-      AND EXISTS (SELECT 1 FROM {rs}.dormant_users t WHERE t.as_of_date = :as_of AND t.user_id = du.user_id)
-), today AS (
-    -- Consecutive days share an island, and today ends the user's last one, so the episode started
-    -- (days in that island - 1) days ago. Window passes only, no join of the days with themselves:
-    -- such a join goes quadratic when the planner misjudges today's rows (statistics not analyzed yet
-    -- after the morning's dormant_users); 38,000 dormant users then took minutes.
-    SELECT d.*, CAST(:as_of AS date) - (d.island_days - 1)::int AS episode_start
-    FROM (SELECT r.*, count(*) OVER (PARTITION BY r.user_id, r.island) AS island_days FROM recent_days r) d
-    WHERE d.as_of_date = :as_of
-), due AS (
+{base}), due AS (
     SELECT t.*
     FROM today t
-    -- The campaign's audience (campaigns.audience_sql), at every step: a user who left it gets no follow-up.
+    -- The campaign's audience (audience.audience_sql), at every step: a user who left it gets no follow-up.
     WHERE ({audience})
     -- The follow-up follows the previous step's assignment in both arms alike (a failed or unknown send
     -- like a delivered one or a holdout row).
@@ -43,7 +28,8 @@ SELECT user_id, episode_start, days_inactive, segment_reason, last_activity_at, 
        -- (`preview` renders users the ledger already holds too: :render_recorded.)
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN email END AS email,
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN name END AS name,
-       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN last_actions END AS last_actions,
+       CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded')
+            THEN COALESCE(last_actions, {recent_actions}) END AS last_actions,
        CASE WHEN skip_reason IS NULL OR (:render_recorded AND skip_reason = 'already_recorded') THEN plan_name END AS plan_name,
        subscription_status, cancel_at_period_end,
        -- Suppression is not a skip: earlier emails produce it (unsubscribes, bounces, complaints, leaving a
@@ -68,8 +54,9 @@ SELECT d.user_id, d.episode_start, d.email, d.name, d.days_inactive, d.reason AS
            WHEN d.email IS NULL OR length(d.email) > 254
                 OR d.email !~ '^[^@[:space:][:cntrl:]<>",;]+@[^@[:space:][:cntrl:]<>",;]+\\.[^@[:space:][:cntrl:]<>",;]+$' THEN 'invalid_email'
            -- Came back since the snapshot. The trigger's table answers at once; the events check keeps
-           -- a replay under a set clock from seeing returns that happened after its "now".
-           WHEN ua.last_activity_at > d.last_activity_at AND EXISTS (
+           -- a replay under a set clock from seeing returns that happened after its "now". Dormancy campaigns
+           -- only: a lifecycle campaign's user need not have been away.
+           WHEN NOT :lifecycle AND ua.last_activity_at > d.last_activity_at AND EXISTS (
                     SELECT 1 FROM {rs}.source_events e
                     WHERE e.user_id = d.user_id AND e.occurred_at > d.last_activity_at AND e.occurred_at <= :now)
                THEN 'returned'
@@ -89,6 +76,97 @@ FROM due d
 LEFT JOIN {rs}.user_activity ua ON ua.user_id = d.user_id
 ) checked
 """.replace("{assigned}", ASSIGNED_STATUSES)
+
+# The dormancy episode of a user is the run of consecutive as-of days ending today on which the user
+# is in dormant_users: coming back (dropping out of the list for a day) ends it.
+DORMANT_BASE = """
+WITH recent_days AS (
+    -- The recent days of every user dormant today (the EXISTS probes the primary key per row).
+    SELECT du.*,
+           du.as_of_date - (row_number() OVER (PARTITION BY du.user_id ORDER BY du.as_of_date))::int AS island
+    FROM {rs}.dormant_users du
+    WHERE du.as_of_date BETWEEN CAST(:as_of AS date) - :episode_lookback_days AND :as_of
+      AND EXISTS (SELECT 1 FROM {rs}.dormant_users t WHERE t.as_of_date = :as_of AND t.user_id = du.user_id)
+), today AS (
+    -- Consecutive days share an island, and today ends the user's last one, so the episode started
+    -- (days in that island - 1) days ago. Window passes only, no join of the days with themselves:
+    -- such a join goes quadratic when the planner misjudges today's rows (statistics not analyzed yet
+    -- after the morning's dormant_users); 38,000 dormant users then took minutes.
+    SELECT d.*, CAST(:as_of AS date) - (d.island_days - 1)::int AS episode_start
+    FROM (SELECT r.*, count(*) OVER (PARTITION BY r.user_id, r.island) AS island_days FROM recent_days r) d
+    WHERE d.as_of_date = :as_of
+"""
+
+# The as-of day D's subscriptions are the snapshot dated D + 1: the billing schedule takes it the morning after,
+# just before the daily run of D reads it (a backfill of D reads that snapshot, never the latest). The lifecycle
+# episode of a user is the run of consecutive snapshots, ending with that one, on which one of the user's
+# subscriptions matched the campaign's lifecycle condition: a user who recovers (a snapshot without a match) and
+# falls back in starts a new episode. A day without any snapshot (the billing job did not run) is no day of the
+# sequence: it neither ends nor starts an episode, so a missed morning never sends anyone a second email.
+LIFECYCLE_BASE = """
+WITH snapshot_days AS (
+    -- At most 121 probes of the history's primary key, not a scan of it.
+    SELECT d::date AS snapshot_date, row_number() OVER (ORDER BY d) AS day_number
+    FROM generate_series(CAST(:snapshot_date AS date) - :episode_lookback_days, CAST(:snapshot_date AS date),
+                         interval '1 day') AS d
+    WHERE EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history s WHERE s.snapshot_date = d::date)
+), matched AS (
+    -- Each snapshot on which a user who matches today matched, with that snapshot's best matching subscription.
+    -- One pass over the lookback's days of the history (25,000 subscriptions x 120 days kept: 0.3 s; a per-user
+    -- walk of the (user_id, snapshot_date) index was no faster there: the history is stored day by day).
+    SELECT DISTINCT ON (h.user_id, h.snapshot_date) h.user_id, h.snapshot_date, sd.day_number, h.status,
+           COALESCE(h.product_name, h.plan_name) AS plan_name, h.mrr_cents, h.cancel_at_period_end
+    FROM {rs}.stripe_subscription_history h
+    JOIN snapshot_days sd ON sd.snapshot_date = h.snapshot_date
+    -- The range again, on the table: the history is kept for good and is not read beyond the lookback.
+    WHERE h.snapshot_date BETWEEN CAST(:snapshot_date AS date) - :episode_lookback_days AND :snapshot_date
+      AND ({lifecycle})
+      AND h.user_id IN (SELECT h.user_id FROM {rs}.stripe_subscription_history h
+                        WHERE h.snapshot_date = :snapshot_date AND h.user_id IS NOT NULL AND ({lifecycle}))
+    ORDER BY h.user_id, h.snapshot_date, h.mrr_cents DESC, h.subscription_id
+), episodes AS (
+    -- As for dormancy, window passes only: snapshots in a row share an island, the episode is today's island,
+    -- and it starts on the as-of day its first snapshot stands for.
+    SELECT i.*, min(i.snapshot_date) OVER (PARTITION BY i.user_id, i.island) - 1 AS episode_start
+    FROM (SELECT m.*, m.day_number - row_number() OVER (PARTITION BY m.user_id ORDER BY m.snapshot_date) AS island
+          FROM matched m) i
+), today AS (
+    -- Active or dormant: a dormant user's row of the day gives the dormancy reason and last actions; for anyone
+    -- else the last activity up to the as-of day's end is one probe of the events' (user_id, occurred_at) index.
+    SELECT e.user_id, e.episode_start, u.email, u.name, COALESCE(du.reason, 'not_dormant') AS reason,
+           COALESCE(du.last_activity_at, seen.last_activity_at) AS last_activity_at,
+           COALESCE(du.days_inactive, CAST(:as_of AS date) - (seen.last_activity_at AT TIME ZONE :tz)::date) AS days_inactive,
+           du.last_actions, e.plan_name, e.mrr_cents, e.status AS subscription_status, e.cancel_at_period_end,
+           -- The dormancy targeting policy is about dormant users; the lifecycle condition chose these.
+           true AS targeted
+    FROM episodes e
+    JOIN {rs}.source_users u ON u.id = e.user_id
+    LEFT JOIN {rs}.dormant_users du ON du.as_of_date = :as_of AND du.user_id = e.user_id
+    LEFT JOIN LATERAL (SELECT max(ev.occurred_at) AS last_activity_at FROM {rs}.source_events ev
+                       WHERE du.user_id IS NULL AND ev.user_id = e.user_id AND ev.occurred_at < :as_of_end) seen ON true
+    WHERE e.snapshot_date = :snapshot_date
+"""
+
+# The latest actions of a user who is not in dormant_users that day (a lifecycle campaign's active user), shaped
+# as dormant_users.last_actions: the newest event of each of the latest distinct event types, scalar properties
+# only. Evaluated only for users who get an email, from at most their last 50 events before the day's end.
+RECENT_ACTIONS_SQL = """(
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'event_type', a.event_type, 'occurred_at', a.occurred_at,
+               'properties', COALESCE((
+                   SELECT jsonb_object_agg(p.key, p.value)
+                   FROM (SELECT key, value
+                         FROM jsonb_each(CASE WHEN jsonb_typeof(a.properties) = 'object' THEN a.properties
+                                              ELSE '{}'::jsonb END)
+                         WHERE jsonb_typeof(value) IN ('string', 'number', 'boolean') AND length(value::text) <= 200
+                         ORDER BY key LIMIT 8) p), '{}'::jsonb)
+           ) ORDER BY a.occurred_at DESC), '[]'::jsonb)
+    FROM (SELECT * FROM (SELECT DISTINCT ON (r.event_type) r.event_type, r.occurred_at, r.properties
+                         FROM (SELECT ev.event_type, ev.occurred_at, ev.properties FROM {rs}.source_events ev
+                               WHERE ev.user_id = checked.user_id AND ev.occurred_at < :as_of_end
+                               ORDER BY ev.occurred_at DESC LIMIT 50) r
+                         ORDER BY r.event_type, r.occurred_at DESC) latest
+          ORDER BY latest.occurred_at DESC LIMIT :last_actions) a)"""
 
 SKIP_COUNTS_SQL = "SELECT skip_reason, count(*) AS users FROM plan_candidates WHERE skip_reason IS NOT NULL GROUP BY 1"
 
@@ -200,3 +278,5 @@ ON CONFLICT (campaign) DO UPDATE SET event_types = EXCLUDED.event_types, min_eve
 WHERE ({rs}.campaign_success.event_types, {rs}.campaign_success.min_events)
       IS DISTINCT FROM (EXCLUDED.event_types, EXCLUDED.min_events)
 """
+
+SNAPSHOT_TAKEN_SQL = "SELECT EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history WHERE snapshot_date = :snapshot_date)"
