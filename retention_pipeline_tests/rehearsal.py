@@ -280,6 +280,32 @@ class Service:
         self.seen += [p for p in tree if p not in self.seen]
 
 
+# A service manager (systemd) starts a unit with every signal at its default action. A test run need not
+# have them so: a suite started in the background of a non-interactive shell ignores SIGINT and SIGQUIT
+# (SIGHUP too under nohup), and an ignored signal survives exec. Dagster maps SIGTERM to whatever SIGINT
+# does (dagster._utils.interrupts), so a code server started from such a run ignored SIGTERM as well and
+# never stopped (a fresh-clone run of 2026-12-02).
+_RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
+def _default_signal_actions() -> None:
+    for signum in _RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (SigIgn of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+    return {bit + 1 for bit in range(64) if mask >> bit & 1}
+
+
+def _ignores_sigterm_by_design(process: psutil.Process) -> bool:
+    """Python's multiprocessing resource tracker ignores SIGINT and SIGTERM on purpose: it exits when the
+    process that started it does."""
+    return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+
+
 def _process_group(pgid: int) -> str:
     """`ps` of a process group, plus each member's ignored/blocked/caught signal masks (/proc/PID/status)."""
     lines = subprocess.run(
@@ -315,6 +341,7 @@ class Services:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_default_signal_actions,
         )
         log.close()
         service = Service(name, process, log_path)
@@ -326,6 +353,14 @@ class Services:
             code = service.process.poll()
             assert code is None, f"{service.name} exited with {code}:\n{service.log_tail()}"
             service.remember_tree()
+            for process in service.seen:
+                with contextlib.suppress(OSError, StopIteration, psutil.Error):
+                    if _ignores_sigterm_by_design(process):
+                        continue
+                    assert signal.SIGTERM not in ignored_signals(process.pid), (
+                        f"{service.name}: process {process.pid} ({' '.join(process.cmdline())[:200]}) ignores SIGTERM "
+                        f"(ignored: {sorted(ignored_signals(process.pid))}), so stopping the service would hang"
+                    )
 
     def stop(self, timeout: float = 180.0) -> dict[str, float]:
         """SIGTERM to each group (webserver and daemon first, the code server last); returns seconds each took.

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -230,6 +231,38 @@ def test_the_readmes_campaign_file_step_fills_the_footer_identity_of_the_shipped
         timeout=120,
     )
     assert loaded.returncode == 0 and loaded.stdout.strip() == campaign["postal_address"], loaded.stderr[-2000:]
+
+
+# What dagster's code server, daemon and webserver do at start: SIGTERM does whatever SIGINT does.
+_DAGSTER_LIKE_SERVICE = (
+    "from dagster._utils.interrupts import setup_interrupt_handlers; setup_interrupt_handlers(); "
+    "import time; print('up', flush=True); time.sleep(600)"
+)
+
+
+def test_services_start_with_default_signal_actions_even_from_a_run_that_ignores_sigint(tmp_path):
+    """Started from a test run that ignores SIGINT (a suite run in the background of a script), a service
+    still stops on SIGTERM, as under a service manager. The control: the same process started without the
+    reset inherits the ignored SIGINT, and so ignores SIGTERM too."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    services = rehearsal.Services(dict(os.environ), tmp_path)
+    try:
+        control = subprocess.Popen([sys.executable, "-c", _DAGSTER_LIKE_SERVICE], stdout=subprocess.PIPE, text=True)
+        service = services.start("dagster-like", [sys.executable, "-c", _DAGSTER_LIKE_SERVICE])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert control.stdout.readline().strip() == "up"
+        assert signal.SIGTERM in rehearsal.ignored_signals(control.pid)
+        wait_until(lambda: "up" in service.log_path.read_text(), timeout=60, what="the service to start")
+        assert not {signal.SIGINT, signal.SIGTERM} & rehearsal.ignored_signals(service.process.pid)
+        services.assert_running()
+        took = services.stop(timeout=60)
+        assert set(took) == {"dagster-like"} and service.process.returncode is not None
+    finally:
+        control.kill()
+        control.wait()
+        services.kill_all()
 
 
 @pytest.mark.slow
