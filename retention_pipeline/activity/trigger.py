@@ -175,8 +175,7 @@ def install_trigger(db: AppDatabase) -> int:
     Returns the users tracked.
     """
     install_schema(db)
-    with db.begin() as conn:
-        run_script(conn, db.render(_function_sql(db)))
+    replace_trigger_function(db)
     if not _trigger_attached_and_enabled(db):
         events = db.source.q("events_table")
         _with_short_lock(
@@ -190,6 +189,13 @@ def install_trigger(db: AppDatabase) -> int:
     _fill_from_events(db)
     drain_activity_queue(db)
     return db.scalar("SELECT count(*) FROM {rs}.user_activity")
+
+
+def replace_trigger_function(db: AppDatabase) -> None:
+    """(Re)create the trigger's function as this code writes it; an attached trigger calls it from its next
+    statement on. Takes no lock on the events table."""
+    with db.begin() as conn:
+        run_script(conn, db.render(_function_sql(db)))
 
 
 def uninstall_trigger(db: AppDatabase) -> None:
