@@ -118,16 +118,19 @@ WITH drained AS (
     SELECT bucket_start, sum(events) FROM bucketed GROUP BY 1
     ON CONFLICT (bucket_start) DO UPDATE SET events = c.events + EXCLUDED.events
 ), per_user AS (
-    SELECT user_id, min(first_at) AS first_at, max(last_at) AS last_at, sum(events) AS events
-    FROM drained WHERE user_id IS NOT NULL GROUP BY user_id
-), last_event AS (
-    SELECT DISTINCT ON (user_id) user_id, last_event_id, last_event_type
-    FROM drained WHERE user_id IS NOT NULL ORDER BY user_id, last_at DESC, last_event_id DESC
+    -- One sort, no join: the row statistics of a just-filled queue are often those of an empty one, and a
+    -- join of two per-user aggregates then became a nested loop (452 s for 300,000 queued rows).
+    SELECT DISTINCT ON (user_id) user_id, last_event_id, last_event_type,
+           min(first_at) OVER user_rows AS user_first_at, max(last_at) OVER user_rows AS user_last_at,
+           sum(events) OVER user_rows AS user_events
+    FROM drained WHERE user_id IS NOT NULL
+    WINDOW user_rows AS (PARTITION BY user_id)
+    ORDER BY user_id, last_at DESC, last_event_id DESC
 ), folded AS (
     INSERT INTO {rs}.user_activity AS ua
         (user_id, first_activity_at, last_activity_at, last_event_id, last_event_type, event_count)
-    SELECT p.user_id, p.first_at, p.last_at, l.last_event_id, l.last_event_type, p.events
-    FROM per_user p JOIN last_event l USING (user_id)
+    SELECT user_id, user_first_at, user_last_at, last_event_id, last_event_type, user_events
+    FROM per_user
     ON CONFLICT (user_id) DO UPDATE SET
         first_activity_at = LEAST(ua.first_activity_at, EXCLUDED.first_activity_at),
         last_event_type = CASE WHEN (EXCLUDED.last_activity_at, EXCLUDED.last_event_id)
