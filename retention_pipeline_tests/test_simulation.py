@@ -191,5 +191,6 @@ def test_coverage_benchmark_writes_its_report(tmp_path):
         coverage, ["--seeds", "2", "--users", "300", "--days", "20", "--workers", "1", "--results-dir", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
-    report = next(tmp_path.glob("*-coverage-per-episode.md")).read_text()
+    report = next(tmp_path.glob("*-coverage-clustered.md")).read_text()
     assert "| +0.00 | every assignment (fixed) | 2 |" in report and "| +0.10 | every assignment (fixed) | 2 |" in report
+    assert "coverage, clustered | coverage, independent rows" in report

@@ -21,7 +21,7 @@ from retention_pipeline.local.simulation_population import (
     SimulationConfig,
     Truth,
 )
-from retention_pipeline.outcomes.stats import Lift, lift
+from retention_pipeline.outcomes.stats import Lift, UserSums, clustered_lift, lift
 from retention_pipeline.outreach.allocation import hash_unit, in_holdout
 from retention_pipeline.outreach.campaign import CampaignConfig
 from retention_pipeline.segments.config import DormancyThresholds
@@ -35,8 +35,11 @@ class ModelResult:
     treated_returned: int
     holdout: int
     holdout_returned: int
-    measured: Lift
+    measured: Lift  # clustered by user, as the pipeline reports it
     truth: Truth
+    independent_rows: Lift  # the same counts taken as independent rows (the interval before clustering)
+    treated_users: UserSums
+    holdout_users: UserSums
 
 
 # Ledger statuses the frequency cap counts: every assignment (the pipeline), or the old rule's real sends.
@@ -134,11 +137,32 @@ def _measure(population: Population, rows: list[tuple[int, date, str]], active_d
     treated = [(u, when) for u, when, status in rows if status != "holdout"]
     holdout = [(u, when) for u, when, status in rows if status == "holdout"]
     t_ret, h_ret = sum(returned[r] for r in treated), sum(returned[r] for r in holdout)
+    treated_users, holdout_users = _user_sums(treated, returned), _user_sums(holdout, returned)
     return ModelResult(
         len(treated),
         t_ret,
         len(holdout),
         h_ret,
-        lift(t_ret, len(treated), h_ret, len(holdout)),
+        clustered_lift(treated_users, holdout_users),
         population.truth(treated + holdout),
+        lift(t_ret, len(treated), h_ret, len(holdout)),
+        treated_users,
+        holdout_users,
+    )
+
+
+def _user_sums(rows: list[tuple[int, date]], returned: dict[tuple[int, date], bool]) -> UserSums:
+    """What the pipeline's per-user SQL sums give for these rows."""
+    per_user: dict[int, list[int]] = {}
+    for row in rows:
+        sums = per_user.setdefault(row[0], [0, 0])
+        sums[0] += 1
+        sums[1] += int(returned[row])
+    return UserSums(
+        rows=len(rows),
+        returned=sum(x for _, x in per_user.values()),
+        users=len(per_user),
+        rows_squared=sum(n * n for n, _ in per_user.values()),
+        returned_squared=sum(x * x for _, x in per_user.values()),
+        returned_times_rows=sum(x * n for n, x in per_user.values()),
     )

@@ -15,6 +15,7 @@ from dagster import (
 from pydantic import Field
 from sqlalchemy import text
 
+from retention_pipeline.outcomes.comparisons import INTERVAL_TEXT, performance_rows, revenue_rows, sums_by_group
 from retention_pipeline.outcomes.format import lift_text, percent
 from retention_pipeline.outcomes.sql import (
     EVALUATE_OUTCOMES_SQL,
@@ -25,8 +26,8 @@ from retention_pipeline.outcomes.sql import (
     REPLACE_PERFORMANCE_SQL,
     REPLACE_REVENUE_SQL,
     REVENUE_KEPT_SQL,
+    USER_SUMS_SQL,
 )
-from retention_pipeline.outcomes.stats import Stratum, incremental_mrr, lift, stratified_difference, wald_interval
 from retention_pipeline.partitions import daily_partitions
 from retention_pipeline.resources import AppDatabase
 from retention_pipeline.retry import clear_database_errors, database_retry_policy
@@ -114,9 +115,9 @@ def _outcomes_as_of(app_db: AppDatabase, config: OutcomeConfig, as_of) -> dict:
 )
 def campaign_performance(context: AssetExecutionContext, config: PerformanceConfig, app_db: AppDatabase) -> MaterializeResult:
     """Per campaign, step, variant, segment and window: treated vs holdout return rates as assigned (failed
-    sends stay treated), lift with a 95% interval and p-value, recovered MRR, and the per-protocol lift
-    (delivered only) as a secondary figure; closed windows only, as of the partition day. Per campaign and
-    step: revenue kept against the holdout (`retention.campaign_revenue`)."""
+    sends stay treated), lift with a 95% interval and p-value clustered by user, recovered MRR, and the
+    per-protocol lift (delivered only) as a secondary figure; closed windows only, as of the partition day.
+    Per campaign and step: revenue kept against the holdout (`retention.campaign_revenue`)."""
     require_current_schema(app_db)
     for as_of in partition_days(context):
         context.add_asset_metadata(_performance_as_of(app_db, config, as_of), partition_key=as_of.isoformat())
@@ -145,7 +146,8 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
                 "delivered_returned",
             ],
         )
-        rows = performance_rows(counts, as_of)
+        user_sums = conn.execute(text(app_db.render(USER_SUMS_SQL)), {"end_ts": _end_of(as_of)}).mappings().all()
+        rows = performance_rows(counts, as_of, sums_by_group(user_sums))
         conn.execute(text(app_db.render(REPLACE_PERFORMANCE_SQL)), {"as_of": as_of})
         if rows:
             conn.execute(text(app_db.render(INSERT_PERFORMANCE_SQL)), rows)
@@ -156,14 +158,31 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
             )
             .mappings()
             .all(),
-            columns=["campaign", "step", "horizon_days", "treated", "users", "kept", "mrr_cents", "awaiting"],
+            columns=[
+                "campaign",
+                "step",
+                "horizon_days",
+                "treated",
+                "users",
+                "kept",
+                "mrr_cents",
+                "awaiting",
+                "clusters",
+                "rows_squared",
+                "kept_squared",
+                "kept_times_rows",
+            ],
         )
         revenue = revenue_rows(kept, as_of)
         conn.execute(text(app_db.render(REPLACE_REVENUE_SQL)), {"as_of": as_of})
         if revenue:
             conn.execute(text(app_db.render(INSERT_REVENUE_SQL)), revenue)
     table = pd.DataFrame(rows)
-    metadata = {"as_of": MetadataValue.text(as_of.isoformat()), "rows": MetadataValue.int(len(rows))}
+    metadata = {
+        "as_of": MetadataValue.text(as_of.isoformat()),
+        "rows": MetadataValue.int(len(rows)),
+        "interval": MetadataValue.text(INTERVAL_TEXT),
+    }
     metadata |= _revenue_metadata(revenue)
     if not table.empty:
         headline = table[(table["variant"] == "all") & (table["segment"] == "all")].sort_values(
@@ -174,6 +193,9 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
             if r.lift is not None and pd.notna(r.lift):
                 metadata[f"lift_{key}"] = MetadataValue.float(float(r.lift))
                 metadata[f"lift_{key}_text"] = MetadataValue.text(lift_text(r.lift, r.lift_ci_low, r.lift_ci_high))
+                metadata[f"design_effect_{key}"] = MetadataValue.json(
+                    {"treated": round(r.design_effect_treated, 4), "holdout": round(r.design_effect_holdout, 4)}
+                )
             if r.treated_rate is not None and pd.notna(r.treated_rate):
                 metadata[f"return_rate_{key}"] = MetadataValue.float(float(r.treated_rate))
                 metadata[f"return_rate_{key}_text"] = MetadataValue.text(percent(r.treated_rate))
@@ -181,111 +203,6 @@ def _performance_as_of(app_db: AppDatabase, config: PerformanceConfig, as_of) ->
                 metadata[f"per_protocol_lift_{key}"] = MetadataValue.float(float(r.per_protocol_lift))
         metadata["latest"] = MetadataValue.md(_performance_markdown(table))
     return metadata
-
-
-def performance_rows(counts: pd.DataFrame, as_of) -> list[dict]:
-    """One row per (campaign, step, variant|all, segment|all, window) from the per-group counts."""
-    if counts.empty:
-        return []
-    treated = counts[counts["treated"]]
-    holdout = counts[~counts["treated"]]
-    rows = []
-    for (campaign, step, window), group in treated.groupby(["campaign", "step", "window_days"]):
-        held = holdout[(holdout["campaign"] == campaign) & (holdout["step"] == step) & (holdout["window_days"] == window)]
-        variants = ["all", *sorted(group["variant"].unique())]
-        segments = ["all", *sorted(set(group["segment"]) | set(held["segment"]))]
-        for variant in variants:
-            for segment in segments:
-                t = group if variant == "all" else group[group["variant"] == variant]
-                t = t if segment == "all" else t[t["segment"] == segment]
-                h = held if segment == "all" else held[held["segment"] == segment]
-                n_t, r_t, n_h, r_h = (
-                    int(t["users"].sum()),
-                    int(t["returned"].sum()),
-                    int(h["users"].sum()),
-                    int(h["returned"].sum()),
-                )
-                if n_t == 0:
-                    continue
-                result = lift(r_t, n_t, r_h, n_h)
-                adjusted = stratified_difference(_by_day(t, h))
-                adjusted_low, adjusted_high = wald_interval(adjusted)
-                n_pp, r_pp = int(t["delivered_users"].sum()), int(t["delivered_returned"].sum())
-                # Secondary and not randomized (delivery is not random): a point figure, no interval or test.
-                per_protocol_lift = r_pp / n_pp - r_h / n_h if n_pp and n_h else None
-                rows.append(
-                    {
-                        "as_of_date": as_of,
-                        "campaign": campaign,
-                        "step": int(step),
-                        "variant": variant,
-                        "segment": segment,
-                        "window_days": int(window),
-                        "treated": n_t,
-                        "treated_returned": r_t,
-                        "holdout": n_h,
-                        "holdout_returned": r_h,
-                        "treated_rate": result.treated_rate,
-                        "holdout_rate": result.holdout_rate,
-                        "lift": result.lift,
-                        "lift_ci_low": result.ci_low,
-                        "lift_ci_high": result.ci_high,
-                        "p_value": result.p_value,
-                        "recovered_mrr_cents": int(t["recovered_mrr_cents"].sum()),
-                        "adjusted_lift": adjusted.value,
-                        "adjusted_ci_low": adjusted_low,
-                        "adjusted_ci_high": adjusted_high,
-                        "per_protocol_treated": n_pp,
-                        "per_protocol_treated_returned": r_pp,
-                        "per_protocol_lift": per_protocol_lift,
-                    }
-                )
-    return rows
-
-
-def _by_day(treated: pd.DataFrame, holdout: pd.DataFrame) -> list[Stratum]:
-    # Plain sums: a pandas groupby per row of the report cost seconds per run.
-    days: dict = {}
-    for offset, frame in ((0, treated), (2, holdout)):
-        for day, returned, users in zip(frame["day"], frame["returned"], frame["users"], strict=False):
-            counts = days.setdefault(day, [0, 0, 0, 0])
-            counts[offset] += int(returned)
-            counts[offset + 1] += int(users)
-    return [Stratum(*counts) for _, counts in sorted(days.items())]
-
-
-def revenue_rows(kept: pd.DataFrame, as_of) -> list[dict]:
-    """One row per (campaign, step, horizon): kept subscriptions of treated vs holdout paying users and the
-    incremental MRR it is worth, from the per-arm counts of REVENUE_KEPT_SQL."""
-    rows = []
-    for (campaign, step, horizon), group in kept.groupby(["campaign", "step", "horizon_days"]):
-        arms = {bool(r.treated): r for r in group.itertuples()}
-        treated, holdout = arms.get(True), arms.get(False)
-        n_t, k_t = (int(treated.users), int(treated.kept)) if treated else (0, 0)
-        n_h, k_h = (int(holdout.users), int(holdout.kept)) if holdout else (0, 0)
-        at_risk = int(treated.mrr_cents) if treated else 0
-        result = incremental_mrr(k_t, n_t, k_h, n_h, at_risk)
-        rows.append(
-            {
-                "as_of_date": as_of,
-                "campaign": campaign,
-                "step": int(step),
-                "horizon_days": int(horizon),
-                "treated": n_t,
-                "treated_kept": k_t,
-                "holdout": n_h,
-                "holdout_kept": k_h,
-                "awaiting": int(group["awaiting"].sum()),
-                "mrr_at_risk_cents": at_risk,
-                "retention_lift": result.lift.lift,
-                "retention_lift_ci_low": result.lift.ci_low,
-                "retention_lift_ci_high": result.lift.ci_high,
-                "incremental_mrr_cents": result.incremental_mrr_cents,
-                "incremental_mrr_ci_low_cents": result.ci_low_cents,
-                "incremental_mrr_ci_high_cents": result.ci_high_cents,
-            }
-        )
-    return rows
 
 
 def _revenue_metadata(revenue: list[dict]) -> dict:

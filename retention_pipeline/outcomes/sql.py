@@ -75,6 +75,28 @@ WHERE final AND window_end <= :end_ts
 GROUP BY campaign, step, variant, COALESCE(segment_reason, 'unknown'), window_days, treated, (reference_at AT TIME ZONE :tz)::date
 """
 
+# The same closed rows summed per user, then per group (every variant and 'all', every segment and 'all'):
+# a user's rows in one arm are one cluster, whose sums give the arm's design effect (outcomes.stats).
+USER_SUMS_SQL = """
+WITH closed AS (
+    SELECT campaign, step, window_days, treated, variant, COALESCE(segment_reason, 'unknown') AS segment, user_id, returned
+    FROM {rs}.reengagement_outcomes
+    WHERE final AND window_end <= :end_ts
+), per_user AS (
+    SELECT campaign, step, window_days, treated,
+           CASE WHEN GROUPING(variant) = 1 THEN 'all' ELSE variant END AS variant,
+           CASE WHEN GROUPING(segment) = 1 THEN 'all' ELSE segment END AS segment,
+           count(*) AS n, count(*) FILTER (WHERE returned) AS x
+    FROM closed
+    GROUP BY campaign, step, window_days, treated, user_id, GROUPING SETS ((variant, segment), (variant), (segment), ())
+)
+SELECT campaign, step, window_days, treated, variant, segment, sum(n)::bigint AS rows, sum(x)::bigint AS returned,
+       count(*) AS users, sum(n * n)::bigint AS rows_squared, sum(x * x)::bigint AS returned_squared,
+       sum(x * n)::bigint AS returned_times_rows
+FROM per_user
+GROUP BY campaign, step, window_days, treated, variant, segment
+"""
+
 REPLACE_PERFORMANCE_SQL = "DELETE FROM {rs}.campaign_performance WHERE as_of_date = :as_of"
 
 INSERT_PERFORMANCE_SQL = """
@@ -133,13 +155,21 @@ WITH snapshots AS (
                          > (d.due_date::timestamp AT TIME ZONE :tz)) AS kept
     FROM due d
     LEFT JOIN LATERAL (SELECT min(sn.snapshot_date) AS snapshot_date FROM snapshots sn WHERE sn.snapshot_date >= d.due_date) snap ON true
+-- Per user first: a user's assignments in one arm share one subscription, so they are one cluster.
+), per_user AS (
+    SELECT campaign, step, horizon_days, treated,
+           count(*) FILTER (WHERE snapshot_date IS NOT NULL) AS n,
+           count(*) FILTER (WHERE snapshot_date IS NOT NULL AND kept) AS x,
+           COALESCE(sum(mrr_cents) FILTER (WHERE snapshot_date IS NOT NULL), 0) AS mrr_cents,
+           count(*) FILTER (WHERE snapshot_date IS NULL) AS awaiting
+    FROM judged
+    GROUP BY campaign, step, horizon_days, treated, user_id
 )
-SELECT campaign, step, horizon_days, treated,
-       count(*) FILTER (WHERE snapshot_date IS NOT NULL) AS users,
-       count(*) FILTER (WHERE snapshot_date IS NOT NULL AND kept) AS kept,
-       COALESCE(sum(mrr_cents) FILTER (WHERE snapshot_date IS NOT NULL), 0)::bigint AS mrr_cents,
-       count(*) FILTER (WHERE snapshot_date IS NULL) AS awaiting
-FROM judged
+SELECT campaign, step, horizon_days, treated, sum(n)::bigint AS users, sum(x)::bigint AS kept,
+       sum(mrr_cents)::bigint AS mrr_cents, sum(awaiting)::bigint AS awaiting,
+       count(*) FILTER (WHERE n > 0) AS clusters, sum(n * n)::bigint AS rows_squared,
+       sum(x * x)::bigint AS kept_squared, sum(x * n)::bigint AS kept_times_rows
+FROM per_user
 GROUP BY campaign, step, horizon_days, treated
 """
 
