@@ -582,6 +582,14 @@ def _pgbench(scale: Scale, script: Path, seconds: int) -> dict:
 def measure_trigger(scale: Scale, pgbench_seconds: int | None = None, bulk_rows: int | None = None) -> dict:
     pgbench_seconds = pgbench_seconds or scale.pgbench_seconds
     bulk_rows = bulk_rows or scale.bulk_rows
+    from retention_pipeline.activity.trigger import replace_trigger_function
+    from retention_pipeline.schema import install_schema
+
+    # A dataset kept from an earlier run carries the function of the code that built it: measure this code's.
+    db = scale.app_db()
+    install_schema(db)
+    replace_trigger_function(db)
+    db.engine().dispose()
     base = scale.sql("SELECT max(id) FROM public.events", fetch=True)[0][0]
     scale.sql("CREATE TABLE IF NOT EXISTS bench.trigger_dirty ()")  # until restore_events has recomputed user_activity
     scale.sql("DROP SEQUENCE IF EXISTS bench.event_ids")

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from retention_pipeline.activity.trigger import (
+    QUEUED_COUNT_ROW,
     TRIGGER_NAME,
     drain_activity_queue,
     install_trigger,
@@ -46,7 +47,7 @@ def assert_matches_recomputation(s: Scenario) -> list[dict]:
 
 
 def queued_events(s: Scenario) -> int:
-    return s.db.scalar("SELECT COALESCE(sum(events), 0) FROM {rs}.activity_queue WHERE user_id IS NULL")
+    return s.db.scalar(f"SELECT COALESCE(sum(events), 0) FROM {{rs}}.activity_queue WHERE {QUEUED_COUNT_ROW}")
 
 
 def recorded_events(s: Scenario) -> int:
@@ -158,6 +159,55 @@ def test_events_wait_in_the_queue_until_drained(s: Scenario):
     assert drain_activity_queue(s.db) == 2
     assert drain_activity_queue(s.db) == 0
     assert [(r["last_event_type"], r["event_count"]) for r in assert_matches_recomputation(s)] == [("b", 2)]
+
+
+BUCKETS_RECOMPUTED = """
+SELECT date_bin('15 minutes', occurred_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket_start, count(*) AS events
+FROM public.events WHERE user_id IS NOT NULL GROUP BY 1 ORDER BY 1
+"""
+BUCKETS_RECORDED = "SELECT bucket_start, events FROM {rs}.trigger_event_counts ORDER BY bucket_start"
+QUEUE_ROWS = "SELECT user_id, events, single_event FROM {rs}.activity_queue ORDER BY user_id NULLS LAST, first_at"
+
+
+def test_a_single_row_insert_queues_one_row_that_counts_in_its_own_bucket(s: Scenario):
+    """The app's hot path appends one row (half the trigger's cost of the earlier two); a multi-row insert
+    still appends a row per user and one per bucket. Both drain into the same per-bucket counts as a count
+    of the events themselves."""
+    install_trigger(s.db)
+    s.event(1, T0 + timedelta(minutes=14), "a")
+    assert [tuple(r.values()) for r in s.rows(QUEUE_ROWS)] == [(1, 1, True)]
+    s.events([(1, T0 + timedelta(minutes=16), "b"), (2, T0 + timedelta(minutes=16), "c"), (2, T0, "d")])
+    assert [tuple(r.values()) for r in s.rows(QUEUE_ROWS)] == [
+        (1, 1, True),
+        (1, 1, False),
+        (2, 2, False),
+        (None, 1, False),  # T0's bucket: d
+        (None, 2, False),  # the next one: b and c
+    ]
+    assert queued_events(s) == 4
+    assert drain_activity_queue(s.db) == 4
+    assert s.rows(BUCKETS_RECORDED) == s.rows(BUCKETS_RECOMPUTED)
+    assert [r["events"] for r in s.rows(BUCKETS_RECORDED)] == [2, 2]
+    assert_matches_recomputation(s)
+
+
+def test_rows_queued_by_the_previous_trigger_function_drain_as_before(s: Scenario):
+    """Revision 0005 leaves the running trigger function alone until `trigger install`: that function's two
+    rows per single-row insert (the user's, unmarked, and its bucket's) still count each event once."""
+    install_trigger(s.db)
+    s.event(1, T0, "new_function")
+    old_event_at = T0 + timedelta(minutes=20)
+    old_event_id = s.event(2, old_event_at, "old_function")
+    # What the previous function would have queued for that insert, in place of the row the current one did.
+    s.db.execute("DELETE FROM {rs}.activity_queue WHERE user_id = 2")
+    s.db.execute(
+        "INSERT INTO {rs}.activity_queue (user_id, first_at, last_at, last_event_id, last_event_type, events) "
+        "VALUES (2, :t, :t, :id, 'old_function', 1), (NULL, :bucket, :bucket, NULL, NULL, 1)",
+        {"t": old_event_at, "id": old_event_id, "bucket": T0 + timedelta(minutes=15)},
+    )
+    assert drain_activity_queue(s.db) == 2
+    assert s.rows(BUCKETS_RECORDED) == s.rows(BUCKETS_RECOMPUTED)
+    assert_matches_recomputation(s)
 
 
 @pytest.mark.parametrize(

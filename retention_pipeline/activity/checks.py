@@ -14,7 +14,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from retention_pipeline.activity.trigger import trigger_state
+from retention_pipeline.activity.trigger import QUEUED_COUNT_ROW, trigger_state
 from retention_pipeline.resources import AppDatabase
 
 # Anonymous or foreign-key-less events are normal in small numbers (pre-login page views); a
@@ -66,9 +66,9 @@ SELECT (SELECT count(*) FROM {rs}.source_events e
         WHERE u.created_at > :start_ts) AS before_signup,
        (SELECT COALESCE(sum(c.events), 0) FROM {rs}.trigger_event_counts c
         WHERE c.bucket_start >= :start_ts AND c.bucket_start < :end_ts) AS trigger_drained,
-       (SELECT COALESCE(sum(q.events), 0) FROM {rs}.activity_queue q
-        WHERE q.user_id IS NULL AND q.first_at >= :start_ts AND q.first_at < :end_ts) AS trigger_queued
-"""
+       (SELECT COALESCE(sum(events), 0) FROM {rs}.activity_queue
+        WHERE QUEUED_COUNT_ROW AND first_at >= :start_ts AND first_at < :end_ts) AS trigger_queued
+""".replace("QUEUED_COUNT_ROW", QUEUED_COUNT_ROW)
 
 
 _TRIGGER_REMEDY = (

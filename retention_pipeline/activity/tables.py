@@ -22,7 +22,9 @@ CREATE TABLE {rs}.activity_queue (
     last_at          timestamptz,
     last_event_id    bigint,
     last_event_type  text,
-    events           bigint
+    events           bigint,
+    -- One event of a single-row INSERT, counted in the bucket of first_at (no bucket row of its own).
+    single_event     boolean NOT NULL DEFAULT false
 ) WITH (vacuum_truncate = false);
 -- Events the trigger recorded, per 15 minutes of occurred_at (the drain and the install keep it).
 CREATE TABLE {rs}.trigger_event_counts (
