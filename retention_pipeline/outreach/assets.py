@@ -310,7 +310,7 @@ def _batch_entry(batch: dict) -> dict:
     ins={"dormant_users": AssetIn(dagster_type=Nothing)},
 )
 def reengagement_emails(dormant_users):
-    """Personalized re-engagement emails to dormant users, sent at most once per user, step and
-    dormancy episode; the materialization is the send ledger (`retention.email_sends`)."""
+    """Personalized emails of every campaign (to dormant users, or to subscribers by Stripe lifecycle), sent at
+    most once per user, step and episode; the materialization is the send ledger (`retention.email_sends`)."""
     plan = plan_reengagement_sends(dormant_users)
     return record_send_ledger(plan, send_pending_emails(plan))

@@ -113,8 +113,8 @@ def dormant_check_specs(asset_name: str) -> list[AssetCheckSpec]:
             "planned_sends_within_ceiling",
             asset=asset_name,
             blocking=True,
-            description="Targeted dormant users (the most the day can email) stay within max_planned_sends. "
-            "Failing stops the emails.",
+            description="Targeted dormant users (the most the dormancy campaigns can email in a day) stay within "
+            "max_planned_sends. Failing stops the emails.",
         ),
     ]
 
