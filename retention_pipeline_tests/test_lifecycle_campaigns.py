@@ -17,7 +17,8 @@ from retention_pipeline.local.runner import run_job
 from retention_pipeline.outreach.allocation import in_holdout
 from retention_pipeline.outreach.audience import Audience
 from retention_pipeline.outreach.campaign import CampaignConfig
-from retention_pipeline.outreach.planning import candidate_params, run_config_campaign
+from retention_pipeline.outreach.campaigns import load_campaigns
+from retention_pipeline.outreach.planning import candidate_params, missing_snapshot, run_config_campaign
 from retention_pipeline.outreach.senders import ResendSender
 from retention_pipeline.schema import install_schema
 from retention_pipeline.settings import PROJECT_ROOT
@@ -225,6 +226,19 @@ def test_a_second_past_due_episode_is_a_new_assignment_and_a_missing_snapshot_en
     ]
     for row in rows:
         assert row["status"] == ("holdout" if in_holdout("payment_recovery", 1, 1, row["episode_start"], 0.1) else "sent")
+
+
+def test_a_snapshot_of_an_account_without_subscriptions_counts_as_taken(episode_world):
+    """A snapshot that kept no rows (no subscriptions at all that morning) was still taken: recorded in
+    stripe_snapshot_days, it is no missing day. The production rehearsal's empty Stripe account hit this."""
+    db = episode_world
+    campaign = next(c for c in load_campaigns(CAMPAIGNS_DIR) if c.name == "payment_recovery")
+    assert missing_snapshot(db, campaign, D + timedelta(days=1)).startswith(f"no Stripe snapshot dated {D + timedelta(days=2)}")
+    db.execute(
+        "INSERT INTO {rs}.stripe_snapshot_days (snapshot_date, subscriptions, snapshot_at) VALUES (:d, 0, :at)",
+        {"d": D + timedelta(days=2), "at": at(D + timedelta(days=2))},
+    )
+    assert missing_snapshot(db, campaign, D + timedelta(days=1)) is None
 
 
 def test_a_lifecycle_campaign_keeps_the_dry_run_and_the_backfill_guard(episode_world, instance, sender, fake_resend):

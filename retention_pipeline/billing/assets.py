@@ -100,6 +100,9 @@ INSERT INTO {rs}.stripe_subscription_history (snapshot_date, subscription_id, cu
 SELECT :snapshot_date, subscription_id, customer_id, user_id, status, plan_name, mrr_cents, currency, cancel_at_period_end,
        canceled_at, ended_at, snapshot_at, product_name, trial_end
 FROM {rs}.stripe_subscriptions;
+INSERT INTO {rs}.stripe_snapshot_days AS d (snapshot_date, subscriptions, snapshot_at)
+SELECT :snapshot_date, count(*), :snapshot_at FROM {rs}.stripe_subscriptions
+ON CONFLICT (snapshot_date) DO UPDATE SET subscriptions = EXCLUDED.subscriptions, snapshot_at = EXCLUDED.snapshot_at;
 """
 
 HISTORY_SUMMARY_SQL = """
@@ -163,7 +166,7 @@ def stripe_subscriptions(context: AssetExecutionContext, app_db: AppDatabase, st
         if rows:
             conn.execute(sa.insert(_LOAD_TABLE), [{name: row[name] for name in _LOAD_COLUMNS} for row in rows])
         conn.execute(sa.text(app_db.render(REPLACE_SQL)), {"snapshot_at": snapshot_at})
-        conn.execute(sa.text(app_db.render(KEEP_HISTORY_SQL)), {"snapshot_date": snapshot_date})
+        conn.execute(sa.text(app_db.render(KEEP_HISTORY_SQL)), {"snapshot_date": snapshot_date, "snapshot_at": snapshot_at})
         history = conn.execute(sa.text(app_db.render(HISTORY_SUMMARY_SQL))).mappings().one()
         by_status = conn.execute(sa.text(app_db.render(STATUS_SUMMARY_SQL))).mappings().all()
         mapping = conn.execute(sa.text(app_db.render(MAPPING_SUMMARY_SQL))).mappings().all()

@@ -49,4 +49,11 @@ CREATE TABLE {rs}.stripe_subscription_history (
     PRIMARY KEY (snapshot_date, subscription_id)
 );
 CREATE INDEX stripe_subscription_history_user ON {rs}.stripe_subscription_history (user_id, snapshot_date);
+-- Every day a snapshot was kept, with how many subscriptions it held: an account without subscriptions still
+-- has its snapshot (no history rows), which lifecycle campaigns must tell from a snapshot never taken.
+CREATE TABLE {rs}.stripe_snapshot_days (
+    snapshot_date  date PRIMARY KEY,
+    subscriptions  bigint NOT NULL,
+    snapshot_at    timestamptz NOT NULL
+);
 """

@@ -97,6 +97,11 @@ WITH recent_days AS (
     WHERE d.as_of_date = :as_of
 """
 
+# A day's snapshot was taken if it was recorded, or if it kept rows (history written before stripe_snapshot_days,
+# or by hand): an account without subscriptions keeps no rows, yet its snapshot was taken.
+_SNAPSHOT_TAKEN = """(EXISTS (SELECT 1 FROM {rs}.stripe_snapshot_days t WHERE t.snapshot_date = DAY)
+     OR EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history s WHERE s.snapshot_date = DAY))"""
+
 # The as-of day D's subscriptions are the snapshot dated D + 1: the billing schedule takes it the morning after,
 # just before the daily run of D reads it (a backfill of D reads that snapshot, never the latest). The lifecycle
 # episode of a user is the run of consecutive snapshots, ending with that one, on which one of the user's
@@ -109,7 +114,7 @@ WITH snapshot_days AS (
     SELECT d::date AS snapshot_date, row_number() OVER (ORDER BY d) AS day_number
     FROM generate_series(CAST(:snapshot_date AS date) - :episode_lookback_days, CAST(:snapshot_date AS date),
                          interval '1 day') AS d
-    WHERE EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history s WHERE s.snapshot_date = d::date)
+    WHERE SNAPSHOT_TAKEN_ON_D
 ), matched AS (
     -- Each snapshot on which a user who matches today matched, with that snapshot's best matching subscription.
     -- One pass over the lookback's days of the history (25,000 subscriptions x 120 days kept: 0.3 s; a per-user
@@ -145,7 +150,7 @@ WITH snapshot_days AS (
     LEFT JOIN LATERAL (SELECT max(ev.occurred_at) AS last_activity_at FROM {rs}.source_events ev
                        WHERE du.user_id IS NULL AND ev.user_id = e.user_id AND ev.occurred_at < :as_of_end) seen ON true
     WHERE e.snapshot_date = :snapshot_date
-"""
+""".replace("SNAPSHOT_TAKEN_ON_D", _SNAPSHOT_TAKEN.replace("DAY", "d::date"))
 
 # The latest actions of a user who is not in dormant_users that day (a lifecycle campaign's active user), shaped
 # as dormant_users.last_actions: the newest event of each of the latest distinct event types, scalar properties
@@ -279,4 +284,4 @@ WHERE ({rs}.campaign_success.event_types, {rs}.campaign_success.min_events)
       IS DISTINCT FROM (EXCLUDED.event_types, EXCLUDED.min_events)
 """
 
-SNAPSHOT_TAKEN_SQL = "SELECT EXISTS (SELECT 1 FROM {rs}.stripe_subscription_history WHERE snapshot_date = :snapshot_date)"
+SNAPSHOT_TAKEN_SQL = "SELECT " + _SNAPSHOT_TAKEN.replace("DAY", "CAST(:snapshot_date AS date)")
